@@ -1,0 +1,55 @@
+/* Configuration: built-in defaults, then the JSON file, then flags.
+ * Every key is validated; errors name the key path. */
+#ifndef SP_CONFIG_H
+#define SP_CONFIG_H
+#include <jansson.h>
+#include <stddef.h>
+
+#include "gateway.h"
+
+#define SP_DEFAULT_PORT	8788
+
+struct config {
+	char		*listen_host;	/* without brackets */
+	int		 listen_port;
+	int		 allow_remote_listen;
+	int		 threads;	/* 0: one per core */
+	char		*server_info;
+	int		 log_level;
+	char		*upstream_ca;
+	char		**resolve;	/* curl CONNECT_TO entries */
+	size_t		 nresolve;
+	struct gateway	 gateway;
+	long long	 max_body_size;	/* 0: unlimited */
+	long long	 max_header_size;
+	long long	 max_connections;
+	double		 connect_timeout;	/* seconds */
+	double		 upstream_idle_timeout;
+	double		 client_idle_timeout;
+	double		 total_timeout;		/* 0: none */
+	char		*auth_file;
+	int		 allow_insecure_auth_file;
+	char		*audit_log;
+	json_t		*providers;	/* user provider entries, or NULL */
+};
+
+void	 config_defaults(struct config *c);
+/* Applies a JSON document on top of c. where names the source in errors. */
+int	 config_apply_json(struct config *c, json_t *root, const char *where,
+	    char *err, size_t errlen);
+int	 config_load_file(struct config *c, const char *path, char *err,
+	    size_t errlen);
+int	 config_set_listen(struct config *c, const char *v, const char *where,
+	    char *err, size_t errlen);
+int	 config_add_resolve(struct config *c, const char *v, const char *where,
+	    char *err, size_t errlen);
+int	 config_add_gateway(struct config *c, const char *spec,
+	    const char *where, char *err, size_t errlen);
+/* Checks cross-field rules (e.g. non-loopback listen needs opt-in). */
+int	 config_finish(struct config *c, char *err, size_t errlen);
+json_t	*config_to_json(const struct config *c);
+void	 config_free(struct config *c);
+
+int	 addr_is_loopback(const char *host);
+
+#endif

@@ -1,0 +1,762 @@
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "gateway.h"
+#include "log.h"
+#include "target.h"
+#include "transfer.h"
+#include "worker.h"
+
+/* Bounded windows in each direction: backpressure is applied (curl
+ * paused, MHD connection suspended) once this much is waiting. */
+#define WINDOW		(64 * 1024)
+#define MHD_BLOCK	(16 * 1024)
+
+static struct client *
+conn_client(struct MHD_Connection *con)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? ci->socket_context : NULL;
+}
+
+static void
+suspend(struct transfer *t, enum t_wait why)
+{
+	if (t->wait == WAIT_NONE)
+		MHD_suspend_connection(t->con);
+	t->wait = why;
+}
+
+static void
+resume(struct transfer *t)
+{
+	if (t->wait != WAIT_NONE) {
+		t->wait = WAIT_NONE;
+		MHD_resume_connection(t->con);
+	}
+}
+
+static void
+release_upstream(struct transfer *t)
+{
+	if (t->easy != NULL) {
+		curl_multi_remove_handle(t->w->multi, t->easy);
+		curl_easy_cleanup(t->easy);
+		t->easy = NULL;
+	}
+	curl_slist_free_all(t->req_headers);
+	t->req_headers = NULL;
+}
+
+/* Records an error answer; it is queued when MHD lets us. */
+static void
+set_error(struct transfer *t, enum perr e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+set_error(struct transfer *t, enum perr e, const char *fmt, ...)
+{
+	va_list ap;
+
+	free(t->err_msg);
+	va_start(ap, fmt);
+	if (vasprintf(&t->err_msg, fmt, ap) < 0)
+		t->err_msg = NULL;
+	va_end(ap);
+	t->err = e;
+	t->is_error = 1;
+	t->resp_ready = 1;
+	t->status = perr_status(e);
+}
+
+/* --- MHD side ----------------------------------------------------------- */
+
+void *
+transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
+{
+	struct worker *w = cls;
+	struct transfer *t;
+	struct client *cl;
+
+	/* MHD gives the raw target only here: keep it to forward as is. */
+	if ((t = calloc(1, sizeof(*t))) == NULL)
+		return NULL;
+	t->w = w;
+	t->con = con;
+	t->raw_target = strdup(uri);
+	t->resp_length = -1;
+	t->reused = -1;
+	t->start_ms = now_ms();
+	t->mode = "local";
+	if ((cl = conn_client(con)) != NULL) {
+		cl->t = t;
+		t->cl = cl;
+	}
+	t->live_next = w->live;
+	if (w->live)
+		w->live->live_prev = t;
+	w->live = t;
+	return t;
+}
+
+static enum MHD_Result
+queue_error(struct transfer *t)
+{
+	struct MHD_Response *r;
+	char *body = perr_body(t->err, t->err_msg ? t->err_msg : "error");
+	enum MHD_Result rc;
+
+	if (body == NULL)
+		return MHD_NO;
+	r = MHD_create_response_from_buffer(strlen(body), body,
+	    MHD_RESPMEM_MUST_FREE);
+	if (r == NULL) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	MHD_add_response_header(r, "X-Scopeproxy-Error", perr_code(t->err));
+	if (t->status == 400 || t->status == 413 || t->status == 431)
+		MHD_add_response_header(r, "Connection", "close");
+	rc = MHD_queue_response(t->con, (unsigned)t->status, r);
+	MHD_destroy_response(r);
+	t->bytes_out = (long long)strlen(body);
+	t->phase = PH_DONE;
+	return rc;
+}
+
+static ssize_t
+response_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct transfer *t = cls;
+	size_t n;
+
+	(void)pos;
+	if (t->client_gone)
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	if ((n = buf_pending(&t->down)) > 0) {
+		if (n > max)
+			n = max;
+		memcpy(out, buf_head(&t->down), n);
+		buf_consume(&t->down, n);
+		t->bytes_out += (long long)n;
+		if (buf_pending(&t->down) == 0 && t->down.cap > 2 * MHD_BLOCK)
+			buf_free(&t->down);	/* idle streams stay small */
+		if (t->recv_paused)
+			worker_schedule_unpause(t->w, t);
+		return (ssize_t)n;
+	}
+	if (t->up_done)
+		return t->up_rc == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM :
+		    MHD_CONTENT_READER_END_WITH_ERROR;
+	/* Nothing yet: sleep until curl writes (no busy loop). */
+	suspend(t, WAIT_DATA);
+	return 0;
+}
+
+static enum MHD_Result
+queue_upstream_response(struct transfer *t)
+{
+	struct MHD_Response *r;
+	uint64_t size = MHD_SIZE_UNKNOWN;
+	enum MHD_Result rc;
+	size_t i;
+
+	if (t->resp_length >= 0)
+		size = (uint64_t)t->resp_length;
+	if (t->status == 204 || t->status == 304 || t->status < 200)
+		size = 0;
+	r = MHD_create_response_from_callback(size, MHD_BLOCK, response_reader,
+	    t, NULL);
+	if (r == NULL)
+		return MHD_NO;
+	for (i = 0; i < t->resp_headers.n; i++) {
+		const struct hdr *h = &t->resp_headers.v[i];
+
+		if (hdr_response_drop(h->name, t->resp_headers.v,
+		    t->resp_headers.n))
+			continue;
+		if (MHD_add_response_header(r, h->name, h->value) != MHD_YES)
+			log_json(LOG_WARN, "response header not relayed",
+			    json_pack("{s:s}", "header", h->name));
+	}
+	rc = MHD_queue_response(t->con, (unsigned)t->status, r);
+	MHD_destroy_response(r);
+	t->phase = PH_DONE;
+	return rc;
+}
+
+static enum MHD_Result
+queue_local(struct transfer *t, unsigned status, const char *json)
+{
+	struct MHD_Response *r;
+	enum MHD_Result rc;
+
+	r = MHD_create_response_from_buffer(strlen(json), (void *)json,
+	    MHD_RESPMEM_PERSISTENT);
+	if (r == NULL)
+		return MHD_NO;
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	rc = MHD_queue_response(t->con, status, r);
+	MHD_destroy_response(r);
+	t->status = (int)status;
+	t->bytes_out = (long long)strlen(json);
+	t->phase = PH_DONE;
+	return rc;
+}
+
+/* --- curl side ---------------------------------------------------------- */
+
+static size_t
+on_header(char *p, size_t size, size_t n, void *ud)
+{
+	struct transfer *t = ud;
+	size_t len = size * n, l = len;
+	char *line, *colon;
+
+	if (t->headers_done)
+		return len;	/* trailers: not relayed */
+	while (l > 0 && (p[l - 1] == '\n' || p[l - 1] == '\r'))
+		l--;
+	if (l == 0) {
+		/* End of a head. Interim 1xx heads are not relayed. */
+		if (t->status >= 100 && t->status < 200 && t->status != 101) {
+			size_t i;
+
+			for (i = 0; i < t->resp_headers.n; i++)
+				free((char *)t->resp_headers.v[i].name);
+			t->resp_headers.n = 0;
+			t->status = 0;
+			return len;
+		}
+		t->headers_done = 1;
+		if (t->resp_bad || t->status == 0) {
+			set_error(t, PERR_UPSTREAM_PROTOCOL,
+			    "upstream %s sent a malformed response head",
+			    t->log_host);
+			return 0;	/* abort the transfer */
+		}
+		t->resp_ready = 1;
+		if (t->wait == WAIT_HEADERS)
+			resume(t);
+		return len;
+	}
+	if (t->status == 0) {
+		int st;
+
+		if (l < 12 || strncmp(p, "HTTP/", 5) != 0 ||
+		    sscanf(p + 8, " %3d", &st) != 1 || st < 100 || st > 999)
+			t->resp_bad = 1;
+		else
+			t->status = st;
+		return len;
+	}
+	if (p[0] == ' ' || p[0] == '\t' || (colon = memchr(p, ':', l)) == NULL) {
+		t->resp_bad = 1;	/* obs-fold or garbage: never relayed */
+		return len;
+	}
+	if ((line = strndup(p, l)) == NULL)
+		return 0;
+	colon = line + (colon - p);
+	*colon++ = '\0';
+	while (*colon == ' ' || *colon == '\t')
+		colon++;
+	if (!hdr_name_valid(line) ||
+	    hdr_vec_push(&t->resp_headers, line, colon) != 0) {
+		free(line);
+		t->resp_bad = 1;
+		return len;
+	}
+	if (strcasecmp(line, "Content-Length") == 0) {
+		char *end;
+		long long cl = strtoll(colon, &end, 10);
+
+		if (end != colon && cl >= 0)
+			t->resp_length = cl;
+	} else if (strcasecmp(line, "Transfer-Encoding") == 0)
+		t->resp_length = -1;	/* chunked wins (RFC 9112 6.3) */
+	return len;
+}
+
+static size_t
+on_write(char *p, size_t size, size_t n, void *ud)
+{
+	struct transfer *t = ud;
+	size_t len = size * n;
+
+	if (t->client_gone)
+		return 0;
+	if (buf_pending(&t->down) > 0 && buf_pending(&t->down) + len > WINDOW) {
+		t->recv_paused = 1;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	if (buf_append(&t->down, p, len) != 0)
+		return 0;
+	if (t->wait == WAIT_DATA)
+		resume(t);
+	return len;
+}
+
+static size_t
+on_read(char *p, size_t size, size_t n, void *ud)
+{
+	struct transfer *t = ud;
+	size_t want = size * n, have = buf_pending(&t->up);
+
+	if (t->client_gone)
+		return CURL_READFUNC_ABORT;
+	if (have > 0) {
+		if (have > want)
+			have = want;
+		memcpy(p, buf_head(&t->up), have);
+		buf_consume(&t->up, have);
+		if (t->wait == WAIT_UPLOAD)
+			resume(t);
+		return have;
+	}
+	if (t->upload_eof)
+		return 0;
+	t->send_paused = 1;
+	if (t->wait == WAIT_UPLOAD)
+		resume(t);
+	return CURL_READFUNC_PAUSE;
+}
+
+void
+transfer_unpause(struct transfer *t)
+{
+	if (t->easy == NULL)
+		return;
+	if (t->recv_paused && buf_pending(&t->down) >= WINDOW / 2)
+		return;		/* the client is still slow: stay paused */
+	t->recv_paused = t->send_paused = 0;
+	curl_easy_pause(t->easy, CURLPAUSE_CONT);
+}
+
+static enum perr
+curl_error_kind(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_OPERATION_TIMEDOUT:
+		return PERR_UPSTREAM_TIMEOUT;
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_CIPHER:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_ISSUER_ERROR:
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+	case CURLE_SSL_INVALIDCERTSTATUS:
+		return PERR_UPSTREAM_TLS;
+	case CURLE_WEIRD_SERVER_REPLY:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+	case CURLE_HTTP2:
+		return PERR_UPSTREAM_PROTOCOL;
+	default:
+		return PERR_UPSTREAM_UNREACHABLE;
+	}
+}
+
+void
+transfer_curl_done(struct transfer *t, CURLcode rc)
+{
+	long nconn = -1;
+
+	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
+	t->reused = nconn == 0;
+	t->up_done = 1;
+	t->up_rc = rc;
+	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone)
+		set_error(t, curl_error_kind(rc), "upstream %s: %s",
+		    t->log_host, curl_easy_strerror(rc));
+	release_upstream(t);
+	if (t->wait == WAIT_HEADERS || t->wait == WAIT_DATA)
+		resume(t);
+}
+
+void
+transfer_client_gone(struct transfer *t)
+{
+	t->client_gone = 1;
+	release_upstream(t);	/* the upstream learns at once */
+	resume(t);
+}
+
+/* --- request set-up ----------------------------------------------------- */
+
+static enum MHD_Result
+collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+    const char *value)
+{
+	(void)kind;
+	return hdr_vec_push(cls, key, value ? value : "") == 0 ? MHD_YES : MHD_NO;
+}
+
+/* Builds the upstream header list: client order and case, hop-by-hop
+ * removed, and libcurl's own defaults disabled unless the client sent
+ * the header itself. */
+static struct curl_slist *
+build_curl_headers(const struct hdr_vec *out, const struct req_info *ri)
+{
+	struct curl_slist *sl = NULL, *n;
+	size_t i;
+	char *line;
+
+	for (i = 0; i < out->n; i++) {
+		const struct hdr *h = &out->v[i];
+
+		/* "Name;" is curl's way to send an empty value. */
+		if (h->value[0] == '\0') {
+			if (asprintf(&line, "%s;", h->name) < 0)
+				goto fail;
+		} else if (asprintf(&line, "%s: %s", h->name, h->value) < 0)
+			goto fail;
+		n = curl_slist_append(sl, line);
+		free(line);
+		if (n == NULL)
+			goto fail;
+		sl = n;
+	}
+	if (!ri->has_accept && (n = curl_slist_append(sl, "Accept:")) != NULL)
+		sl = n;
+	if (!ri->has_content_type &&
+	    (n = curl_slist_append(sl, "Content-Type:")) != NULL)
+		sl = n;
+	if ((n = curl_slist_append(sl, "Expect:")) != NULL)
+		sl = n;
+	return sl;
+fail:
+	curl_slist_free_all(sl);
+	return NULL;
+}
+
+static int
+start_upstream(struct transfer *t, const struct hdr_vec *in)
+{
+	struct config *c = t->w->px->cfg;
+	struct hdr_vec out = { 0 };
+	CURL *e;
+
+	if (headers_outbound(in->v, in->n, NULL, &out) != 0 ||
+	    (t->req_headers = build_curl_headers(&out, &t->ri)) == NULL) {
+		hdr_vec_free(&out);
+		set_error(t, PERR_INTERNAL, "out of memory");
+		return -1;
+	}
+	hdr_vec_free(&out);
+	if ((t->easy = e = curl_easy_init()) == NULL) {
+		set_error(t, PERR_INTERNAL, "cannot create an upstream transfer");
+		return -1;
+	}
+	curl_easy_setopt(e, CURLOPT_URL, t->url);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	/* Never a proxy from the environment: that may be us. */
+	curl_easy_setopt(e, CURLOPT_PROXY, "");
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->req_headers);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+	    (long)(c->connect_timeout * 1000));
+	if (c->upstream_idle_timeout > 0) {
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
+		    (long)(c->upstream_idle_timeout + 0.999));
+	}
+	if (c->total_timeout > 0)
+		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+		    (long)(c->total_timeout * 1000));
+	if (t->w->px->connect_to != NULL)
+		curl_easy_setopt(e, CURLOPT_CONNECT_TO, t->w->px->connect_to);
+	if (c->upstream_ca != NULL) {
+		/* The extra bundle adds to the system store, never replaces. */
+		curl_easy_setopt(e, CURLOPT_CAINFO, c->upstream_ca);
+		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
+	}
+	if (strcmp(t->method, "HEAD") == 0)
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	else
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, t->method);
+	if (t->ri.has_body) {
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, t);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+		    (curl_off_t)t->ri.content_length);
+	}
+	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
+		set_error(t, PERR_INTERNAL, "cannot start an upstream transfer");
+		curl_easy_cleanup(e);
+		t->easy = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static int
+set_log_dest(struct transfer *t, const char *host, int port, int ipv6,
+    const char *path)
+{
+	size_t pl = target_path_len(path);
+
+	if (asprintf(&t->log_host, ipv6 ? "[%s]:%d" : "%s:%d", host, port) < 0)
+		t->log_host = NULL;
+	t->log_path = strndup(path, pl);
+	return t->log_host && t->log_path ? 0 : -1;
+}
+
+/* Decides where the request goes; on error, t carries the answer. */
+static int
+route_request(struct transfer *t, struct MHD_Connection *con)
+{
+	struct config *c = t->w->px->cfg;
+	struct target tg;
+	char err[256], auth[300];
+
+	if (t->raw_target == NULL ||
+	    target_parse(t->raw_target, &tg, err, sizeof(err)) != 0) {
+		set_error(t, PERR_BAD_REQUEST, "%s", t->raw_target ? err :
+		    "out of memory");
+		return -1;
+	}
+	if (tg.form == TARGET_ABSOLUTE) {
+		t->mode = "forward";
+		if (set_log_dest(t, tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
+		    target_authority(&tg, auth, sizeof(auth)) != 0 ||
+		    asprintf(&t->url, "%s://%s%s", tg.scheme, auth, tg.path) < 0) {
+			t->url = NULL;
+			target_free(&tg);
+			set_error(t, PERR_INTERNAL, "out of memory");
+			return -1;
+		}
+	} else {
+		const struct gw_route *r;
+		size_t pl = target_path_len(tg.path);
+
+		if ((pl == 8 && strncmp(tg.path, "/healthz", 8) == 0)) {
+			target_free(&tg);
+			t->mode = "local";
+			t->log_path = strdup("/healthz");
+			return 1;
+		}
+		if ((r = gateway_match(&c->gateway, tg.path)) == NULL) {
+			t->log_path = strndup(tg.path, pl);
+			set_error(t, PERR_UNKNOWN_ROUTE,
+			    "no gateway route for path '%.*s'; configured prefixes "
+			    "are listed by 'scopeproxy check-config'",
+			    (int)(pl > 200 ? 200 : pl), tg.path);
+			target_free(&tg);
+			return -1;
+		}
+		t->mode = "gateway";
+		if (set_log_dest(t, r->host, r->port, r->ipv6, tg.path) != 0 ||
+		    (t->url = gateway_url(r, tg.path)) == NULL) {
+			target_free(&tg);
+			set_error(t, PERR_INTERNAL, "out of memory");
+			return -1;
+		}
+	}
+	(void)con;
+	target_free(&tg);
+	return 0;
+}
+
+static enum MHD_Result
+begin(struct transfer *t, struct MHD_Connection *con, const char *version)
+{
+	struct config *c = t->w->px->cfg;
+	struct hdr_vec in = { 0 };
+	enum perr code;
+	char err[256];
+	int r;
+
+	t->phase = PH_BODY;
+	MHD_get_connection_values(con, MHD_HEADER_KIND, collect_header, &in);
+	if (request_check(in.v, in.n, strcmp(version, "HTTP/1.0") != 0,
+	    (size_t)c->max_header_size, &t->ri, &code, err, sizeof(err)) != 0) {
+		set_error(t, code, "%s", err);
+		hdr_vec_free(&in);
+		return queue_error(t);
+	}
+	if (c->max_body_size > 0 && t->ri.content_length > c->max_body_size) {
+		set_error(t, PERR_PAYLOAD_TOO_LARGE,
+		    "request body of %lld bytes exceeds limits.max_body_size (%lld)",
+		    t->ri.content_length, c->max_body_size);
+		hdr_vec_free(&in);
+		return queue_error(t);
+	}
+	/* Answers known now are queued after the body is read, so that
+	 * MHD keeps the connection alive. */
+	if ((r = route_request(t, con)) != 0) {
+		hdr_vec_free(&in);
+		if (r > 0)
+			t->local_body = "{\"status\":\"ok\"}";
+		return MHD_YES;
+	}
+	(void)start_upstream(t, &in);
+	hdr_vec_free(&in);
+	return MHD_YES;
+}
+
+static enum MHD_Result
+body_chunk(struct transfer *t, const char *data, size_t *size)
+{
+	struct config *c = t->w->px->cfg;
+	size_t take = *size, room;
+
+	if (t->client_gone)
+		return MHD_NO;
+	if (t->is_error || t->local_body != NULL || t->easy == NULL) {
+		*size = 0;	/* the answer is known: drain the body */
+		return MHD_YES;
+	}
+	if (c->max_body_size > 0 && t->bytes_in + (long long)take > c->max_body_size) {
+		release_upstream(t);
+		set_error(t, PERR_PAYLOAD_TOO_LARGE,
+		    "request body exceeds limits.max_body_size (%lld bytes)",
+		    c->max_body_size);
+		return queue_error(t);
+	}
+	room = buf_pending(&t->up) < WINDOW ? WINDOW - buf_pending(&t->up) : 0;
+	if (take > room)
+		take = room;
+	if (take > 0 && buf_append(&t->up, data, take) != 0)
+		return MHD_NO;
+	t->bytes_in += (long long)take;
+	*size -= take;
+	if (t->send_paused)
+		worker_schedule_unpause(t->w, t);
+	if (*size > 0)
+		suspend(t, WAIT_UPLOAD);	/* resumed as curl drains */
+	return MHD_YES;
+}
+
+enum MHD_Result
+transfer_access(void *cls, struct MHD_Connection *con, const char *url,
+    const char *method, const char *version, const char *upload_data,
+    size_t *upload_data_size, void **con_cls)
+{
+	struct transfer *t = *con_cls;
+
+	(void)cls;
+	(void)url;
+	if (t == NULL)
+		return MHD_NO;
+	if (t->client_gone)
+		return MHD_NO;
+	switch (t->phase) {
+	case PH_NEW:
+		t->method = method;
+		return begin(t, con, version);
+	case PH_BODY:
+		if (*upload_data_size > 0)
+			return body_chunk(t, upload_data, upload_data_size);
+		t->upload_eof = 1;
+		if (t->send_paused)
+			worker_schedule_unpause(t->w, t);
+		t->phase = PH_RESPOND;
+		/* FALLTHROUGH */
+	case PH_RESPOND:
+		if (t->local_body != NULL)
+			return queue_local(t, 200, t->local_body);
+		if (!t->resp_ready) {
+			suspend(t, WAIT_HEADERS);
+			return MHD_YES;
+		}
+		return t->is_error ? queue_error(t) : queue_upstream_response(t);
+	case PH_DONE:
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	return MHD_NO;
+}
+
+static void
+log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
+{
+	json_t *o;
+
+	if (!log_enabled(LOG_INFO))
+		return;
+	o = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:i, s:I, s:I, s:I}",
+	    "client", t->cl ? t->cl->addr : "",
+	    "mode", t->mode,
+	    "method", t->method ? t->method : "",
+	    "host", t->log_host,
+	    "path", t->log_path,
+	    "status", t->status,
+	    "bytes_in", (json_int_t)t->bytes_in,
+	    "bytes", (json_int_t)t->bytes_out,
+	    "duration_ms", (json_int_t)(now_ms() - t->start_ms));
+	if (o == NULL)
+		return;
+	if (t->reused >= 0)
+		json_object_set_new(o, "upstream_reused", json_boolean(t->reused));
+	if (t->is_error)
+		json_object_set_new(o, "error", json_string(perr_code(t->err)));
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		json_object_set_new(o, "aborted", json_string(
+		    toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone ?
+		    "client" : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ?
+		    "timeout" : "error"));
+	else if (t->up_done && t->up_rc != CURLE_OK && !t->is_error)
+		json_object_set_new(o, "aborted", json_string("upstream"));
+	log_json(LOG_INFO, "request", o);
+}
+
+void
+transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
+    enum MHD_RequestTerminationCode toe)
+{
+	struct worker *w = cls;
+	struct transfer *t = *con_cls;
+	size_t i;
+
+	(void)con;
+	if (t == NULL)
+		return;
+	*con_cls = NULL;
+	log_request(t, toe);
+	release_upstream(t);
+	if (t->cl != NULL)
+		t->cl->t = NULL;
+	if (t->in_unpause) {
+		struct transfer **pp;
+
+		for (pp = &w->unpause; *pp != NULL; pp = &(*pp)->unpause_next)
+			if (*pp == t) {
+				*pp = t->unpause_next;
+				break;
+			}
+	}
+	if (t->live_prev)
+		t->live_prev->live_next = t->live_next;
+	else
+		w->live = t->live_next;
+	if (t->live_next)
+		t->live_next->live_prev = t->live_prev;
+	for (i = 0; i < t->resp_headers.n; i++)
+		free((char *)t->resp_headers.v[i].name);
+	hdr_vec_free(&t->resp_headers);
+	buf_free(&t->up);
+	buf_free(&t->down);
+	free(t->raw_target);
+	free(t->log_host);
+	free(t->log_path);
+	free(t->url);
+	free(t->err_msg);
+	free(t);
+}

@@ -1,0 +1,81 @@
+/* One proxied request: the MHD side (client) and the libcurl side
+ * (upstream), joined by two bounded buffers. Everything here runs on the
+ * worker thread that owns the connection. */
+#ifndef SP_TRANSFER_H
+#define SP_TRANSFER_H
+#include <curl/curl.h>
+#include <microhttpd.h>
+
+#include "buf.h"
+#include "errors.h"
+#include "headers.h"
+
+struct worker;
+struct client;
+
+/* Why the MHD connection is suspended. */
+enum t_wait { WAIT_NONE, WAIT_HEADERS, WAIT_UPLOAD, WAIT_DATA };
+
+enum t_phase { PH_NEW, PH_BODY, PH_RESPOND, PH_DONE };
+
+struct transfer {
+	struct worker		*w;
+	struct client		*cl;
+	struct MHD_Connection	*con;
+	enum t_phase		 phase;
+	enum t_wait		 wait;
+	char			*raw_target;
+	const char		*method;
+	const char		*mode;		/* "forward", "gateway", "local" */
+	char			*log_host;	/* host[:port] of the destination */
+	char			*log_path;	/* path without query */
+	struct req_info		 ri;
+
+	/* upstream side */
+	CURL			*easy;
+	struct curl_slist	*req_headers;
+	char			*url;
+	struct buf		 up;		/* client body -> upstream */
+	struct buf		 down;		/* upstream body -> client */
+	int			 upload_eof;
+	int			 send_paused;
+	int			 recv_paused;
+	int			 up_done;	/* curl finished */
+	CURLcode		 up_rc;
+	int			 reused;	/* -1 unknown */
+
+	/* response */
+	int			 resp_ready;
+	int			 headers_done;
+	int			 status;
+	struct hdr_vec		 resp_headers;	/* name owns "name\0value" */
+	long long		 resp_length;	/* -1 unknown */
+	int			 resp_bad;
+	enum perr		 err;
+	char			*err_msg;
+	int			 is_error;
+	const char		*local_body;	/* the proxy's own answer */
+
+	int			 client_gone;
+	long long		 bytes_in;
+	long long		 bytes_out;
+	long long		 start_ms;
+
+	int			 in_unpause;
+	struct transfer		*unpause_next;
+	struct transfer		*live_next, *live_prev;
+};
+
+void	*transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con);
+enum MHD_Result transfer_access(void *cls, struct MHD_Connection *con,
+	    const char *url, const char *method, const char *version,
+	    const char *upload_data, size_t *upload_data_size, void **con_cls);
+void	 transfer_completed(void *cls, struct MHD_Connection *con,
+	    void **con_cls, enum MHD_RequestTerminationCode toe);
+
+/* Called by the worker loop. */
+void	 transfer_curl_done(struct transfer *t, CURLcode rc);
+void	 transfer_unpause(struct transfer *t);
+void	 transfer_client_gone(struct transfer *t);
+
+#endif

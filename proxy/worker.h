@@ -1,0 +1,71 @@
+/* One event loop per core: it accepts from the shared listening socket,
+ * drives its own libmicrohttpd daemon (external epoll mode) and its own
+ * libcurl multi handle from a single epoll set, so a request never hops
+ * threads between the client side and the upstream side. */
+#ifndef SP_WORKER_H
+#define SP_WORKER_H
+#include <curl/curl.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+struct config;
+struct transfer;
+
+/* What an epoll event points at. */
+enum ev_kind { EV_LISTEN, EV_WAKE, EV_MHD, EV_CURL, EV_PEEK, EV_CLIENT };
+
+struct evsrc {
+	enum ev_kind	 kind;
+	int		 fd;
+};
+
+/* Process-wide state shared by the workers; read-only once they run. */
+struct proxy {
+	struct config		*cfg;
+	int			 listen_fd;
+	atomic_long		 nconns;
+	atomic_int		 stopping;
+	struct curl_slist	*connect_to;	/* from --resolve */
+};
+
+/* A client connection owned by MHD; watched for hang-ups so that an
+ * upstream is released even while the connection is suspended. */
+struct client {
+	struct evsrc		 src;
+	struct worker		*w;
+	struct transfer		*t;	/* request in progress, or NULL */
+	char			 addr[64];
+};
+
+struct peek;
+
+struct worker {
+	struct proxy		*px;
+	int			 id;
+	pthread_t		 thread;
+	int			 epfd;
+	struct evsrc		 listen_src;
+	struct evsrc		 wake_src;
+	struct evsrc		 mhd_src;
+	struct MHD_Daemon	*mhd;
+	CURLM			*multi;
+	long long		 curl_deadline;	/* monotonic ms, -1: none */
+	struct peek		*peek_head, *peek_tail;
+	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
+	struct transfer		*live;		/* every transfer, for shutdown */
+};
+
+int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
+	    size_t errlen);
+int	 worker_start(struct worker *w);
+void	 worker_wake(struct worker *w);
+void	 worker_join(struct worker *w);
+
+/* Asks the loop to unpause t's curl transfer once outside callbacks. */
+void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
+
+long long now_ms(void);
+
+#endif

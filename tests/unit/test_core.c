@@ -1,0 +1,493 @@
+/* Unit tests for the pure core: targets, headers, gateway, config, errors. */
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "errors.h"
+#include "gateway.h"
+#include "headers.h"
+#include "target.h"
+
+/* --- target ------------------------------------------------------------- */
+
+START_TEST(target_absolute_keeps_raw_path)
+{
+	struct target t;
+	char err[128];
+
+	ck_assert_int_eq(target_parse("http://Example.COM:8080/a/%2F/../b?x=%20&y",
+	    &t, err, sizeof(err)), 0);
+	ck_assert_int_eq(t.form, TARGET_ABSOLUTE);
+	ck_assert_str_eq(t.scheme, "http");
+	ck_assert_str_eq(t.host, "example.com");
+	ck_assert_int_eq(t.port, 8080);
+	ck_assert_str_eq(t.path, "/a/%2F/../b?x=%20&y");
+	ck_assert_uint_eq(target_path_len(t.path), strlen("/a/%2F/../b"));
+	target_free(&t);
+}
+END_TEST
+
+START_TEST(target_defaults_and_ipv6)
+{
+	struct target t;
+	char err[128], auth[64];
+
+	ck_assert_int_eq(target_parse("https://api.openai.com", &t, err,
+	    sizeof(err)), 0);
+	ck_assert_int_eq(t.port, 443);
+	ck_assert_str_eq(t.path, "/");
+	ck_assert_int_eq(target_authority(&t, auth, sizeof(auth)), 0);
+	ck_assert_str_eq(auth, "api.openai.com");
+	target_free(&t);
+
+	ck_assert_int_eq(target_parse("http://[::1]:11434/api?q", &t, err,
+	    sizeof(err)), 0);
+	ck_assert_int_eq(t.ipv6, 1);
+	ck_assert_str_eq(t.host, "::1");
+	ck_assert_int_eq(t.port, 11434);
+	ck_assert_int_eq(target_authority(&t, auth, sizeof(auth)), 0);
+	ck_assert_str_eq(auth, "[::1]:11434");
+	target_free(&t);
+
+	ck_assert_int_eq(target_parse("http://h?q=1", &t, err, sizeof(err)), 0);
+	ck_assert_str_eq(t.path, "/?q=1");
+	target_free(&t);
+}
+END_TEST
+
+START_TEST(target_origin_form)
+{
+	struct target t;
+	char err[128];
+
+	ck_assert_int_eq(target_parse("/v1/responses?stream=true", &t, err,
+	    sizeof(err)), 0);
+	ck_assert_int_eq(t.form, TARGET_ORIGIN);
+	ck_assert_str_eq(t.path, "/v1/responses?stream=true");
+	ck_assert_ptr_null(t.host);
+	target_free(&t);
+}
+END_TEST
+
+START_TEST(target_rejections)
+{
+	static const char *bad[] = {
+		"", "*", "ftp://h/", "http://user@h/", "http://h:0/",
+		"http://h:65536/", "http://h:8x/", "http://[::1/", "http://h/#frag",
+		"http://h/a b", "/a\"b", "http:///x", "http://h\x01/", "/\x80",
+		"http://[::1]x/", NULL
+	};
+	struct target t;
+	char err[128];
+	int i;
+
+	for (i = 0; bad[i] != NULL; i++) {
+		err[0] = '\0';
+		ck_assert_msg(target_parse(bad[i], &t, err, sizeof(err)) != 0,
+		    "accepted '%s'", bad[i]);
+		ck_assert_msg(strncmp(err, "request target", 14) == 0,
+		    "error for '%s' does not name the target: %s", bad[i], err);
+	}
+}
+END_TEST
+
+/* --- headers ------------------------------------------------------------ */
+
+START_TEST(header_tokens)
+{
+	ck_assert(hdr_name_valid("X-Custom_Header.1~"));
+	ck_assert(!hdr_name_valid("Foo "));
+	ck_assert(!hdr_name_valid(" Foo"));
+	ck_assert(!hdr_name_valid("Fo:o"));
+	ck_assert(!hdr_name_valid(""));
+	ck_assert(!hdr_name_valid("F\x7fo"));
+	ck_assert(hdr_value_valid("a\tb c"));
+	ck_assert(!hdr_value_valid("a\r\nInjected: 1"));
+	ck_assert(!hdr_value_valid("a\nb"));
+	ck_assert(!hdr_value_valid("a\x01"));
+}
+END_TEST
+
+static int
+check(const struct hdr *h, size_t n, int need_host, struct req_info *ri,
+    enum perr *code, char *err)
+{
+	return request_check(h, n, need_host, 32768, ri, code, err, 256);
+}
+
+START_TEST(framing_rules)
+{
+	struct req_info ri;
+	enum perr code;
+	char err[256];
+	struct hdr cl_te[] = { { "Host", "h" }, { "Content-Length", "5" },
+	    { "Transfer-Encoding", "chunked" } };
+	struct hdr dup_cl[] = { { "Host", "h" }, { "Content-Length", "5" },
+	    { "content-length", "6" } };
+	struct hdr same_cl[] = { { "Host", "h" }, { "Content-Length", "5" },
+	    { "Content-Length", "5" } };
+	struct hdr bad_cl[] = { { "Host", "h" }, { "Content-Length", "-1" } };
+	struct hdr no_host[] = { { "Accept", "*/*" } };
+	struct hdr gzip_te[] = { { "Host", "h" }, { "Transfer-Encoding", "gzip" } };
+	struct hdr ws[] = { { "Host", "h" }, { "Connection", "keep-alive, Upgrade" },
+	    { "Upgrade", "websocket" } };
+
+	ck_assert_int_ne(check(cl_te, 3, 1, &ri, &code, err), 0);
+	ck_assert_int_eq(code, PERR_BAD_REQUEST);
+	ck_assert_ptr_nonnull(strstr(err, "Transfer-Encoding"));
+	ck_assert_int_ne(check(dup_cl, 3, 1, &ri, &code, err), 0);
+	ck_assert_ptr_nonnull(strstr(err, "content-length"));
+	ck_assert_int_eq(check(same_cl, 3, 1, &ri, &code, err), 0);
+	ck_assert_int_eq(ri.content_length, 5);
+	ck_assert(ri.has_body);
+	ck_assert_int_ne(check(bad_cl, 2, 1, &ri, &code, err), 0);
+	ck_assert_int_ne(check(no_host, 1, 1, &ri, &code, err), 0);
+	ck_assert_ptr_nonnull(strstr(err, "Host"));
+	ck_assert_int_eq(check(no_host, 1, 0, &ri, &code, err), 0);
+	ck_assert(ri.has_accept);
+	ck_assert(!ri.has_body);
+	ck_assert_int_ne(check(gzip_te, 2, 1, &ri, &code, err), 0);
+	ck_assert_int_eq(check(ws, 3, 1, &ri, &code, err), 0);
+	ck_assert(ri.websocket);
+}
+END_TEST
+
+START_TEST(header_limits_and_names)
+{
+	struct req_info ri;
+	enum perr code;
+	char err[256], big[2048];
+	struct hdr bad_name[] = { { "Host", "h" }, { "Foo ", "bar" } };
+	struct hdr crlf[] = { { "Host", "h" }, { "X-A", "1\r\nX-B: 2" } };
+	struct hdr huge[] = { { "Host", "h" }, { "X-Big", big } };
+
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	ck_assert_int_ne(check(bad_name, 2, 1, &ri, &code, err), 0);
+	ck_assert_ptr_nonnull(strstr(err, "'Foo '"));
+	ck_assert_int_ne(check(crlf, 2, 1, &ri, &code, err), 0);
+	ck_assert_ptr_nonnull(strstr(err, "X-A"));
+	ck_assert_int_ne(request_check(huge, 2, 1, 1024, &ri, &code, err,
+	    sizeof(err)), 0);
+	ck_assert_int_eq(code, PERR_HEADERS_TOO_LARGE);
+}
+END_TEST
+
+START_TEST(outbound_filter_keeps_order_case_duplicates)
+{
+	struct hdr in[] = {
+		{ "Host", "client-chosen" }, { "X-B", "1" },
+		{ "Connection", "keep-alive, X-Secret-Hop" },
+		{ "x-a", "2" }, { "X-Secret-Hop", "drop me" }, { "X-B", "3" },
+		{ "Keep-Alive", "timeout=5" }, { "Proxy-Authorization", "Basic x" },
+		{ "TE", "trailers" }, { "Expect", "100-continue" },
+		{ "Content-Length", "3" }, { "Upgrade", "h2c" },
+		{ "Proxy-Connection", "keep-alive" }, { "Trailer", "X" },
+		{ "Authorization", "Bearer client" },
+	};
+	struct hdr_edits ed = { .remove = { "authorization" }, .nremove = 1,
+	    .set = { { "Authorization", "AgentAssertion x" } }, .nset = 1 };
+	struct hdr_vec out = { 0 };
+
+	ck_assert_int_eq(headers_outbound(in, sizeof(in) / sizeof(in[0]), NULL,
+	    &out), 0);
+	ck_assert_uint_eq(out.n, 4);
+	ck_assert_str_eq(out.v[0].name, "X-B");
+	ck_assert_str_eq(out.v[0].value, "1");
+	ck_assert_str_eq(out.v[1].name, "x-a");
+	ck_assert_str_eq(out.v[2].name, "X-B");
+	ck_assert_str_eq(out.v[2].value, "3");
+	ck_assert_str_eq(out.v[3].name, "Authorization");
+	hdr_vec_free(&out);
+
+	ck_assert_int_eq(headers_outbound(in, sizeof(in) / sizeof(in[0]), &ed,
+	    &out), 0);
+	ck_assert_uint_eq(out.n, 4);
+	ck_assert_str_eq(out.v[3].value, "AgentAssertion x");
+	hdr_vec_free(&out);
+}
+END_TEST
+
+START_TEST(response_filter)
+{
+	struct hdr h[] = { { "Connection", "close, X-Hop" }, { "X-Hop", "1" } };
+
+	ck_assert(hdr_response_drop("content-length", h, 2));
+	ck_assert(hdr_response_drop("Transfer-Encoding", h, 2));
+	ck_assert(hdr_response_drop("x-hop", h, 2));
+	ck_assert(!hdr_response_drop("Set-Cookie", h, 2));
+	ck_assert(!hdr_response_drop("Content-Type", h, 2));
+}
+END_TEST
+
+/* --- gateway ------------------------------------------------------------ */
+
+START_TEST(gateway_defaults_and_longest_prefix)
+{
+	struct gateway gw = { 0 };
+	const struct gw_route *r;
+	char err[256], *url;
+
+	ck_assert_int_eq(gateway_defaults(&gw), 0);
+	r = gateway_match(&gw, "/v1/responses?x=1");
+	ck_assert_ptr_nonnull(r);
+	url = gateway_url(r, "/v1/responses?x=1");
+	ck_assert_str_eq(url, "https://api.openai.com/v1/responses?x=1");
+	free(url);
+	r = gateway_match(&gw, "/backend-api/codex/responses");
+	ck_assert_str_eq(r->host, "chatgpt.com");
+	ck_assert_int_eq(r->port, 443);
+	ck_assert_ptr_null(gateway_match(&gw, "/v2/x"));
+	ck_assert_ptr_null(gateway_match(&gw, "/v1"));
+
+	ck_assert_int_eq(gateway_set(&gw, "/v1/special/",
+	    "http://127.0.0.1:9/base/", err, sizeof(err)), 0);
+	r = gateway_match(&gw, "/v1/special/x");
+	ck_assert_int_eq(r->port, 9);
+	url = gateway_url(r, "/v1/special/x%2Fy");
+	ck_assert_str_eq(url, "http://127.0.0.1:9/base/x%2Fy");
+	free(url);
+	/* replacing keeps one entry */
+	ck_assert_int_eq(gateway_set(&gw, "/v1/", "http://localhost:1/v1/", err,
+	    sizeof(err)), 0);
+	ck_assert_uint_eq(gw.n, 3);
+	ck_assert_str_eq(gateway_match(&gw, "/v1/models")->host, "localhost");
+
+	ck_assert_int_ne(gateway_set(&gw, "v1/", "http://h/", err, sizeof(err)), 0);
+	ck_assert_int_ne(gateway_set(&gw, "/v1", "http://h/", err, sizeof(err)), 0);
+	ck_assert_int_ne(gateway_set(&gw, "/a/", "ftp://h/", err, sizeof(err)), 0);
+	ck_assert_int_ne(gateway_set(&gw, "/a/", "http://h/x", err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, "must end with '/'"));
+	gateway_free(&gw);
+}
+END_TEST
+
+/* --- config ------------------------------------------------------------- */
+
+static int
+apply(struct config *c, const char *json, char *err)
+{
+	json_error_t je;
+	json_t *root = json_loads(json, 0, &je);
+	int rc;
+
+	ck_assert_ptr_nonnull(root);
+	rc = config_apply_json(c, root, "test.json", err, 512);
+	json_decref(root);
+	return rc;
+}
+
+START_TEST(config_defaults_are_sane)
+{
+	struct config c;
+	char err[512];
+
+	config_defaults(&c);
+	ck_assert_str_eq(c.listen_host, "127.0.0.1");
+	ck_assert_int_eq(c.listen_port, SP_DEFAULT_PORT);
+	ck_assert_int_eq(c.max_body_size, 0);
+	ck_assert_uint_eq(c.gateway.n, 2);
+	setenv("CODEX_HOME", "/tmp/codex-home", 1);
+	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
+	ck_assert_str_eq(c.auth_file, "/tmp/codex-home/auth.json");
+	config_free(&c);
+}
+END_TEST
+
+START_TEST(config_errors_name_the_key)
+{
+	static const struct { const char *json, *want; } cases[] = {
+		{ "{\"bogus\":1}", "test.json: bogus: unknown key" },
+		{ "{\"limits\":{\"max_body\":1}}", "test.json: limits.max_body: unknown key" },
+		{ "{\"limits\":{\"max_body_size\":\"1\"}}", "test.json: limits.max_body_size: expected integer" },
+		{ "{\"limits\":{\"max_header_size\":10}}", "test.json: limits.max_header_size: 10 is out of range" },
+		{ "{\"timeouts\":{\"connect\":-1}}", "test.json: timeouts.connect: -1 is out of range" },
+		{ "{\"listen\":\"nowhere\"}", "test.json: listen: expected ADDR:PORT" },
+		{ "{\"listen\":\"example.com:80\"}", "test.json: listen: 'example.com' is not an IP address" },
+		{ "{\"log_level\":\"loud\"}", "test.json: log_level: expected one of" },
+		{ "{\"resolve\":[\"a:1:b\"]}", "test.json: resolve[0]: expected HOST:PORT:ADDR:PORT" },
+		{ "{\"gateway\":{\"/x\":\"http://h/\"}}", "test.json: gateway./x: gateway prefix '/x' must" },
+		{ "{\"allow_remote_listen\":1}", "test.json: allow_remote_listen: expected boolean" },
+		{ "{\"upstream_ca\":\"\"}", "test.json: upstream_ca: expected non-empty string" },
+		{ "[]", "test.json: (top level): expected object" },
+		{ NULL, NULL }
+	};
+	int i;
+
+	for (i = 0; cases[i].json != NULL; i++) {
+		struct config c;
+		char err[512] = "";
+
+		config_defaults(&c);
+		ck_assert_msg(apply(&c, cases[i].json, err) != 0, "accepted %s",
+		    cases[i].json);
+		ck_assert_msg(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0,
+		    "for %s got '%s'", cases[i].json, err);
+		config_free(&c);
+	}
+}
+END_TEST
+
+START_TEST(config_values_apply)
+{
+	struct config c;
+	char err[512];
+	json_t *o;
+
+	config_defaults(&c);
+	ck_assert_int_eq(apply(&c, "{\"listen\":\"[::1]:0\",\"threads\":3,"
+	    "\"limits\":{\"max_body_size\":1048576},"
+	    "\"timeouts\":{\"connect\":2.5},"
+	    "\"resolve\":[\"api.openai.com:443:127.0.0.1:9443\","
+	    "\"h:80:[::1]:81\"],"
+	    "\"gateway\":{\"/local/\":\"http://127.0.0.1:1234/v1/\"}}", err), 0);
+	ck_assert_str_eq(c.listen_host, "::1");
+	ck_assert_int_eq(c.listen_port, 0);
+	ck_assert_int_eq(c.threads, 3);
+	ck_assert_int_eq(c.max_body_size, 1048576);
+	ck_assert(c.connect_timeout == 2.5);
+	ck_assert_uint_eq(c.nresolve, 2);
+	ck_assert_uint_eq(c.gateway.n, 3);
+	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
+	o = config_to_json(&c);
+	ck_assert_ptr_nonnull(o);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "listen")), "[::1]:0");
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(o,
+	    "gateway"), "/local/")), "http://127.0.0.1:1234/v1/");
+	json_decref(o);
+	config_free(&c);
+}
+END_TEST
+
+START_TEST(config_remote_listen_needs_opt_in)
+{
+	struct config c;
+	char err[512];
+
+	config_defaults(&c);
+	ck_assert_int_eq(apply(&c, "{\"listen\":\"0.0.0.0:8788\"}", err), 0);
+	ck_assert_int_ne(config_finish(&c, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, "allow_remote_listen"));
+	ck_assert_int_eq(apply(&c, "{\"allow_remote_listen\":true}", err), 0);
+	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
+	config_free(&c);
+	ck_assert(addr_is_loopback("127.1.2.3"));
+	ck_assert(addr_is_loopback("::1"));
+	ck_assert(!addr_is_loopback("10.0.0.1"));
+	ck_assert(!addr_is_loopback("::"));
+}
+END_TEST
+
+START_TEST(config_shipped_example_is_valid)
+{
+	const char *src = getenv("SCOPEPROXY_SRCDIR");
+	char path[1024], err[512];
+	struct config c;
+
+	snprintf(path, sizeof(path), "%s/config/scopeproxy.json",
+	    src ? src : TOP_SRCDIR);
+	config_defaults(&c);
+	ck_assert_msg(config_load_file(&c, path, err, sizeof(err)) == 0, "%s", err);
+	config_free(&c);
+}
+END_TEST
+
+/* --- errors and buffers ------------------------------------------------- */
+
+START_TEST(error_body_shape)
+{
+	char *s = perr_body(PERR_UNKNOWN_ROUTE, "no route for \"/x\"");
+	json_t *o, *e;
+
+	ck_assert_ptr_nonnull(s);
+	o = json_loads(s, 0, NULL);
+	ck_assert_ptr_nonnull(o);
+	e = json_object_get(o, "error");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "message")),
+	    "no route for \"/x\"");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "code")),
+	    "unknown_route");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "type")),
+	    "invalid_request_error");
+	ck_assert(json_is_null(json_object_get(e, "param")));
+	ck_assert_int_eq(perr_status(PERR_UNKNOWN_ROUTE), 404);
+	ck_assert_int_eq(perr_status(PERR_UPSTREAM_TIMEOUT), 504);
+	ck_assert_int_eq(perr_status(PERR_AGENT_TASK_MISSING), 503);
+	json_decref(o);
+	free(s);
+}
+END_TEST
+
+START_TEST(buf_fifo)
+{
+	struct buf b = { 0 };
+	char big[10000];
+	int i;
+
+	memset(big, 'x', sizeof(big));
+	ck_assert_int_eq(buf_append(&b, "hello", 5), 0);
+	buf_consume(&b, 2);
+	ck_assert_uint_eq(buf_pending(&b), 3);
+	ck_assert_int_eq(memcmp(buf_head(&b), "llo", 3), 0);
+	for (i = 0; i < 10; i++)
+		ck_assert_int_eq(buf_append(&b, big, sizeof(big)), 0);
+	ck_assert_uint_eq(buf_pending(&b), 3 + 10 * sizeof(big));
+	ck_assert_int_eq(memcmp(buf_head(&b), "llox", 4), 0);
+	buf_consume(&b, buf_pending(&b));
+	ck_assert_uint_eq(buf_pending(&b), 0);
+	buf_free(&b);
+}
+END_TEST
+
+static Suite *
+core_suite(void)
+{
+	Suite *s = suite_create("core");
+	TCase *tc;
+
+	tc = tcase_create("target");
+	tcase_add_test(tc, target_absolute_keeps_raw_path);
+	tcase_add_test(tc, target_defaults_and_ipv6);
+	tcase_add_test(tc, target_origin_form);
+	tcase_add_test(tc, target_rejections);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("headers");
+	tcase_add_test(tc, header_tokens);
+	tcase_add_test(tc, framing_rules);
+	tcase_add_test(tc, header_limits_and_names);
+	tcase_add_test(tc, outbound_filter_keeps_order_case_duplicates);
+	tcase_add_test(tc, response_filter);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("gateway");
+	tcase_add_test(tc, gateway_defaults_and_longest_prefix);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("config");
+	tcase_add_test(tc, config_defaults_are_sane);
+	tcase_add_test(tc, config_errors_name_the_key);
+	tcase_add_test(tc, config_values_apply);
+	tcase_add_test(tc, config_remote_listen_needs_opt_in);
+	tcase_add_test(tc, config_shipped_example_is_valid);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("misc");
+	tcase_add_test(tc, error_body_shape);
+	tcase_add_test(tc, buf_fifo);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(core_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}
