@@ -22,6 +22,7 @@ static const struct {
 	[PERR_AGENT_IDENTITY_MISSING] = { 503, "agent_identity_missing", "agent_identity_error" },
 	[PERR_AGENT_IDENTITY_INVALID] = { 503, "agent_identity_invalid", "agent_identity_error" },
 	[PERR_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed", "invalid_request_error" },
+	[PERR_WEBSOCKET_UNSUPPORTED] = { 426, "websocket_not_supported", "invalid_request_error" },
 	[PERR_INTERNAL] = { 500, "internal_error", "proxy_error" },
 };
 

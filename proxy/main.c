@@ -12,9 +12,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <poll.h>
+
+#include "classify.h"
 #include "config.h"
+#include "idstore.h"
 #include "log.h"
+#include "providers.h"
+#include "secmem.h"
 #include "server_info.h"
+#include "target.h"
 #include "worker.h"
 
 #ifndef PACKAGE_VERSION
@@ -26,10 +34,16 @@
 static const char usage_text[] =
 "Usage: scopeproxy [OPTIONS]                 run the proxy\n"
 "       scopeproxy check-config [OPTIONS]    validate and print the effective configuration\n"
+"       scopeproxy classify [OPTIONS] METHOD URL [--header 'Name: value']...\n"
+"                                            print what the proxy would do with a request\n"
+"                                            (provider, route, action) without sending it\n"
 "       scopeproxy --help | --version\n"
 "\n"
 "A forward (HTTP_PROXY) and gateway (base URL) proxy for AI agents' model\n"
-"traffic. Requests are forwarded unchanged but for hop-by-hop headers.\n"
+"traffic. On first-party OpenAI inference and compaction routes it replaces\n"
+"Authorization with a freshly signed AgentAssertion for the agent's run task\n"
+"(and answers 503 when there is none); everything else is forwarded\n"
+"unchanged but for hop-by-hop headers.\n"
 "\n"
 "Options (each overrides the same key of the configuration file):\n"
 "  -c, --config FILE            JSON configuration file (default: none, built-in defaults)\n"
@@ -53,6 +67,13 @@ static const char usage_text[] =
 "      --client-idle-timeout SECS\n"
 "                               close an idle client connection (default 300)\n"
 "      --total-timeout SECS     cap on a whole upstream exchange (default 0 = none)\n"
+"      --auth-file FILE         agent identity (default $CODEX_HOME/auth.json,\n"
+"                               CODEX_HOME defaulting to ~/.codex); reloaded on change\n"
+"      --allow-insecure-auth-file\n"
+"                               accept an auth file readable by group or others\n"
+"      --audit-log FILE         append one JSON line per request: provider, route,\n"
+"                               action, task fingerprint, status\n"
+"      --header 'Name: value'   (classify only) a request header, repeatable\n"
 "  -h, --help                   show this help\n"
 "  -V, --version                show the version\n"
 "\n"
@@ -63,7 +84,8 @@ enum {
 	OPT_SERVER_INFO = 256, OPT_RESOLVE, OPT_UPSTREAM_CA, OPT_GATEWAY,
 	OPT_LOG_LEVEL, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
-	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE,
+	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
+	OPT_AUDIT_LOG, OPT_HEADER,
 };
 
 static const struct option long_opts[] = {
@@ -83,6 +105,10 @@ static const struct option long_opts[] = {
 	{ "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
 	{ "client-idle-timeout", required_argument, NULL, OPT_CLIENT_IDLE_TIMEOUT },
 	{ "total-timeout", required_argument, NULL, OPT_TOTAL_TIMEOUT },
+	{ "auth-file", required_argument, NULL, OPT_AUTH_FILE },
+	{ "allow-insecure-auth-file", no_argument, NULL, OPT_ALLOW_INSECURE },
+	{ "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
+	{ "header", required_argument, NULL, OPT_HEADER },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 }
@@ -114,6 +140,11 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	case OPT_ALLOW_REMOTE:
 		c->allow_remote_listen = 1;
 		return 0;
+	case OPT_ALLOW_INSECURE:
+		c->allow_insecure_auth_file = 1;
+		return 0;
+	case OPT_AUTH_FILE: key = "auth_file"; name = "--auth-file"; break;
+	case OPT_AUDIT_LOG: key = "audit_log"; name = "--audit-log"; break;
 	case OPT_SERVER_INFO: key = "server_info"; name = "--server-info"; break;
 	case OPT_UPSTREAM_CA: key = "upstream_ca"; name = "--upstream-ca"; break;
 	case OPT_LOG_LEVEL: key = "log_level"; name = "--log-level"; break;
@@ -130,7 +161,8 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 		return -1;
 	}
 	if (f->opt == OPT_SERVER_INFO || f->opt == OPT_UPSTREAM_CA ||
-	    f->opt == OPT_LOG_LEVEL)
+	    f->opt == OPT_LOG_LEVEL || f->opt == OPT_AUTH_FILE ||
+	    f->opt == OPT_AUDIT_LOG)
 		v = json_string(f->arg);
 	else {
 		errno = 0;
@@ -158,63 +190,94 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	return rc;
 }
 
+/* What the command line asks for beyond the configuration. */
+struct cmdline {
+	char		**pos;		/* positional arguments */
+	int		 npos;
+	const char	**headers;	/* classify --header values */
+	int		 nheaders;
+};
+
 static int
-parse_args(int argc, char **argv, struct config *c, char *err, size_t errlen)
+parse_args(int argc, char **argv, struct config *c, struct cmdline *cl,
+    char *err, size_t errlen)
 {
 	struct flag *flags;
 	const char *cfgfile = NULL;
-	int ch, nf = 0, i;
+	int ch, nf = 0, i, rc = -1;
 
-	if ((flags = calloc((size_t)argc, sizeof(*flags))) == NULL)
-		return -1;
+	flags = calloc((size_t)argc, sizeof(*flags));
+	cl->pos = calloc((size_t)argc, sizeof(*cl->pos));
+	cl->headers = calloc((size_t)argc, sizeof(*cl->headers));
+	if (flags == NULL || cl->pos == NULL || cl->headers == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
 	opterr = 0;
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, ":c:l:hV", long_opts, NULL)) != -1) {
 		switch (ch) {
 		case 'h':
 			fputs(usage_text, stdout);
-			free(flags);
-			exit(0);
+			rc = 1;
+			goto out;
 		case 'V':
 			printf("scopeproxy %s\n", PACKAGE_VERSION);
-			free(flags);
-			exit(0);
+			rc = 1;
+			goto out;
 		case 'c':
 			cfgfile = optarg;
+			break;
+		case OPT_HEADER:
+			cl->headers[cl->nheaders++] = optarg;
 			break;
 		case '?':
 			snprintf(err, errlen, "unknown option '%s' (see --help)",
 			    argv[optind - 1]);
-			free(flags);
-			return -1;
+			goto out;
 		case ':':
 			snprintf(err, errlen, "option '%s' needs a value",
 			    argv[optind - 1]);
-			free(flags);
-			return -1;
+			goto out;
 		default:
 			flags[nf].opt = ch;
 			flags[nf].arg = optarg;
 			nf++;
 		}
 	}
-	if (optind < argc) {
-		snprintf(err, errlen, "unexpected argument '%s' (see --help)",
-		    argv[optind]);
-		free(flags);
-		return -1;
-	}
-	if (cfgfile != NULL && config_load_file(c, cfgfile, err, errlen) != 0) {
-		free(flags);
-		return -1;
-	}
+	while (optind < argc)
+		cl->pos[cl->npos++] = argv[optind++];
+	if (cfgfile != NULL && config_load_file(c, cfgfile, err, errlen) != 0)
+		goto out;
 	for (i = 0; i < nf; i++)
-		if (apply_flag(c, &flags[i], err, errlen) != 0) {
-			free(flags);
-			return -1;
-		}
+		if (apply_flag(c, &flags[i], err, errlen) != 0)
+			goto out;
+	rc = config_finish(c, err, errlen);
+out:
 	free(flags);
-	return config_finish(c, err, errlen);
+	return rc;
+}
+
+/* The built-in provider table with the configuration's entries merged
+ * in front of it. */
+static struct provider_table *
+build_providers(const struct config *c, char *err, size_t errlen)
+{
+	struct provider_table *t, *user = NULL;
+
+	if ((t = providers_builtin()) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (c->providers != NULL &&
+	    (providers_from_json(c->providers, "config", &user, err, errlen) != 0 ||
+	    providers_merge(t, user, err, errlen) != 0)) {
+		providers_free(user);
+		providers_free(t);
+		return NULL;
+	}
+	providers_free(user);
+	return t;
 }
 
 static int
@@ -273,6 +336,14 @@ raise_fd_limit(void)
 	}
 }
 
+static void
+idstore_logger(const char *level, const char *msg)
+{
+	int l = log_level_parse(level);
+
+	log_msg(l < 0 ? LOG_WARN : l, "%s", msg);
+}
+
 static int
 run(struct config *c)
 {
@@ -286,6 +357,24 @@ run(struct config *c)
 
 	memset(&px, 0, sizeof(px));
 	px.cfg = c;
+	px.audit_fd = -1;
+	px.listen_fd = -1;
+	if (secmem_harden_process(err, sizeof(err)) != 0)
+		log_msg(LOG_WARN, "%s", err);
+	if ((px.providers = build_providers(c, err, sizeof(err))) == NULL) {
+		log_msg(LOG_ERROR, "%s", err);
+		goto out;
+	}
+	if (c->audit_log != NULL && (px.audit_fd = open(c->audit_log,
+	    O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+		log_msg(LOG_ERROR, "audit log %s: %s", c->audit_log, strerror(errno));
+		goto out;
+	}
+	idstore_log = idstore_logger;
+	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
+		log_msg(LOG_ERROR, "cannot watch the auth file %s", c->auth_file);
+		goto out;
+	}
 	for (r = 0; r < c->nresolve; r++) {
 		struct curl_slist *sl = curl_slist_append(px.connect_to, c->resolve[r]);
 
@@ -317,7 +406,6 @@ run(struct config *c)
 	for (i = 0; i < n; i++) {
 		if (worker_init(&ws[i], &px, i, err, sizeof(err)) != 0) {
 			log_msg(LOG_ERROR, "%s", err);
-			ws[i].epfd = ws[i].epfd > 0 ? ws[i].epfd : -1;
 			started = i + 1;
 			goto stop;
 		}
@@ -336,13 +424,23 @@ run(struct config *c)
 	log_json(LOG_INFO, "listening", json_pack("{s:s, s:i, s:i}",
 	    "address", c->listen_host, "port", port, "threads", n));
 	for (;;) {
+		struct pollfd pf[2] = { { .fd = sfd, .events = POLLIN },
+		    { .fd = idstore_watch_fd(), .events = POLLIN } };
+
+		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
+			break;
+		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN))
+			idstore_handle_watch();
+		if (!(pf[0].revents & POLLIN))
+			continue;
 		if (read(sfd, &si, sizeof(si)) != sizeof(si)) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
 		if (si.ssi_signo == SIGHUP) {
-			log_msg(LOG_INFO, "SIGHUP: nothing to reload yet");
+			log_msg(LOG_INFO, "SIGHUP: reloading the agent identity");
+			idstore_reload();
 			continue;
 		}
 		log_json(LOG_INFO, "stopping", json_pack("{s:s}", "signal",
@@ -358,12 +456,16 @@ stop:
 	for (i = 0; i < started; i++) {
 		if (ws[i].thread)
 			worker_join(&ws[i]);
-		else if (ws[i].mhd)
-			MHD_stop_daemon(ws[i].mhd);
+		else
+			worker_free(&ws[i]);
 	}
 out:
 	free(ws);
-	if (px.listen_fd > 0)
+	idstore_shutdown();
+	providers_free(px.providers);
+	if (px.audit_fd >= 0)
+		close(px.audit_fd);
+	if (px.listen_fd >= 0)
 		close(px.listen_fd);
 	if (sfd >= 0)
 		close(sfd);
@@ -374,9 +476,16 @@ out:
 static int
 check_config(struct config *c)
 {
-	json_t *o = config_to_json(c);
-	char *s;
+	struct provider_table *t;
+	json_t *o;
+	char *s, err[512];
 
+	if ((t = build_providers(c, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "scopeproxy: %s\n", err);
+		return EXIT_USAGE;
+	}
+	providers_free(t);
+	o = config_to_json(c);
 	if (o == NULL || (s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
 		json_decref(o);
 		return 1;
@@ -387,34 +496,140 @@ check_config(struct config *c)
 	return 0;
 }
 
+/* scopeproxy classify METHOD URL: the same decision the daemon makes,
+ * including fail-closed, without sending anything. */
+static int
+classify_cmd(struct config *c, const struct cmdline *cl)
+{
+	struct provider_table *t;
+	struct target tg;
+	struct decision d;
+	struct identity *id = NULL;
+	enum identity_status st;
+	const char *scheme, *host, *path;
+	char err[512], *out, *upath = NULL, *url = NULL;
+	int port, ws = 0, conn_up = 0, i, rc = EXIT_USAGE;
+
+	if (cl->npos != 2) {
+		fprintf(stderr, "scopeproxy: classify needs METHOD and URL "
+		    "(e.g. classify POST https://api.openai.com/v1/responses)\n");
+		return EXIT_USAGE;
+	}
+	if (target_parse(cl->pos[1], &tg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: %s\n", err);
+		return EXIT_USAGE;
+	}
+	for (i = 0; i < cl->nheaders; i++) {
+		const char *h = cl->headers[i], *colon = strchr(h, ':');
+
+		if (colon == NULL) {
+			fprintf(stderr, "scopeproxy: --header '%s': expected "
+			    "'Name: value'\n", h);
+			goto out;
+		}
+		if ((size_t)(colon - h) == 7 && strncasecmp(h, "Upgrade", 7) == 0 &&
+		    strcasestr(colon, "websocket") != NULL)
+			ws = 1;
+		if ((size_t)(colon - h) == 10 && strncasecmp(h, "Connection", 10) == 0 &&
+		    strcasestr(colon, "upgrade") != NULL)
+			conn_up = 1;
+	}
+	if (tg.form == TARGET_ABSOLUTE) {
+		scheme = tg.scheme;
+		host = tg.host;
+		port = tg.port;
+		path = tg.path;
+	} else {
+		const struct gw_route *r = gateway_match(&c->gateway, tg.path);
+
+		if (r == NULL) {
+			fprintf(stderr, "scopeproxy: no gateway route for '%s'\n",
+			    tg.path);
+			goto out;
+		}
+		url = gateway_url(r, tg.path);
+		scheme = r->scheme;
+		host = r->host;
+		port = r->port;
+		path = url ? strchr(url + strlen(r->scheme) + 3, '/') : NULL;
+		if (path == NULL)
+			goto out;
+	}
+	if ((upath = strndup(path, target_path_len(path))) == NULL ||
+	    (t = build_providers(c, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "scopeproxy: %s\n", upath ? err : "out of memory");
+		goto out;
+	}
+	classify(t, cl->pos[0], scheme, host, port, upath, ws && conn_up, &d);
+	if (d.action == ACTION_ASSERT) {
+		char why[256];
+
+		if (identity_load_file(c->auth_file, c->allow_insecure_auth_file,
+		    &id, &st, why, sizeof(why)) != 0 && st == IDENTITY_OK)
+			st = IDENTITY_INVALID;
+		if (st != IDENTITY_OK)
+			decision_fail_closed(&d, st == IDENTITY_NO_TASK ?
+			    "agent_task_missing" : st == IDENTITY_MISSING ?
+			    "agent_identity_missing" : "agent_identity_invalid");
+		identity_unref(id);
+	}
+	if (decision_to_json(&d, &out) == 0) {
+		printf("%s\n", out);
+		free(out);
+		rc = 0;
+	} else
+		rc = 1;
+	providers_free(t);
+out:
+	free(upath);
+	free(url);
+	target_free(&tg);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
 	struct config cfg;
+	struct cmdline cl = { 0 };
 	char err[1024];
 	int rc, sub = 0;
 
 	if (argc > 1 && strcmp(argv[1], "check-config") == 0)
 		sub = 1;
+	else if (argc > 1 && strcmp(argv[1], "classify") == 0)
+		sub = 2;
 	config_defaults(&cfg);
-	if (parse_args(argc - sub, argv + sub, &cfg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "scopeproxy: %s\n", err);
-		config_free(&cfg);
-		return EXIT_USAGE;
+	rc = parse_args(argc - (sub != 0), argv + (sub != 0), &cfg, &cl, err,
+	    sizeof(err));
+	if (rc == 0 && sub != 2 && (cl.npos > 0 || cl.nheaders > 0)) {
+		snprintf(err, sizeof(err), cl.npos > 0 ?
+		    "unexpected argument '%s' (see --help)" :
+		    "%s is only for 'scopeproxy classify'",
+		    cl.npos > 0 ? cl.pos[0] : "--header");
+		rc = -1;
+	}
+	if (rc != 0) {
+		if (rc < 0)
+			fprintf(stderr, "scopeproxy: %s\n", err);
+		rc = rc < 0 ? EXIT_USAGE : 0;
+		goto out;
 	}
 	log_min_level = cfg.log_level;
-	if (sub) {
+	if (sub == 1)
 		rc = check_config(&cfg);
-		config_free(&cfg);
-		return rc;
-	}
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+	else if (sub == 2)
+		rc = classify_cmd(&cfg, &cl);
+	else if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "scopeproxy: libcurl initialisation failed\n");
-		config_free(&cfg);
-		return 1;
+		rc = 1;
+	} else {
+		rc = run(&cfg);
+		curl_global_cleanup();
 	}
-	rc = run(&cfg);
-	curl_global_cleanup();
+out:
+	free(cl.pos);
+	free(cl.headers);
 	config_free(&cfg);
 	return rc;
 }

@@ -4,7 +4,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "classify.h"
 #include "config.h"
+#include "credential.h"
+#include "idstore.h"
 #include "gateway.h"
 #include "log.h"
 #include "target.h"
@@ -49,6 +56,13 @@ release_upstream(struct transfer *t)
 		curl_multi_remove_handle(t->w->multi, t->easy);
 		curl_easy_cleanup(t->easy);
 		t->easy = NULL;
+	}
+	if (t->task_fp[0] != '\0') {
+		struct curl_slist *h;
+
+		/* Our copy of the assertion is a bearer secret: wipe it. */
+		for (h = t->req_headers; h != NULL; h = h->next)
+			OPENSSL_cleanse(h->data, strlen(h->data));
 	}
 	curl_slist_free_all(t->req_headers);
 	t->req_headers = NULL;
@@ -437,13 +451,14 @@ fail:
 }
 
 static int
-start_upstream(struct transfer *t, const struct hdr_vec *in)
+start_upstream(struct transfer *t, const struct hdr_vec *in,
+    const struct hdr_edits *edits)
 {
 	struct config *c = t->w->px->cfg;
 	struct hdr_vec out = { 0 };
 	CURL *e;
 
-	if (headers_outbound(in->v, in->n, NULL, &out) != 0 ||
+	if (headers_outbound(in->v, in->n, edits, &out) != 0 ||
 	    (t->req_headers = build_curl_headers(&out, &t->ri)) == NULL) {
 		hdr_vec_free(&out);
 		set_error(t, PERR_INTERNAL, "out of memory");
@@ -507,15 +522,48 @@ start_upstream(struct transfer *t, const struct hdr_vec *in)
 }
 
 static int
-set_log_dest(struct transfer *t, const char *host, int port, int ipv6,
-    const char *path)
+set_dest(struct transfer *t, const char *scheme, const char *host, int port,
+    int ipv6, const char *path)
 {
 	size_t pl = target_path_len(path);
 
+	snprintf(t->scheme, sizeof(t->scheme), "%s", scheme);
+	t->dst_port = port;
 	if (asprintf(&t->log_host, ipv6 ? "[%s]:%d" : "%s:%d", host, port) < 0)
 		t->log_host = NULL;
+	t->dst_host = strdup(host);
 	t->log_path = strndup(path, pl);
-	return t->log_host && t->log_path ? 0 : -1;
+	return t->log_host && t->dst_host && t->log_path ? 0 : -1;
+}
+
+static void
+local_answer(struct transfer *t, int status, json_t *body)
+{
+	t->mode = "local";
+	t->local_status = status;
+	t->local_body = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(body);
+}
+
+/* /readyz: ready only with a usable identity and a sane clock. */
+static void
+readiness(struct transfer *t)
+{
+	enum identity_status st;
+	struct identity *id;
+	char why[256] = "";
+
+	id = idstore_get(&st, why, sizeof(why));
+	identity_unref(id);
+	if (time(NULL) < 1704067200)	/* 2024-01-01: signatures would be stale */
+		local_answer(t, 503, json_pack("{s:s, s:s}", "status",
+		    "not_ready", "reason", "system clock is not set"));
+	else if (st != IDENTITY_OK)
+		local_answer(t, 503, json_pack("{s:s, s:s, s:s}", "status",
+		    "not_ready", "reason", identity_status_str(st), "detail",
+		    st == IDENTITY_NO_TASK ? MSG_TASK_MISSING : why));
+	else
+		local_answer(t, 200, json_pack("{s:s}", "status", "ready"));
 }
 
 /* Decides where the request goes; on error, t carries the answer. */
@@ -534,7 +582,7 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 	}
 	if (tg.form == TARGET_ABSOLUTE) {
 		t->mode = "forward";
-		if (set_log_dest(t, tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
+		if (set_dest(t, tg.scheme, tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
 		    target_authority(&tg, auth, sizeof(auth)) != 0 ||
 		    asprintf(&t->url, "%s://%s%s", tg.scheme, auth, tg.path) < 0) {
 			t->url = NULL;
@@ -546,10 +594,14 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 		const struct gw_route *r;
 		size_t pl = target_path_len(tg.path);
 
-		if ((pl == 8 && strncmp(tg.path, "/healthz", 8) == 0)) {
+		if ((pl == 8 && strncmp(tg.path, "/healthz", 8) == 0) ||
+		    (pl == 7 && strncmp(tg.path, "/readyz", 7) == 0)) {
+			t->log_path = strndup(tg.path, pl);
+			if (tg.path[1] == 'h')
+				local_answer(t, 200, json_pack("{s:s}", "status", "ok"));
+			else
+				readiness(t);
 			target_free(&tg);
-			t->mode = "local";
-			t->log_path = strdup("/healthz");
 			return 1;
 		}
 		if ((r = gateway_match(&c->gateway, tg.path)) == NULL) {
@@ -562,7 +614,7 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 			return -1;
 		}
 		t->mode = "gateway";
-		if (set_log_dest(t, r->host, r->port, r->ipv6, tg.path) != 0 ||
+		if (set_dest(t, r->scheme, r->host, r->port, r->ipv6, tg.path) != 0 ||
 		    (t->url = gateway_url(r, tg.path)) == NULL) {
 			target_free(&tg);
 			set_error(t, PERR_INTERNAL, "out of memory");
@@ -571,7 +623,63 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 	}
 	(void)con;
 	target_free(&tg);
+	/* Classification looks at the path the upstream will see. */
+	{
+		const char *up = strchr(t->url + strlen(t->scheme) + 3, '/');
+
+		if (up == NULL)
+			up = "/";
+		if ((t->dst_path = strndup(up, target_path_len(up))) == NULL) {
+			set_error(t, PERR_INTERNAL, "out of memory");
+			return -1;
+		}
+	}
 	return 0;
+}
+
+/* The one place where a credential decision meets the request. */
+static void
+decide_and_start(struct transfer *t, const struct hdr_vec *in)
+{
+	struct worker *w = t->w;
+	struct decision d;
+	struct credential cr;
+	struct identity *id = NULL;
+	enum identity_status st = IDENTITY_MISSING;
+	enum perr e;
+	char why[256] = "", msg[384];
+	int rc = 0;
+
+	classify(w->px->providers, t->method, t->scheme, t->dst_host,
+	    t->dst_port, t->dst_path, t->ri.websocket, &d);
+	t->provider = d.provider;
+	t->route_kind = d.kind;
+	t->action = d.action;
+	if (d.action == ACTION_ASSERT) {
+		id = idstore_get(&st, why, sizeof(why));
+		if (credential_prepare(id, st, why, time(NULL), w->secbuf,
+		    CREDENTIAL_BUFSIZE, &cr, &e, msg, sizeof(msg)) != 0) {
+			/* Fail closed: nothing goes upstream, and the
+			 * client's own credential is never used instead. */
+			identity_unref(id);
+			t->action = ACTION_REJECT;
+			set_error(t, e, "%s", msg);
+			return;
+		}
+		memcpy(t->task_fp, cr.task_fp, sizeof(t->task_fp));
+	}
+	if (t->ri.websocket)
+		set_error(t, PERR_WEBSOCKET_UNSUPPORTED,
+		    "WebSocket upgrades are not relayed by this version; "
+		    "use HTTP (POST) for this route");
+	else
+		rc = start_upstream(t, in, d.action == ACTION_ASSERT ?
+		    &cr.edits : NULL);
+	if (id != NULL) {
+		OPENSSL_cleanse(w->secbuf, CREDENTIAL_BUFSIZE);
+		identity_unref(id);
+	}
+	(void)rc;
 }
 
 static enum MHD_Result
@@ -600,13 +708,8 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	}
 	/* Answers known now are queued after the body is read, so that
 	 * MHD keeps the connection alive. */
-	if ((r = route_request(t, con)) != 0) {
-		hdr_vec_free(&in);
-		if (r > 0)
-			t->local_body = "{\"status\":\"ok\"}";
-		return MHD_YES;
-	}
-	(void)start_upstream(t, &in);
+	if ((r = route_request(t, con)) == 0)
+		decide_and_start(t, &in);
 	hdr_vec_free(&in);
 	return MHD_YES;
 }
@@ -671,7 +774,8 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 		/* FALLTHROUGH */
 	case PH_RESPOND:
 		if (t->local_body != NULL)
-			return queue_local(t, 200, t->local_body);
+			return queue_local(t, (unsigned)t->local_status,
+			    t->local_body);
 		if (!t->resp_ready) {
 			suspend(t, WAIT_HEADERS);
 			return MHD_YES;
@@ -703,6 +807,13 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	    "duration_ms", (json_int_t)(now_ms() - t->start_ms));
 	if (o == NULL)
 		return;
+	if (t->provider != NULL) {
+		json_object_set_new(o, "provider", json_string(t->provider));
+		json_object_set_new(o, "route", json_string(
+		    route_kind_name((enum route_kind)t->route_kind)));
+		json_object_set_new(o, "action", json_string(
+		    action_name((enum action)t->action)));
+	}
 	if (t->reused >= 0)
 		json_object_set_new(o, "upstream_reused", json_boolean(t->reused));
 	if (t->is_error)
@@ -715,6 +826,40 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	else if (t->up_done && t->up_rc != CURLE_OK && !t->is_error)
 		json_object_set_new(o, "aborted", json_string("upstream"));
 	log_json(LOG_INFO, "request", o);
+}
+
+/* One line per request that reached classification: what was decided
+ * and what came back. The task is named by a fingerprint only. */
+static void
+audit_request(struct transfer *t)
+{
+	char ts[64], *line;
+	json_t *o;
+	size_t n;
+
+	if (t->w->px->audit_fd < 0 || t->provider == NULL)
+		return;
+	log_time(ts);
+	o = json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:s, s:o, s:i}",
+	    "time", ts, "method", t->method ? t->method : "",
+	    "host", t->log_host, "path", t->log_path, "mode", t->mode,
+	    "provider", t->provider,
+	    "route", route_kind_name((enum route_kind)t->route_kind),
+	    "action", action_name((enum action)t->action),
+	    "task", t->task_fp[0] ? json_string(t->task_fp) : json_null(),
+	    "status", t->status);
+	if (o == NULL)
+		return;
+	if (t->is_error)
+		json_object_set_new(o, "error", json_string(perr_code(t->err)));
+	line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (line == NULL)
+		return;
+	n = strlen(line);
+	line[n] = '\n';
+	(void)!write(t->w->px->audit_fd, line, n + 1);
+	free(line);
 }
 
 void
@@ -730,6 +875,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 		return;
 	*con_cls = NULL;
 	log_request(t, toe);
+	audit_request(t);
 	release_upstream(t);
 	if (t->cl != NULL)
 		t->cl->t = NULL;
@@ -756,6 +902,9 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	free(t->raw_target);
 	free(t->log_host);
 	free(t->log_path);
+	free(t->dst_host);
+	free(t->dst_path);
+	free(t->local_body);
 	free(t->url);
 	free(t->err_msg);
 	free(t);

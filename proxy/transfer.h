@@ -31,6 +31,16 @@ struct transfer {
 	char			*log_path;	/* path without query */
 	struct req_info		 ri;
 
+	/* the destination and what classification decided for it */
+	char			 scheme[6];
+	char			*dst_host;
+	char			*dst_path;	/* upstream path, no query */
+	int			 dst_port;
+	const char		*provider;	/* lives as long as the table */
+	int			 route_kind;	/* enum route_kind */
+	int			 action;	/* enum action */
+	char			 task_fp[9];	/* "" when no credential */
+
 	/* upstream side */
 	CURL			*easy;
 	struct curl_slist	*req_headers;
@@ -54,7 +64,8 @@ struct transfer {
 	enum perr		 err;
 	char			*err_msg;
 	int			 is_error;
-	const char		*local_body;	/* the proxy's own answer */
+	char			*local_body;	/* the proxy's own answer */
+	int			 local_status;
 
 	int			 client_gone;
 	long long		 bytes_in;

@@ -11,6 +11,8 @@
 #include <arpa/inet.h>
 
 #include "config.h"
+#include "credential.h"
+#include "secmem.h"
 #include "errors.h"
 #include "headers.h"
 #include "log.h"
@@ -513,6 +515,7 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	w->px = px;
 	w->id = id;
 	w->curl_deadline = -1;
+	w->wake_src.fd = -1;
 	if ((w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
 		goto sys;
 	w->wake_src.kind = EV_WAKE;
@@ -549,6 +552,10 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	if (ep_add(w, w->mhd_src.fd, EPOLLIN, &w->mhd_src) != 0)
 		goto sys;
 
+	if ((w->secbuf = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL) {
+		snprintf(err, errlen, "cannot allocate locked memory");
+		return -1;
+	}
 	if ((w->multi = curl_multi_init()) == NULL) {
 		snprintf(err, errlen, "cannot create a libcurl multi handle");
 		return -1;
@@ -583,12 +590,25 @@ void
 worker_join(struct worker *w)
 {
 	pthread_join(w->thread, NULL);
+	worker_free(w);
+}
+
+void
+worker_free(struct worker *w)
+{
+	/* MHD's own callbacks run here and may still touch the multi
+	 * handle and the epoll set: stop MHD first. */
 	if (w->mhd != NULL)
 		MHD_stop_daemon(w->mhd);
 	if (w->multi != NULL)
 		curl_multi_cleanup(w->multi);
-	if (w->wake_src.fd > 0)
+	if (w->wake_src.fd >= 0)
 		close(w->wake_src.fd);
 	if (w->epfd >= 0)
 		close(w->epfd);
+	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
+	w->mhd = NULL;
+	w->multi = NULL;
+	w->secbuf = NULL;
+	w->epfd = w->wake_src.fd = -1;
 }

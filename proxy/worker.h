@@ -28,6 +28,8 @@ struct proxy {
 	atomic_long		 nconns;
 	atomic_int		 stopping;
 	struct curl_slist	*connect_to;	/* from --resolve */
+	struct provider_table	*providers;
+	int			 audit_fd;	/* -1: no audit log */
 };
 
 /* A client connection owned by MHD; watched for hang-ups so that an
@@ -55,13 +57,15 @@ struct worker {
 	struct peek		*peek_head, *peek_tail;
 	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
 	struct transfer		*live;		/* every transfer, for shutdown */
+	char			*secbuf;	/* locked scratch for minting */
 };
 
 int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	    size_t errlen);
 int	 worker_start(struct worker *w);
 void	 worker_wake(struct worker *w);
-void	 worker_join(struct worker *w);
+void	 worker_join(struct worker *w);	/* then worker_free() */
+void	 worker_free(struct worker *w);
 
 /* Asks the loop to unpause t's curl transfer once outside callbacks. */
 void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
