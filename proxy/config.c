@@ -269,8 +269,13 @@ key_providers(struct config *c, json_t *v, const char *path, char *err,
     size_t errlen)
 {
 	/* Validated in depth by the provider table loader. */
+	if (json_is_null(v)) {
+		json_decref(c->providers);
+		c->providers = NULL;
+		return 0;
+	}
 	if (!json_is_array(v))
-		return type_error(err, errlen, path, "array of provider objects");
+		return type_error(err, errlen, path, "array of provider objects or null");
 	json_decref(c->providers);
 	c->providers = json_incref(v);
 	return 0;

@@ -222,7 +222,8 @@ request_check(const struct hdr *h, size_t n, int need_host,
 	if (need_host && !have_host)
 		return fail(code, PERR_BAD_REQUEST, err, errlen,
 		    "missing '%s' header (required by HTTP/1.1)", "Host");
-	ri->has_body = ri->chunked || ri->content_length > 0;
+	/* Content-Length: 0 is forwarded as sent, so it counts as a body. */
+	ri->has_body = ri->chunked || ri->content_length >= 0;
 	ri->websocket = conn_upgrade && upgrade_ws;
 	return 0;
 }
@@ -271,23 +272,131 @@ hdr_response_drop(const char *name, const struct hdr *h, size_t n)
 	    hdr_is_hop_by_hop(name, h, n);
 }
 
-int
-head_precheck(const char *buf, size_t n, char *err, size_t errlen)
+static int
+is_tchar(unsigned char c)
 {
-	size_t i;
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	    (c >= '0' && c <= '9') || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c));
+}
 
-	for (i = 0; i + 1 < n; i++) {
-		if (buf[i] != '\n')
-			continue;
-		/* A blank line ends the head: nothing after it is ours. */
-		if (buf[i + 1] == '\n' || (buf[i + 1] == '\r' && i + 2 < n &&
-		    buf[i + 2] == '\n'))
-			return 0;
-		if (buf[i + 1] == ' ' || buf[i + 1] == '\t') {
+/* One line of the head, without its line ending. */
+static int
+check_request_line(const char *l, size_t n, enum perr *code, char *err,
+    size_t errlen)
+{
+	size_t i = 0, t0;
+
+	while (i < n && is_tchar((unsigned char)l[i]))
+		i++;
+	if (i == 0 || i >= n || l[i] != ' ')
+		goto bad;
+	t0 = ++i;
+	while (i < n && l[i] > 0x20 && l[i] < 0x7f)
+		i++;
+	if (i == t0 || i >= n || l[i] != ' ')
+		goto bad;
+	i++;
+	if (n - i != 8 || (memcmp(l + i, "HTTP/1.1", 8) != 0 &&
+	    memcmp(l + i, "HTTP/1.0", 8) != 0))
+		goto bad;
+	return 0;
+bad:
+	*code = PERR_BAD_REQUEST;
+	snprintf(err, errlen, "malformed request line");
+	return -1;
+}
+
+static int
+check_field_line(const char *l, size_t n, const char **cl, size_t *cln,
+    int *te, enum perr *code, char *err, size_t errlen)
+{
+	size_t i = 0, v;
+
+	*code = PERR_BAD_REQUEST;
+	if (n > 0 && (l[0] == ' ' || l[0] == '\t')) {
+		snprintf(err, errlen,
+		    "obsolete line folding in the request head is not accepted");
+		return -1;
+	}
+	while (i < n && is_tchar((unsigned char)l[i]))
+		i++;
+	if (i == 0 || i >= n || l[i] != ':') {
+		snprintf(err, errlen, "malformed header line '%.*s'",
+		    (int)(i < 40 ? i : 40), l);
+		return -1;
+	}
+	for (v = i + 1; v < n; v++) {
+		unsigned char c = (unsigned char)l[v];
+
+		if ((c < 0x20 && c != '\t') || c == 0x7f) {
 			snprintf(err, errlen,
-			    "obsolete line folding in the request head is not accepted");
+			    "header '%.*s' has a control character in its value",
+			    (int)(i < 64 ? i : 64), l);
 			return -1;
 		}
+	}
+	if (i == 14 && strncasecmp(l, "Content-Length", 14) == 0) {
+		const char *p = l + i + 1, *e = l + n;
+
+		while (p < e && (*p == ' ' || *p == '\t'))
+			p++;
+		while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+			e--;
+		if (p == e || strspn(p, "0123456789") < (size_t)(e - p) ||
+		    (*cl != NULL && ((size_t)(e - p) != *cln ||
+		    memcmp(*cl, p, *cln) != 0))) {
+			snprintf(err, errlen, *cl != NULL && p != e &&
+			    strspn(p, "0123456789") >= (size_t)(e - p) ?
+			    "conflicting 'Content-Length' headers" :
+			    "header 'Content-Length' is not a valid length");
+			return -1;
+		}
+		*cl = p;
+		*cln = (size_t)(e - p);
+	} else if (i == 17 && strncasecmp(l, "Transfer-Encoding", 17) == 0)
+		*te = 1;
+	return 0;
+}
+
+int
+head_validate(const char *buf, size_t n, size_t max_head, enum perr *code,
+    char *err, size_t errlen)
+{
+	const char *cl = NULL;
+	size_t pos = 0, cln = 0;
+	int line = 0, te = 0;
+
+	while (pos < n) {
+		const char *nl = memchr(buf + pos, '\n', n - pos);
+		size_t len;
+
+		if (nl == NULL)
+			break;
+		len = (size_t)(nl - (buf + pos));
+		if (len > 0 && buf[pos + len - 1] == '\r')
+			len--;
+		if (len == 0 && line > 0) {
+			if (cl != NULL && te) {
+				*code = PERR_BAD_REQUEST;
+				snprintf(err, errlen, "both Content-Length and "
+				    "Transfer-Encoding are present");
+				return -1;
+			}
+			return 1;
+		}
+		if (line == 0 ? check_request_line(buf + pos, len, code, err,
+		    errlen) != 0 : check_field_line(buf + pos, len, &cl, &cln,
+		    &te, code, err, errlen) != 0)
+			return -1;
+		line++;
+		pos = (size_t)(nl - buf) + 1;
+		if (pos > max_head)
+			break;
+	}
+	if (n >= max_head) {
+		*code = PERR_HEADERS_TOO_LARGE;
+		snprintf(err, errlen, "request headers exceed %zu bytes", max_head);
+		return -1;
 	}
 	return 0;
 }

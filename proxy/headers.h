@@ -64,9 +64,12 @@ int	 headers_outbound(const struct hdr *in, size_t n,
 /* Response headers the proxy must not copy back (framing and hop-by-hop). */
 int	 hdr_response_drop(const char *name, const struct hdr *h, size_t n);
 
-/* Raw check of a request head as it arrived (MHD 0.9.75 silently turns an
- * obs-fold line into a different header name). Returns 0 when the head
- * holds no folded line or is not complete in buf; -1 with a message. */
-int	 head_precheck(const char *buf, size_t n, char *err, size_t errlen);
+/* Raw check of a connection's first request head as it arrived, for what
+ * MHD 0.9.75 would rewrite (obs-fold, empty names) or answer with its own
+ * HTML page (malformed lines, bad lengths, oversize heads). Returns 1 when
+ * the head is complete and sound, 0 when more bytes are needed, -1 with
+ * *code and a message naming the fault. */
+int	 head_validate(const char *buf, size_t n, size_t max_head,
+	    enum perr *code, char *err, size_t errlen);
 
 #endif

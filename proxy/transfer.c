@@ -22,6 +22,8 @@
  * paused, MHD connection suspended) once this much is waiting. */
 #define WINDOW		(64 * 1024)
 #define MHD_BLOCK	(16 * 1024)
+/* How much of a refused body is read so the client can see the answer. */
+#define DRAIN_MAX	(4LL * 1024 * 1024)
 
 static struct client *
 conn_client(struct MHD_Connection *con)
@@ -722,16 +724,19 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 
 	if (t->client_gone)
 		return MHD_NO;
-	if (t->is_error || t->local_body != NULL || t->easy == NULL) {
-		*size = 0;	/* the answer is known: drain the body */
-		return MHD_YES;
-	}
-	if (c->max_body_size > 0 && t->bytes_in + (long long)take > c->max_body_size) {
+	if (c->max_body_size > 0 && t->bytes_in + (long long)take > c->max_body_size &&
+	    !t->is_error) {
 		release_upstream(t);
 		set_error(t, PERR_PAYLOAD_TOO_LARGE,
 		    "request body exceeds limits.max_body_size (%lld bytes)",
 		    c->max_body_size);
-		return queue_error(t);
+	}
+	if (t->is_error || t->local_body != NULL || t->easy == NULL) {
+		/* The answer is known: read and drop the rest of the body
+		 * (MHD can only answer once it is read), within reason. */
+		t->bytes_in += (long long)take;
+		*size = 0;
+		return t->bytes_in - c->max_body_size > DRAIN_MAX ? MHD_NO : MHD_YES;
 	}
 	room = buf_pending(&t->up) < WINDOW ? WINDOW - buf_pending(&t->up) : 0;
 	if (take > room)

@@ -237,9 +237,8 @@ send_and_close(int fd, enum perr e, const char *message)
 		    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
 		    "X-Scopeproxy-Error: %s\r\nContent-Length: %zu\r\n"
 		    "Connection: close\r\n\r\n", perr_status(e),
-		    perr_status(e) == 501 ? "Not Implemented" :
-		    perr_status(e) == 400 ? "Bad Request" :
-		    "Service Unavailable", perr_code(e), strlen(body));
+		    MHD_get_reason_phrase_for((unsigned)perr_status(e)),
+		    perr_code(e), strlen(body));
 		(void)!write(fd, head, (size_t)hl);
 		(void)!write(fd, body, strlen(body));
 		free(body);
@@ -289,21 +288,28 @@ reject_connect(struct worker *w, struct peek *p)
 	free(p);
 }
 
-/* The first head on a connection is checked raw for what MHD would
- * rewrite rather than reject. Later heads on a kept-alive connection
- * are only checked after MHD's parse (see request_check). */
+/* The first head on a connection is checked raw, before MHD sees it,
+ * for what MHD would rewrite or answer with its own HTML page. Later
+ * heads on a kept-alive connection are checked after MHD's parse only
+ * (request_check). Returns 1 to hand over, 0 to wait, -1 when answered. */
 static int
-precheck_head(struct peek *p)
+precheck_head(struct worker *w, struct peek *p)
 {
-	char head[16384], err[160];
+	size_t max = (size_t)w->px->cfg->max_header_size;
+	enum perr code;
+	char err[160];
 	ssize_t n;
+	int r;
 
-	n = recv(p->src.fd, head, sizeof(head), MSG_PEEK | MSG_DONTWAIT);
-	if (n <= 0 || head_precheck(head, (size_t)n, err, sizeof(err)) == 0)
-		return 0;
-	send_and_close(p->src.fd, PERR_BAD_REQUEST, err);
+	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		return 1;	/* let MHD see the error or the hang-up */
+	if ((r = head_validate(w->peekbuf, (size_t)n, max, &code, err,
+	    sizeof(err))) >= 0)
+		return r;
+	send_and_close(p->src.fd, code, err);
 	log_json(LOG_INFO, "request", json_pack("{s:i, s:s, s:s}", "status",
-	    400, "error", "bad_request", "detail", err));
+	    perr_status(code), "error", perr_code(code), "detail", err));
 	return -1;
 }
 
@@ -313,6 +319,7 @@ peek_ready(struct worker *w, struct peek *p)
 	static const char connect[] = "CONNECT ";
 	char b[8];
 	ssize_t n;
+	int r;
 
 	n = recv(p->src.fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -329,14 +336,15 @@ peek_ready(struct worker *w, struct peek *p)
 		reject_connect(w, p);
 		return;
 	}
+	if ((r = precheck_head(w, p)) == 0)
+		return;		/* the head is not complete yet */
 	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
-	if (precheck_head(p) != 0) {
-		peek_unlink(w, p);
+	peek_unlink(w, p);
+	if (r < 0) {
 		atomic_fetch_sub(&w->px->nconns, 1);
 		free(p);
 		return;
 	}
-	peek_unlink(w, p);
 	if (MHD_add_connection(w->mhd, p->src.fd, (struct sockaddr *)&p->addr,
 	    p->addrlen) != MHD_YES) {
 		/* MHD closed the socket already. */
@@ -552,6 +560,10 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	if (ep_add(w, w->mhd_src.fd, EPOLLIN, &w->mhd_src) != 0)
 		goto sys;
 
+	if ((w->peekbuf = malloc((size_t)c->max_header_size)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
 	if ((w->secbuf = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL) {
 		snprintf(err, errlen, "cannot allocate locked memory");
 		return -1;
@@ -607,6 +619,8 @@ worker_free(struct worker *w)
 	if (w->epfd >= 0)
 		close(w->epfd);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
+	free(w->peekbuf);
+	w->peekbuf = NULL;
 	w->mhd = NULL;
 	w->multi = NULL;
 	w->secbuf = NULL;

@@ -58,6 +58,7 @@ struct worker {
 	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
 	struct transfer		*live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
+	char			*peekbuf;	/* first request head, peeked */
 };
 
 int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,

@@ -225,6 +225,45 @@ START_TEST(response_filter)
 }
 END_TEST
 
+static int
+hv(const char *head, size_t max, enum perr *code)
+{
+	char err[200];
+
+	return head_validate(head, strlen(head), max, code, err, sizeof(err));
+}
+
+START_TEST(raw_head_validation)
+{
+	enum perr code;
+
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1024, &code), 1);
+	ck_assert_int_eq(hv("GET / HTTP/1.1\nHost: a\n\nbody", 1024, &code), 1);
+	ck_assert_int_eq(hv("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+	    "Content-Length: 5\r\n\r\n", 1024, &code), 1);
+	/* incomplete: wait for more */
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nHost: a\r\n", 1024, &code), 0);
+	ck_assert_int_eq(hv("GE", 1024, &code), 0);
+	/* rejections */
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nFold: a\r\n  b\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(code, PERR_BAD_REQUEST);
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\n: v\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nFoo : bar\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nA: x\x01y\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("garbage\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("GET / HTTP/2.0\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("GET  / HTTP/1.1\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: 5\r\n"
+	    "Content-Length: 6\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: 5\r\n"
+	    "Transfer-Encoding: chunked\r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaa\r\n", 24, &code), -1);
+	ck_assert_int_eq(code, PERR_HEADERS_TOO_LARGE);
+}
+END_TEST
+
 /* --- gateway ------------------------------------------------------------ */
 
 START_TEST(gateway_defaults_and_longest_prefix)
@@ -462,6 +501,7 @@ core_suite(void)
 	tcase_add_test(tc, header_limits_and_names);
 	tcase_add_test(tc, outbound_filter_keeps_order_case_duplicates);
 	tcase_add_test(tc, response_filter);
+	tcase_add_test(tc, raw_head_validation);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("gateway");
 	tcase_add_test(tc, gateway_defaults_and_longest_prefix);
