@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ca.h"
 #include "config.h"
 #include "log.h"
 #include "target.h"
@@ -27,6 +28,9 @@ static int key_log_level(struct config *, json_t *, const char *, char *, size_t
 static int key_resolve(struct config *, json_t *, const char *, char *, size_t);
 static int key_gateway(struct config *, json_t *, const char *, char *, size_t);
 static int key_providers(struct config *, json_t *, const char *, char *, size_t);
+static int key_connect_ports(struct config *, json_t *, const char *, char *, size_t);
+static int key_proxy_auth(struct config *, json_t *, const char *, char *, size_t);
+static int key_allowed_hosts(struct config *, json_t *, const char *, char *, size_t);
 
 #define OFF(f)	offsetof(struct config, f)
 #define DAY	86400.0
@@ -43,6 +47,7 @@ static const struct keyspec timeout_keys[] = {
 	{ "upstream_idle", K_SECS, OFF(upstream_idle_timeout), 0, DAY, NULL, NULL },
 	{ "client_idle", K_SECS, OFF(client_idle_timeout), 0, DAY, NULL, NULL },
 	{ "total", K_SECS, OFF(total_timeout), 0, 7 * DAY, NULL, NULL },
+	{ "tunnel_idle", K_SECS, OFF(tunnel_idle_timeout), 0, DAY, NULL, NULL },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -61,6 +66,11 @@ static const struct keyspec top_keys[] = {
 	{ "allow_insecure_auth_file", K_BOOL, OFF(allow_insecure_auth_file), 0, 0, NULL, NULL },
 	{ "audit_log", K_STR, OFF(audit_log), 0, 0, NULL, NULL },
 	{ "providers", K_FN, 0, 0, 0, NULL, key_providers },
+	{ "intercept", K_BOOL, OFF(intercept), 0, 0, NULL, NULL },
+	{ "ca_dir", K_STR, OFF(ca_dir), 0, 0, NULL, NULL },
+	{ "connect_ports", K_FN, 0, 0, 0, NULL, key_connect_ports },
+	{ "proxy_auth", K_FN, 0, 0, 0, NULL, key_proxy_auth },
+	{ "allowed_hosts", K_FN, 0, 0, 0, NULL, key_allowed_hosts },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -76,6 +86,12 @@ config_defaults(struct config *c)
 	c->connect_timeout = 10;
 	c->upstream_idle_timeout = 300;
 	c->client_idle_timeout = 300;
+	c->tunnel_idle_timeout = 300;
+	c->intercept = 1;
+	if ((c->connect_ports = malloc(sizeof(int))) != NULL) {
+		c->connect_ports[0] = 443;
+		c->nconnect_ports = 1;
+	}
 	(void)gateway_defaults(&c->gateway);
 }
 
@@ -282,6 +298,109 @@ key_providers(struct config *c, json_t *v, const char *path, char *err,
 }
 
 static int
+key_connect_ports(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	char ipath[256];
+	size_t i;
+	json_t *e;
+	int *np;
+
+	if (!json_is_array(v))
+		return type_error(err, errlen, path, "array of port numbers");
+	if ((np = calloc(json_array_size(v) + 1, sizeof(int))) == NULL)
+		return -1;
+	json_array_foreach(v, i, e) {
+		if (!json_is_integer(e) || json_integer_value(e) < 1 ||
+		    json_integer_value(e) > 65535) {
+			free(np);
+			snprintf(ipath, sizeof(ipath), "%s[%zu]", path, i);
+			return type_error(err, errlen, ipath, "port number 1-65535");
+		}
+		np[i] = (int)json_integer_value(e);
+	}
+	free(c->connect_ports);
+	c->connect_ports = np;
+	c->nconnect_ports = json_array_size(v);
+	return 0;
+}
+
+static void
+secret_free(char **s)
+{
+	if (*s != NULL) {
+		explicit_bzero(*s, strlen(*s));
+		free(*s);
+		*s = NULL;
+	}
+}
+
+static int
+key_proxy_auth(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	const char *k;
+	json_t *e;
+	char kpath[300];
+
+	secret_free(&c->proxy_auth_basic);
+	secret_free(&c->proxy_auth_bearer);
+	if (json_is_null(v))
+		return 0;
+	if (!json_is_object(v) || json_object_size(v) != 1)
+		return type_error(err, errlen, path,
+		    "null, {\"basic\": \"user:password\"} or {\"bearer\": \"token\"}");
+	json_object_foreach(v, k, e) {
+		snprintf(kpath, sizeof(kpath), "%s.%s", path, k);
+		if (strcmp(k, "basic") != 0 && strcmp(k, "bearer") != 0) {
+			snprintf(err, errlen, "%s: unknown key (use basic or bearer)",
+			    kpath);
+			return -1;
+		}
+		if (!json_is_string(e) || json_string_length(e) == 0 ||
+		    strpbrk(json_string_value(e), "\r\n") != NULL ||
+		    (k[1] == 'a' && strchr(json_string_value(e), ':') == NULL))
+			return type_error(err, errlen, kpath, k[1] == 'a' ?
+			    "string \"user:password\"" : "non-empty token string");
+		if (k[1] == 'a')
+			c->proxy_auth_basic = strdup(json_string_value(e));
+		else
+			c->proxy_auth_bearer = strdup(json_string_value(e));
+	}
+	return 0;
+}
+
+static int
+key_allowed_hosts(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	char ipath[256];
+	size_t i;
+	json_t *e;
+
+	for (i = 0; i < c->nallowed_hosts; i++)
+		free(c->allowed_hosts[i]);
+	free(c->allowed_hosts);
+	c->allowed_hosts = NULL;
+	c->nallowed_hosts = 0;
+	c->allowed_hosts_set = 0;
+	if (json_is_null(v))
+		return 0;
+	if (!json_is_array(v))
+		return type_error(err, errlen, path, "null or array of host patterns");
+	if ((c->allowed_hosts = calloc(json_array_size(v) + 1, sizeof(char *))) == NULL)
+		return -1;
+	c->allowed_hosts_set = 1;
+	json_array_foreach(v, i, e) {
+		snprintf(ipath, sizeof(ipath), "%s[%zu]", path, i);
+		if (!json_is_string(e))
+			return type_error(err, errlen, ipath, "host pattern string");
+		c->allowed_hosts[c->nallowed_hosts++] = strdup(json_string_value(e));
+	}
+	return 0;
+}
+
+static int
 apply_keys(struct config *c, const struct keyspec *spec, json_t *obj,
     const char *where, char *err, size_t errlen)
 {
@@ -407,6 +526,10 @@ config_finish(struct config *c, char *err, size_t errlen)
 		    "to expose the proxy beyond this host", c->listen_host);
 		return -1;
 	}
+	if (c->ca_dir == NULL && (c->ca_dir = ca_default_dir()) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
 	if (c->auth_file == NULL) {
 		const char *home = getenv("CODEX_HOME");
 		const char *uhome = getenv("HOME");
@@ -435,7 +558,7 @@ str_or_null(const char *s)
 json_t *
 config_to_json(const struct config *c)
 {
-	json_t *root, *gw, *res;
+	json_t *root, *gw, *res, *ports, *allowed;
 	char listen[300];
 	size_t i;
 
@@ -470,6 +593,24 @@ config_to_json(const struct config *c)
 	    "allow_insecure_auth_file", c->allow_insecure_auth_file,
 	    "audit_log", str_or_null(c->audit_log),
 	    "providers", c->providers ? c->providers : json_null());
+	if (root == NULL)
+		return NULL;
+	ports = json_array();
+	for (i = 0; i < c->nconnect_ports; i++)
+		json_array_append_new(ports, json_integer(c->connect_ports[i]));
+	allowed = c->allowed_hosts_set ? json_array() : json_null();
+	for (i = 0; i < c->nallowed_hosts; i++)
+		json_array_append_new(allowed, json_string(c->allowed_hosts[i]));
+	json_object_set_new(json_object_get(root, "timeouts"), "tunnel_idle",
+	    json_real(c->tunnel_idle_timeout));
+	json_object_set_new(root, "intercept", json_boolean(c->intercept));
+	json_object_set_new(root, "ca_dir", str_or_null(c->ca_dir));
+	json_object_set_new(root, "connect_ports", ports);
+	/* never print the secret itself */
+	json_object_set_new(root, "proxy_auth", c->proxy_auth_basic ?
+	    json_pack("{s:s}", "basic", "<redacted>") : c->proxy_auth_bearer ?
+	    json_pack("{s:s}", "bearer", "<redacted>") : json_null());
+	json_object_set_new(root, "allowed_hosts", allowed);
 	return root;
 }
 
@@ -488,5 +629,12 @@ config_free(struct config *c)
 	free(c->auth_file);
 	free(c->audit_log);
 	json_decref(c->providers);
+	free(c->ca_dir);
+	free(c->connect_ports);
+	secret_free(&c->proxy_auth_basic);
+	secret_free(&c->proxy_auth_bearer);
+	for (i = 0; i < c->nallowed_hosts; i++)
+		free(c->allowed_hosts[i]);
+	free(c->allowed_hosts);
 	memset(c, 0, sizeof(*c));
 }

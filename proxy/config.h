@@ -31,6 +31,18 @@ struct config {
 	int		 allow_insecure_auth_file;
 	char		*audit_log;
 	json_t		*providers;	/* user provider entries, or NULL */
+
+	/* HTTPS_PROXY: CONNECT and interception */
+	int		 intercept;	/* terminate TLS for first-party hosts */
+	char		*ca_dir;
+	int		*connect_ports;
+	size_t		 nconnect_ports;
+	double		 tunnel_idle_timeout;
+	char		*proxy_auth_basic;	/* "user:pass", secret */
+	char		*proxy_auth_bearer;	/* token, secret */
+	char		**allowed_hosts;	/* patterns; NULL: any */
+	size_t		 nallowed_hosts;
+	int		 allowed_hosts_set;
 };
 
 void	 config_defaults(struct config *c);

@@ -13,8 +13,12 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
 #include <poll.h>
 
+#include "access.h"
+#include "ca.h"
 #include "classify.h"
 #include "config.h"
 #include "idstore.h"
@@ -23,6 +27,7 @@
 #include "secmem.h"
 #include "server_info.h"
 #include "target.h"
+#include "tunnel.h"
 #include "worker.h"
 
 #ifndef PACKAGE_VERSION
@@ -37,6 +42,8 @@ static const char usage_text[] =
 "       scopeproxy classify [OPTIONS] METHOD URL [--header 'Name: value']...\n"
 "                                            print what the proxy would do with a request\n"
 "                                            (provider, route, action) without sending it\n"
+"       scopeproxy ca export [OPTIONS]       print the interception CA certificate (PEM)\n"
+"       scopeproxy ca env [OPTIONS]          print shell lines that make clients trust it\n"
 "       scopeproxy --help | --version\n"
 "\n"
 "A forward (HTTP_PROXY) and gateway (base URL) proxy for AI agents' model\n"
@@ -73,6 +80,11 @@ static const char usage_text[] =
 "                               accept an auth file readable by group or others\n"
 "      --audit-log FILE         append one JSON line per request: provider, route,\n"
 "                               action, task fingerprint, status\n"
+"      --ca-dir DIR             interception CA directory (default\n"
+"                               $XDG_STATE_HOME/scopeproxy/ca or ~/.local/state/scopeproxy/ca)\n"
+"      --no-intercept           tunnel every CONNECT blind (no TLS interception)\n"
+"      --tunnel-idle-timeout SECS\n"
+"                               close a CONNECT tunnel idle for SECS (default 300)\n"
 "      --header 'Name: value'   (classify only) a request header, repeatable\n"
 "  -h, --help                   show this help\n"
 "  -V, --version                show the version\n"
@@ -85,7 +97,8 @@ enum {
 	OPT_LOG_LEVEL, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
-	OPT_AUDIT_LOG, OPT_HEADER,
+	OPT_AUDIT_LOG, OPT_HEADER, OPT_CA_DIR, OPT_NO_INTERCEPT,
+	OPT_TUNNEL_IDLE_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -109,6 +122,9 @@ static const struct option long_opts[] = {
 	{ "allow-insecure-auth-file", no_argument, NULL, OPT_ALLOW_INSECURE },
 	{ "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
 	{ "header", required_argument, NULL, OPT_HEADER },
+	{ "ca-dir", required_argument, NULL, OPT_CA_DIR },
+	{ "no-intercept", no_argument, NULL, OPT_NO_INTERCEPT },
+	{ "tunnel-idle-timeout", required_argument, NULL, OPT_TUNNEL_IDLE_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 }
@@ -143,7 +159,12 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	case OPT_ALLOW_INSECURE:
 		c->allow_insecure_auth_file = 1;
 		return 0;
+	case OPT_NO_INTERCEPT:
+		c->intercept = 0;
+		return 0;
 	case OPT_AUTH_FILE: key = "auth_file"; name = "--auth-file"; break;
+	case OPT_CA_DIR: key = "ca_dir"; name = "--ca-dir"; break;
+	case OPT_TUNNEL_IDLE_TIMEOUT: key = "timeouts"; sub = "tunnel_idle"; name = "--tunnel-idle-timeout"; break;
 	case OPT_AUDIT_LOG: key = "audit_log"; name = "--audit-log"; break;
 	case OPT_SERVER_INFO: key = "server_info"; name = "--server-info"; break;
 	case OPT_UPSTREAM_CA: key = "upstream_ca"; name = "--upstream-ca"; break;
@@ -162,7 +183,7 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	}
 	if (f->opt == OPT_SERVER_INFO || f->opt == OPT_UPSTREAM_CA ||
 	    f->opt == OPT_LOG_LEVEL || f->opt == OPT_AUTH_FILE ||
-	    f->opt == OPT_AUDIT_LOG)
+	    f->opt == OPT_AUDIT_LOG || f->opt == OPT_CA_DIR)
 		v = json_string(f->arg);
 	else {
 		errno = 0;
@@ -173,7 +194,8 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 		}
 		/* Sizes and counts are integers in the schema. */
 		if (f->opt == OPT_CONNECT_TIMEOUT || f->opt == OPT_IDLE_TIMEOUT ||
-		    f->opt == OPT_CLIENT_IDLE_TIMEOUT || f->opt == OPT_TOTAL_TIMEOUT)
+		    f->opt == OPT_CLIENT_IDLE_TIMEOUT || f->opt == OPT_TOTAL_TIMEOUT ||
+		    f->opt == OPT_TUNNEL_IDLE_TIMEOUT)
 			v = json_real(d);
 		else if (d != (double)(json_int_t)d) {
 			snprintf(err, errlen, "%s: '%s' is not a whole number",
@@ -370,6 +392,14 @@ run(struct config *c)
 		log_msg(LOG_ERROR, "audit log %s: %s", c->audit_log, strerror(errno));
 		goto out;
 	}
+	if (access_init(&px.access, c, err, sizeof(err)) != 0 ||
+	    tunnel_tls_init(&px, err, sizeof(err)) != 0) {
+		log_msg(LOG_ERROR, "%s", err);
+		goto out;
+	}
+	if (px.ca != NULL)
+		log_json(LOG_INFO, "interception CA ready", json_pack("{s:s}",
+		    "certificate", ca_cert_path(px.ca)));
 	idstore_log = idstore_logger;
 	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
 		log_msg(LOG_ERROR, "cannot watch the auth file %s", c->auth_file);
@@ -462,6 +492,8 @@ stop:
 out:
 	free(ws);
 	idstore_shutdown();
+	tunnel_tls_free(&px);
+	access_free(&px.access);
 	providers_free(px.providers);
 	if (px.audit_fd >= 0)
 		close(px.audit_fd);
@@ -587,6 +619,84 @@ out:
 	return rc;
 }
 
+/* The system roots plus our CA in one file, for tools that take one. */
+static int
+write_bundle(const struct ca *ca, const char *path, char *err, size_t errlen)
+{
+	static const char *roots = "/etc/ssl/certs/ca-certificates.crt";
+	char *tmp = NULL, buf[8192];
+	FILE *in, *out;
+	size_t n;
+	int rc = -1;
+
+	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+		return -1;
+	if ((out = fopen(tmp, "w")) == NULL) {
+		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		return -1;
+	}
+	if ((in = fopen(roots, "r")) != NULL) {
+		while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+			fwrite(buf, 1, n, out);
+		fclose(in);
+	}
+	if (PEM_write_X509(out, ca_cert(ca)) == 1 && fflush(out) == 0 &&
+	    fchmod(fileno(out), 0644) == 0 && fclose(out) == 0) {
+		out = NULL;
+		if (rename(tmp, path) == 0)
+			rc = 0;
+	}
+	if (out != NULL)
+		fclose(out);
+	if (rc != 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		unlink(tmp);
+	}
+	free(tmp);
+	return rc;
+}
+
+static int
+ca_cmd(struct config *c, const struct cmdline *cl)
+{
+	struct ca *ca;
+	char err[512], *bundle = NULL;
+	int rc = 1;
+
+	if (cl->npos != 1 || (strcmp(cl->pos[0], "export") != 0 &&
+	    strcmp(cl->pos[0], "env") != 0)) {
+		fprintf(stderr, "scopeproxy: usage: scopeproxy ca export|env "
+		    "[--ca-dir DIR]\n");
+		return EXIT_USAGE;
+	}
+	if (ca_open(c->ca_dir, 1, &ca, err, sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: %s\n", err);
+		return 1;
+	}
+	if (strcmp(cl->pos[0], "export") == 0)
+		rc = PEM_write_X509(stdout, ca_cert(ca)) == 1 ? 0 : 1;
+	else if (asprintf(&bundle, "%s/bundle.pem", c->ca_dir) < 0)
+		bundle = NULL;
+	else if (write_bundle(ca, bundle, err, sizeof(err)) != 0)
+		fprintf(stderr, "scopeproxy: %s\n", err);
+	else {
+		const char *crt = ca_cert_path(ca);
+
+		printf("# trust scopeproxy's interception CA (%s)\n", crt);
+		printf("export SSL_CERT_FILE='%s'\n", bundle);
+		printf("export CURL_CA_BUNDLE='%s'\n", bundle);
+		printf("export REQUESTS_CA_BUNDLE='%s'\n", bundle);
+		printf("export NODE_EXTRA_CA_CERTS='%s'\n", crt);
+		printf("export CODEX_CA_CERTIFICATE='%s'\n", crt);
+		printf("# system roots + this CA in one file: %s\n", bundle);
+		rc = 0;
+	}
+	free(bundle);
+	ca_free(ca);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -599,10 +709,13 @@ main(int argc, char **argv)
 		sub = 1;
 	else if (argc > 1 && strcmp(argv[1], "classify") == 0)
 		sub = 2;
+	else if (argc > 1 && strcmp(argv[1], "ca") == 0)
+		sub = 3;
 	config_defaults(&cfg);
 	rc = parse_args(argc - (sub != 0), argv + (sub != 0), &cfg, &cl, err,
 	    sizeof(err));
-	if (rc == 0 && sub != 2 && (cl.npos > 0 || cl.nheaders > 0)) {
+	if (rc == 0 && ((sub != 2 && sub != 3 && cl.npos > 0) ||
+	    (sub != 2 && cl.nheaders > 0))) {
 		snprintf(err, sizeof(err), cl.npos > 0 ?
 		    "unexpected argument '%s' (see --help)" :
 		    "%s is only for 'scopeproxy classify'",
@@ -620,6 +733,8 @@ main(int argc, char **argv)
 		rc = check_config(&cfg);
 	else if (sub == 2)
 		rc = classify_cmd(&cfg, &cl);
+	else if (sub == 3)
+		rc = ca_cmd(&cfg, &cl);
 	else if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "scopeproxy: libcurl initialisation failed\n");
 		rc = 1;

@@ -280,7 +280,7 @@ provider_copy(struct provider *dst, const struct provider *src)
 /* ---- validation of single values ---- */
 
 /* NULL if s is a valid host pattern (filling *hp), else why not. */
-static const char *
+const char *
 host_pattern_parse(const char *s, struct host_pattern *hp)
 {
 	char buf[INET6_ADDRSTRLEN + 2];

@@ -153,6 +153,10 @@ const struct provider *providers_find(const struct provider_table *t,
 const struct provider *providers_lookup(const struct provider_table *t,
 	    const char *scheme, const char *host, int port);
 
+/* NULL if s is a valid host pattern (filling *hp; free hp->text),
+ * else a static reason. Also used for the destination allowlist. */
+const char *host_pattern_parse(const char *s, struct host_pattern *hp);
+
 /* True if pattern matches the destination host (no port check). */
 int	 host_pattern_match(const struct host_pattern *p, const char *host);
 

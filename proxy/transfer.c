@@ -103,6 +103,7 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	/* MHD gives the raw target only here: keep it to forward as is. */
 	if ((t = calloc(1, sizeof(*t))) == NULL)
 		return NULL;
+	t->owner = OWNER_TRANSFER;
 	t->w = w;
 	t->con = con;
 	t->raw_target = strdup(uri);
@@ -138,6 +139,12 @@ queue_error(struct transfer *t)
 	}
 	MHD_add_response_header(r, "Content-Type", "application/json");
 	MHD_add_response_header(r, "X-Scopeproxy-Error", perr_code(t->err));
+	if (t->err == PERR_PROXY_AUTH_REQUIRED && t->err_header != NULL) {
+		char v[64];
+
+		snprintf(v, sizeof(v), "%s realm=\"scopeproxy\"", t->err_header);
+		MHD_add_response_header(r, "Proxy-Authenticate", v);
+	}
 	if (t->status == 400 || t->status == 413 || t->status == 431)
 		MHD_add_response_header(r, "Connection", "close");
 	rc = MHD_queue_response(t->con, (unsigned)t->status, r);
@@ -582,7 +589,35 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 		    "out of memory");
 		return -1;
 	}
-	if (tg.form == TARGET_ABSOLUTE) {
+	if (t->cl != NULL && t->cl->icpt_host != NULL) {
+		struct client *cl = t->cl;
+
+		/* Inside an intercepted tunnel the destination is the
+		 * CONNECT target, whatever the request line says. */
+		if (tg.form == TARGET_ABSOLUTE && (strcmp(tg.host,
+		    cl->icpt_host) != 0 || tg.port != cl->icpt_port)) {
+			target_free(&tg);
+			set_error(t, PERR_MISDIRECTED, "request target does not "
+			    "match the CONNECT target %s:%d", cl->icpt_host,
+			    cl->icpt_port);
+			return -1;
+		}
+		t->mode = "intercept";
+		memcpy(tg.scheme, "https", 6);
+		free(tg.host);
+		tg.host = strdup(cl->icpt_host);
+		tg.port = cl->icpt_port;
+		tg.ipv6 = cl->icpt_ipv6;
+		if (tg.host == NULL ||
+		    set_dest(t, "https", tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
+		    target_authority(&tg, auth, sizeof(auth)) != 0 ||
+		    asprintf(&t->url, "https://%s%s", auth, tg.path) < 0) {
+			t->url = NULL;
+			target_free(&tg);
+			set_error(t, PERR_INTERNAL, "out of memory");
+			return -1;
+		}
+	} else if (tg.form == TARGET_ABSOLUTE) {
 		t->mode = "forward";
 		if (set_dest(t, tg.scheme, tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
 		    target_authority(&tg, auth, sizeof(auth)) != 0 ||
@@ -684,6 +719,45 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	(void)rc;
 }
 
+/* Host must agree with the CONNECT target inside a tunnel; outside one,
+ * proxy authentication and the destination allowlist apply. */
+static int
+check_access(struct transfer *t, const struct hdr_vec *in)
+{
+	struct access *a = &t->w->px->access;
+	const char *host = hdr_get(in->v, in->n, "Host");
+
+	if (t->cl != NULL && t->cl->icpt_host != NULL) {
+		char want[300], want_port[320];
+		int ok;
+
+		snprintf(want, sizeof(want), t->cl->icpt_ipv6 ? "[%s]" : "%s",
+		    t->cl->icpt_host);
+		snprintf(want_port, sizeof(want_port), "%s:%d", want,
+		    t->cl->icpt_port);
+		ok = host != NULL && (strcasecmp(host, want_port) == 0 ||
+		    (t->cl->icpt_port == 443 && strcasecmp(host, want) == 0));
+		if (!ok) {
+			set_error(t, PERR_BAD_REQUEST, "Host header does not match "
+			    "the CONNECT target %s", want_port);
+			return -1;
+		}
+		return 0;
+	}
+	if (!access_auth_ok(a, hdr_get(in->v, in->n, "Proxy-Authorization"))) {
+		set_error(t, PERR_PROXY_AUTH_REQUIRED,
+		    "proxy authentication required");
+		t->err_header = a->scheme;
+		return -1;
+	}
+	if (!access_host_allowed(a, t->dst_host)) {
+		set_error(t, PERR_DESTINATION_FORBIDDEN,
+		    "destination %.200s is not in allowed_hosts", t->dst_host);
+		return -1;
+	}
+	return 0;
+}
+
 static enum MHD_Result
 begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 {
@@ -710,7 +784,7 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	}
 	/* Answers known now are queued after the body is read, so that
 	 * MHD keeps the connection alive. */
-	if ((r = route_request(t, con)) == 0)
+	if ((r = route_request(t, con)) == 0 && check_access(t, &in) == 0)
 		decide_and_start(t, &in);
 	hdr_vec_free(&in);
 	return MHD_YES;

@@ -19,6 +19,7 @@ enum t_wait { WAIT_NONE, WAIT_HEADERS, WAIT_UPLOAD, WAIT_DATA };
 enum t_phase { PH_NEW, PH_BODY, PH_RESPOND, PH_DONE };
 
 struct transfer {
+	int			 owner;		/* OWNER_TRANSFER: first member */
 	struct worker		*w;
 	struct client		*cl;
 	struct MHD_Connection	*con;
@@ -66,6 +67,7 @@ struct transfer {
 	int			 is_error;
 	char			*local_body;	/* the proxy's own answer */
 	int			 local_status;
+	const char		*err_header;	/* 407: the auth scheme */
 
 	int			 client_gone;
 	long long		 bytes_in;

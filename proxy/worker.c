@@ -16,7 +16,10 @@
 #include "errors.h"
 #include "headers.h"
 #include "log.h"
+#include "connect.h"
+#include "relay.h"
 #include "transfer.h"
+#include "tunnel.h"
 #include "worker.h"
 
 /* A freshly accepted socket whose first bytes we have not seen yet:
@@ -103,12 +106,17 @@ curl_drain_messages(struct worker *w)
 	int left;
 
 	while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
-		struct transfer *t = NULL;
+		int *owner = NULL;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-		transfer_curl_done(t, msg->data.result);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+		    (char **)&owner);
+		if (*owner == OWNER_TUNNEL)
+			tunnel_curl_done(owner, msg->data.result);
+		else
+			transfer_curl_done((struct transfer *)owner,
+			    msg->data.result);
 	}
 }
 
@@ -180,6 +188,12 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 
 		if ((cl = calloc(1, sizeof(*cl))) == NULL)
 			return;
+		if (w->adding_host != NULL) {
+			/* a decrypted stream from an intercepted CONNECT */
+			cl->icpt_host = strdup(w->adding_host);
+			cl->icpt_port = w->adding_port;
+			cl->icpt_ipv6 = w->adding_ipv6;
+		}
 		cl->w = w;
 		cl->src.kind = EV_CLIENT;
 		ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -202,6 +216,8 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 			snprintf(cl->addr, sizeof(cl->addr),
 			    sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 		}
+		if (w->adding_client != NULL && w->adding_host != NULL)
+			snprintf(cl->addr, sizeof(cl->addr), "%s", w->adding_client);
 		/* Only the hang-up matters here; MHD does the reading. */
 		if (cl->src.fd >= 0)
 			ep_add(w, cl->src.fd, EPOLLRDHUP | EPOLLET, &cl->src);
@@ -214,6 +230,7 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, cl->src.fd, NULL);
 	if (cl->t != NULL)
 		cl->t->cl = NULL;
+	free(cl->icpt_host);
 	free(cl);
 	*socket_context = NULL;
 	atomic_fetch_sub(&w->px->nconns, 1);
@@ -221,8 +238,8 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 
 /* --- accepting ---------------------------------------------------------- */
 
-static void
-send_and_close(int fd, enum perr e, const char *message)
+void
+send_and_close(int fd, enum perr e, const char *message, const char *extra)
 {
 	char head[256], junk[8192], *body = perr_body(e, message);
 	int hl, i;
@@ -236,9 +253,10 @@ send_and_close(int fd, enum perr e, const char *message)
 		hl = snprintf(head, sizeof(head),
 		    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
 		    "X-Scopeproxy-Error: %s\r\nContent-Length: %zu\r\n"
-		    "Connection: close\r\n\r\n", perr_status(e),
+		    "%s%sConnection: close\r\n\r\n", perr_status(e),
 		    MHD_get_reason_phrase_for((unsigned)perr_status(e)),
-		    perr_code(e), strlen(body));
+		    perr_code(e), strlen(body), extra ? extra : "",
+		    extra ? "\r\n" : "");
 		(void)!write(fd, head, (size_t)hl);
 		(void)!write(fd, body, strlen(body));
 		free(body);
@@ -272,20 +290,43 @@ peek_drop(struct worker *w, struct peek *p, int close_fd)
 	free(p);
 }
 
-/* CONNECT is not served yet: read what the client sent of its head so
- * the close does not turn into a reset, then answer 501. */
-static void
-reject_connect(struct worker *w, struct peek *p)
+/* A CONNECT head is read whole (it is ours, not MHD's), then the
+ * tunnel code takes the socket. Returns 0 while the head is partial. */
+static int
+take_connect(struct worker *w, struct peek *p)
 {
-	send_and_close(p->src.fd, PERR_CONNECT_NOT_SUPPORTED,
-	    "CONNECT (HTTPS_PROXY tunnels) is not supported by this version "
-	    "of scopeproxy; use http:// base URLs or forward mode");
-	log_json(LOG_INFO, "request", json_pack("{s:s, s:i}", "method",
-	    "CONNECT", "status", 501));
-	p->src.fd = -1;
+	struct connect_req req;
+	size_t max = (size_t)w->px->cfg->max_header_size;
+	enum perr code;
+	char err[160];
+	ssize_t n;
+	int r;
+
+	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		r = -2;
+	else if ((r = connect_parse(w->peekbuf, (size_t)n, max, &req, &code,
+	    err, sizeof(err))) == 0)
+		return 0;
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
 	peek_unlink(w, p);
-	atomic_fetch_sub(&w->px->nconns, 1);
+	if (r == 1 && recv(p->src.fd, w->peekbuf, req.head_len, MSG_DONTWAIT) ==
+	    (ssize_t)req.head_len)
+		tunnel_start(w, p->src.fd, &p->addr, p->addrlen, &req);
+	else {
+		if (r == 1)
+			connect_req_free(&req);
+		if (r == -1) {
+			send_and_close(p->src.fd, code, err, NULL);
+			log_json(LOG_INFO, "request", json_pack("{s:s, s:i, s:s}",
+			    "method", "CONNECT", "status", perr_status(code),
+			    "error", perr_code(code)));
+		} else
+			close(p->src.fd);
+		atomic_fetch_sub(&w->px->nconns, 1);
+	}
 	free(p);
+	return 1;
 }
 
 /* The first head on a connection is checked raw, before MHD sees it,
@@ -307,7 +348,7 @@ precheck_head(struct worker *w, struct peek *p)
 	if ((r = head_validate(w->peekbuf, (size_t)n, max, &code, err,
 	    sizeof(err))) >= 0)
 		return r;
-	send_and_close(p->src.fd, code, err);
+	send_and_close(p->src.fd, code, err, NULL);
 	log_json(LOG_INFO, "request", json_pack("{s:i, s:s, s:s}", "status",
 	    perr_status(code), "error", perr_code(code), "detail", err));
 	return -1;
@@ -332,8 +373,7 @@ peek_ready(struct worker *w, struct peek *p)
 	if ((size_t)n < sizeof(b) && memcmp(b, connect, (size_t)n) == 0)
 		return;
 	if ((size_t)n == sizeof(b) && memcmp(b, connect, sizeof(b)) == 0) {
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
-		reject_connect(w, p);
+		(void)take_connect(w, p);
 		return;
 	}
 	if ((r = precheck_head(w, p)) == 0)
@@ -376,7 +416,7 @@ accept_ready(struct worker *w)
 		if (atomic_fetch_add(&w->px->nconns, 1) >=
 		    w->px->cfg->max_connections) {
 			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
-			    "the proxy has reached limits.max_connections");
+			    "the proxy has reached limits.max_connections", NULL);
 			atomic_fetch_sub(&w->px->nconns, 1);
 			continue;
 		}
@@ -434,6 +474,14 @@ next_timeout(struct worker *w)
 		if (t < 0 || pt < t)
 			t = pt;
 	}
+	if (w->relays != NULL) {
+		long long st = w->next_sweep - now;
+
+		if (st < 0)
+			st = 0;
+		if (t < 0 || st < t)
+			t = st;
+	}
 	if (t > 60000 || t < 0)
 		t = 60000;
 	return (int)t;
@@ -446,6 +494,8 @@ shutdown_worker(struct worker *w)
 
 	while (w->peek_head != NULL)
 		peek_drop(w, w->peek_head, 1);
+	relay_close_all(w);
+	tunnel_abort_all(w);
 	/* Suspended connections must be resumed before MHD stops. */
 	for (t = w->live; t != NULL; t = t->live_next)
 		transfer_client_gone(t);
@@ -487,6 +537,9 @@ worker_main(void *arg)
 			case EV_PEEK:
 				peek_ready(w, (struct peek *)src);
 				break;
+			case EV_RELAY:
+				relay_event((struct endpoint *)src);
+				break;
 			case EV_CLIENT: {
 				struct client *cl = (struct client *)src;
 
@@ -506,6 +559,10 @@ worker_main(void *arg)
 		MHD_run(w->mhd);
 		run_unpauses(w);
 		expire_peeks(w, now_ms());
+		if (w->relays != NULL && now_ms() >= w->next_sweep) {
+			relay_sweep(w, now_ms());
+			w->next_sweep = now_ms() + 1000;
+		}
 	}
 	shutdown_worker(w);
 	return NULL;

@@ -10,11 +10,23 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 
+#include <openssl/ssl.h>
+
+#include "access.h"
+#include "errors.h"
+
 struct config;
 struct transfer;
+struct relay;
+struct tunnel;
+struct ca;
 
 /* What an epoll event points at. */
-enum ev_kind { EV_LISTEN, EV_WAKE, EV_MHD, EV_CURL, EV_PEEK, EV_CLIENT };
+enum ev_kind { EV_LISTEN, EV_WAKE, EV_MHD, EV_CURL, EV_PEEK, EV_CLIENT,
+	EV_RELAY };
+
+/* What a curl handle's CURLOPT_PRIVATE points at (its first member). */
+enum { OWNER_TRANSFER = 1, OWNER_TUNNEL = 2 };
 
 struct evsrc {
 	enum ev_kind	 kind;
@@ -30,6 +42,9 @@ struct proxy {
 	struct curl_slist	*connect_to;	/* from --resolve */
 	struct provider_table	*providers;
 	int			 audit_fd;	/* -1: no audit log */
+	struct access		 access;
+	struct ca		*ca;		/* NULL: no interception */
+	SSL_CTX			*tls_ctx;
 };
 
 /* A client connection owned by MHD; watched for hang-ups so that an
@@ -39,6 +54,9 @@ struct client {
 	struct worker		*w;
 	struct transfer		*t;	/* request in progress, or NULL */
 	char			 addr[64];
+	char			*icpt_host;	/* intercepted CONNECT target */
+	int			 icpt_port;
+	int			 icpt_ipv6;
 };
 
 struct peek;
@@ -59,6 +77,15 @@ struct worker {
 	struct transfer		*live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
 	char			*peekbuf;	/* first request head, peeked */
+	struct relay		*relays;	/* tunnels and intercepted TLS */
+	long long		 next_sweep;
+	long			 ntunnels;
+	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
+	/* set around MHD_add_connection for an intercepted stream */
+	const char		*adding_host;
+	int			 adding_port;
+	int			 adding_ipv6;
+	const char		*adding_client;
 };
 
 int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
@@ -72,5 +99,10 @@ void	 worker_free(struct worker *w);
 void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
 
 long long now_ms(void);
+
+/* Answers e in JSON on a socket the proxy owns (not MHD's) and closes
+ * it. extra: one more header line without CRLF, or NULL. */
+void	 send_and_close(int fd, enum perr e, const char *message,
+	    const char *extra);
 
 #endif
