@@ -21,7 +21,7 @@
 /* Bounded windows in each direction: backpressure is applied (curl
  * paused, MHD connection suspended) once this much is waiting. */
 #define WINDOW		(64 * 1024)
-#define MHD_BLOCK	(16 * 1024)
+#define MHD_BLOCK	(8 * 1024)
 /* How much of a refused body is read so the client can see the answer. */
 #define DRAIN_MAX	(4LL * 1024 * 1024)
 
@@ -56,7 +56,7 @@ release_upstream(struct transfer *t)
 {
 	if (t->easy != NULL) {
 		curl_multi_remove_handle(t->w->multi, t->easy);
-		curl_easy_cleanup(t->easy);
+		worker_easy_put(t->w, t->easy);
 		t->easy = NULL;
 	}
 	if (t->task_fp[0] != '\0') {
@@ -195,8 +195,17 @@ queue_upstream_response(struct transfer *t)
 		size = (uint64_t)t->resp_length;
 	if (t->status == 204 || t->status == 304 || t->status < 200)
 		size = 0;
-	r = MHD_create_response_from_callback(size, MHD_BLOCK, response_reader,
-	    t, NULL);
+	if (t->up_done && t->up_rc == CURLE_OK && size != MHD_SIZE_UNKNOWN &&
+	    size == buf_pending(&t->down)) {
+		/* The whole answer is here: MHD sends head and body in one
+		 * write, with no reader round trip. */
+		r = MHD_create_response_from_buffer((size_t)size,
+		    (void *)buf_head(&t->down), MHD_RESPMEM_MUST_COPY);
+		t->bytes_out = (long long)size;
+		buf_consume(&t->down, (size_t)size);
+	} else
+		r = MHD_create_response_from_callback(size, MHD_BLOCK,
+		    response_reader, t, NULL);
 	if (r == NULL)
 		return MHD_NO;
 	for (i = 0; i < t->resp_headers.n; i++) {
@@ -273,11 +282,15 @@ on_header(char *p, size_t size, size_t n, void *ud)
 	if (t->status == 0) {
 		int st;
 
-		if (l < 12 || strncmp(p, "HTTP/", 5) != 0 ||
-		    sscanf(p + 8, " %3d", &st) != 1 || st < 100 || st > 999)
+		/* "HTTP/1.1 200 ..." */
+		if (l < 12 || strncmp(p, "HTTP/", 5) != 0 || p[8] != ' ' ||
+		    p[9] < '1' || p[9] > '9' || p[10] < '0' || p[10] > '9' ||
+		    p[11] < '0' || p[11] > '9' || (l > 12 && p[12] != ' '))
 			t->resp_bad = 1;
-		else
+		else {
+			st = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
 			t->status = st;
+		}
 		return len;
 	}
 	if (p[0] == ' ' || p[0] == '\t' || (colon = memchr(p, ':', l)) == NULL) {
@@ -474,7 +487,7 @@ start_upstream(struct transfer *t, const struct hdr_vec *in,
 		return -1;
 	}
 	hdr_vec_free(&out);
-	if ((t->easy = e = curl_easy_init()) == NULL) {
+	if ((t->easy = e = worker_easy_get(t->w)) == NULL) {
 		set_error(t, PERR_INTERNAL, "cannot create an upstream transfer");
 		return -1;
 	}
@@ -523,7 +536,7 @@ start_upstream(struct transfer *t, const struct hdr_vec *in,
 	}
 	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
 		set_error(t, PERR_INTERNAL, "cannot start an upstream transfer");
-		curl_easy_cleanup(e);
+		worker_easy_put(t->w, e);
 		t->easy = NULL;
 		return -1;
 	}
