@@ -145,7 +145,8 @@ queue_error(struct transfer *t)
 		snprintf(v, sizeof(v), "%s realm=\"scopeproxy\"", t->err_header);
 		MHD_add_response_header(r, "Proxy-Authenticate", v);
 	}
-	if (t->status == 400 || t->status == 413 || t->status == 431)
+	if (t->status == 400 || t->status == 405 || t->status == 413 ||
+	    t->status == 431)
 		MHD_add_response_header(r, "Connection", "close");
 	rc = MHD_queue_response(t->con, (unsigned)t->status, r);
 	MHD_destroy_response(r);
@@ -781,6 +782,14 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	int r;
 
 	t->phase = PH_BODY;
+	if (strcmp(t->method, "CONNECT") == 0) {
+		/* Tunnels are set up by the acceptor, before MHD owns the
+		 * connection; MHD cannot answer CONNECT with 2xx. */
+		set_error(t, PERR_METHOD_NOT_ALLOWED, "CONNECT is accepted only as "
+		    "the first request on a connection; open a new connection "
+		    "for a tunnel");
+		return queue_error(t);
+	}
 	MHD_get_connection_values(con, MHD_HEADER_KIND, collect_header, &in);
 	if (request_check(in.v, in.n, strcmp(version, "HTTP/1.0") != 0,
 	    (size_t)c->max_header_size, &t->ri, &code, err, sizeof(err)) != 0) {
