@@ -31,6 +31,7 @@ static int key_providers(struct config *, json_t *, const char *, char *, size_t
 static int key_connect_ports(struct config *, json_t *, const char *, char *, size_t);
 static int key_proxy_auth(struct config *, json_t *, const char *, char *, size_t);
 static int key_allowed_hosts(struct config *, json_t *, const char *, char *, size_t);
+static int key_websocket(struct config *, json_t *, const char *, char *, size_t);
 
 #define OFF(f)	offsetof(struct config, f)
 #define DAY	86400.0
@@ -71,6 +72,7 @@ static const struct keyspec top_keys[] = {
 	{ "connect_ports", K_FN, 0, 0, 0, NULL, key_connect_ports },
 	{ "proxy_auth", K_FN, 0, 0, 0, NULL, key_proxy_auth },
 	{ "allowed_hosts", K_FN, 0, 0, 0, NULL, key_allowed_hosts },
+	{ "websocket", K_FN, 0, 0, 0, NULL, key_websocket },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -88,6 +90,7 @@ config_defaults(struct config *c)
 	c->client_idle_timeout = 300;
 	c->tunnel_idle_timeout = 300;
 	c->intercept = 1;
+	c->websocket_relay = 1;
 	if ((c->connect_ports = malloc(sizeof(int))) != NULL) {
 		c->connect_ports[0] = 443;
 		c->nconnect_ports = 1;
@@ -401,6 +404,18 @@ key_allowed_hosts(struct config *c, json_t *v, const char *path, char *err,
 }
 
 static int
+key_websocket(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	const char *s = json_string_value(v);
+
+	if (s == NULL || (strcmp(s, "relay") != 0 && strcmp(s, "refuse") != 0))
+		return type_error(err, errlen, path, "\"relay\" or \"refuse\"");
+	c->websocket_relay = s[2] == 'l';
+	return 0;
+}
+
+static int
 apply_keys(struct config *c, const struct keyspec *spec, json_t *obj,
     const char *where, char *err, size_t errlen)
 {
@@ -611,6 +626,8 @@ config_to_json(const struct config *c)
 	    json_pack("{s:s}", "basic", "<redacted>") : c->proxy_auth_bearer ?
 	    json_pack("{s:s}", "bearer", "<redacted>") : json_null());
 	json_object_set_new(root, "allowed_hosts", allowed);
+	json_object_set_new(root, "websocket",
+	    json_string(c->websocket_relay ? "relay" : "refuse"));
 	return root;
 }
 

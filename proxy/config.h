@@ -34,6 +34,7 @@ struct config {
 
 	/* HTTPS_PROXY: CONNECT and interception */
 	int		 intercept;	/* terminate TLS for first-party hosts */
+	int		 websocket_relay;	/* 0: "refuse" Responses upgrades */
 	char		*ca_dir;
 	int		*connect_ports;
 	size_t		 nconnect_ports;

@@ -85,6 +85,8 @@ static const char usage_text[] =
 "      --no-intercept           tunnel every CONNECT blind (no TLS interception)\n"
 "      --tunnel-idle-timeout SECS\n"
 "                               close a CONNECT tunnel idle for SECS (default 300)\n"
+"      --websocket MODE         relay (default) or refuse (426 on Responses upgrades,\n"
+"                               which makes Codex use HTTP at once)\n"
 "      --header 'Name: value'   (classify only) a request header, repeatable\n"
 "  -h, --help                   show this help\n"
 "  -V, --version                show the version\n"
@@ -98,7 +100,7 @@ enum {
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_CA_DIR, OPT_NO_INTERCEPT,
-	OPT_TUNNEL_IDLE_TIMEOUT,
+	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET,
 };
 
 static const struct option long_opts[] = {
@@ -125,6 +127,7 @@ static const struct option long_opts[] = {
 	{ "ca-dir", required_argument, NULL, OPT_CA_DIR },
 	{ "no-intercept", no_argument, NULL, OPT_NO_INTERCEPT },
 	{ "tunnel-idle-timeout", required_argument, NULL, OPT_TUNNEL_IDLE_TIMEOUT },
+	{ "websocket", required_argument, NULL, OPT_WEBSOCKET },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 }
@@ -164,6 +167,7 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 		return 0;
 	case OPT_AUTH_FILE: key = "auth_file"; name = "--auth-file"; break;
 	case OPT_CA_DIR: key = "ca_dir"; name = "--ca-dir"; break;
+	case OPT_WEBSOCKET: key = "websocket"; name = "--websocket"; break;
 	case OPT_TUNNEL_IDLE_TIMEOUT: key = "timeouts"; sub = "tunnel_idle"; name = "--tunnel-idle-timeout"; break;
 	case OPT_AUDIT_LOG: key = "audit_log"; name = "--audit-log"; break;
 	case OPT_SERVER_INFO: key = "server_info"; name = "--server-info"; break;
@@ -183,7 +187,8 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	}
 	if (f->opt == OPT_SERVER_INFO || f->opt == OPT_UPSTREAM_CA ||
 	    f->opt == OPT_LOG_LEVEL || f->opt == OPT_AUTH_FILE ||
-	    f->opt == OPT_AUDIT_LOG || f->opt == OPT_CA_DIR)
+	    f->opt == OPT_AUDIT_LOG || f->opt == OPT_CA_DIR ||
+	    f->opt == OPT_WEBSOCKET)
 		v = json_string(f->arg);
 	else {
 		errno = 0;

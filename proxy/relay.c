@@ -205,17 +205,18 @@ relay_finish(struct relay *r)
 	if (r->a.easy) {
 		curl_multi_remove_handle(w->multi, r->a.easy);
 		curl_easy_cleanup(r->a.easy);	/* closes its socket */
-	} else if (r->a.fd >= 0)
+	} else if (r->a.fd >= 0 && !r->a.no_close)
 		close(r->a.fd);
 	if (r->b.easy) {
 		curl_multi_remove_handle(w->multi, r->b.easy);
 		curl_easy_cleanup(r->b.easy);
-	} else if (r->b.fd >= 0)
+	} else if (r->b.fd >= 0 && !r->b.no_close)
 		close(r->b.fd);
 	buf_free(&r->ab);
 	buf_free(&r->ba);
 	free(r->what);
-	free(r);
+	r->a.src.dead = r->b.src.dead = 1;
+	worker_defer_free(w, r);
 }
 
 static void

@@ -24,6 +24,7 @@ struct endpoint {
 	int		 eof;		/* nothing more to read */
 	int		 shut;		/* its write side is closed */
 	int		 want_write;	/* SSL needs the fd writable to read */
+	int		 no_close;	/* the fd is someone else's to close */
 	uint32_t	 events;	/* what epoll watches now */
 };
 

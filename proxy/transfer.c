@@ -16,6 +16,7 @@
 #include "log.h"
 #include "target.h"
 #include "transfer.h"
+#include "websocket.h"
 #include "worker.h"
 
 /* Bounded windows in each direction: backpressure is applied (curl
@@ -42,8 +43,8 @@ suspend(struct transfer *t, enum t_wait why)
 	t->wait = why;
 }
 
-static void
-resume(struct transfer *t)
+void
+transfer_resume(struct transfer *t)
 {
 	if (t->wait != WAIT_NONE) {
 		t->wait = WAIT_NONE;
@@ -54,6 +55,7 @@ resume(struct transfer *t)
 static void
 release_upstream(struct transfer *t)
 {
+	ws_release(t);
 	if (t->easy != NULL) {
 		curl_multi_remove_handle(t->w->multi, t->easy);
 		worker_easy_put(t->w, t->easy);
@@ -70,12 +72,7 @@ release_upstream(struct transfer *t)
 	t->req_headers = NULL;
 }
 
-/* Records an error answer; it is queued when MHD lets us. */
-static void
-set_error(struct transfer *t, enum perr e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void
+void
 set_error(struct transfer *t, enum perr e, const char *fmt, ...)
 {
 	va_list ap;
@@ -246,7 +243,7 @@ queue_local(struct transfer *t, unsigned status, const char *json)
 
 /* --- curl side ---------------------------------------------------------- */
 
-static size_t
+size_t
 on_header(char *p, size_t size, size_t n, void *ud)
 {
 	struct transfer *t = ud;
@@ -277,7 +274,7 @@ on_header(char *p, size_t size, size_t n, void *ud)
 		}
 		t->resp_ready = 1;
 		if (t->wait == WAIT_HEADERS)
-			resume(t);
+			transfer_resume(t);
 		return len;
 	}
 	if (t->status == 0) {
@@ -336,7 +333,7 @@ on_write(char *p, size_t size, size_t n, void *ud)
 	if (buf_append(&t->down, p, len) != 0)
 		return 0;
 	if (t->wait == WAIT_DATA)
-		resume(t);
+		transfer_resume(t);
 	return len;
 }
 
@@ -354,14 +351,14 @@ on_read(char *p, size_t size, size_t n, void *ud)
 		memcpy(p, buf_head(&t->up), have);
 		buf_consume(&t->up, have);
 		if (t->wait == WAIT_UPLOAD)
-			resume(t);
+			transfer_resume(t);
 		return have;
 	}
 	if (t->upload_eof)
 		return 0;
 	t->send_paused = 1;
 	if (t->wait == WAIT_UPLOAD)
-		resume(t);
+		transfer_resume(t);
 	return CURL_READFUNC_PAUSE;
 }
 
@@ -405,6 +402,10 @@ transfer_curl_done(struct transfer *t, CURLcode rc)
 {
 	long nconn = -1;
 
+	if (t->ws != NULL) {
+		ws_connected(t, rc);	/* connect-only: the handshake is ours */
+		return;
+	}
 	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
 	t->reused = nconn == 0;
 	t->up_done = 1;
@@ -413,8 +414,9 @@ transfer_curl_done(struct transfer *t, CURLcode rc)
 		set_error(t, curl_error_kind(rc), "upstream %s: %s",
 		    t->log_host, curl_easy_strerror(rc));
 	release_upstream(t);
-	if (t->wait == WAIT_HEADERS || t->wait == WAIT_DATA)
-		resume(t);
+	/* Whatever it waits for (the head, data, or room for more upload,
+	 * which is now read and dropped) has an answer. */
+	transfer_resume(t);
 }
 
 void
@@ -422,7 +424,7 @@ transfer_client_gone(struct transfer *t)
 {
 	t->client_gone = 1;
 	release_upstream(t);	/* the upstream learns at once */
-	resume(t);
+	transfer_resume(t);
 }
 
 /* --- request set-up ----------------------------------------------------- */
@@ -719,10 +721,14 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 		}
 		memcpy(t->task_fp, cr.task_fp, sizeof(t->task_fp));
 	}
-	if (t->ri.websocket)
+	if (t->ri.websocket && d.kind == ROUTE_INFERENCE &&
+	    !w->px->cfg->websocket_relay)
+		/* "refuse": Codex falls back to HTTP at once on a 426 */
 		set_error(t, PERR_WEBSOCKET_UNSUPPORTED,
-		    "WebSocket upgrades are not relayed by this version; "
+		    "WebSocket is refused by configuration (websocket: refuse); "
 		    "use HTTP (POST) for this route");
+	else if (t->ri.websocket)
+		rc = ws_begin(t, in, d.action == ACTION_ASSERT ? &cr.edits : NULL);
 	else
 		rc = start_upstream(t, in, d.action == ACTION_ASSERT ?
 		    &cr.edits : NULL);
@@ -881,6 +887,8 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 			suspend(t, WAIT_HEADERS);
 			return MHD_YES;
 		}
+		if (t->ws != NULL && t->ws->state == WS_UPGRADED && !t->is_error)
+			return ws_queue_upgrade(t);
 		return t->is_error ? queue_error(t) : queue_upstream_response(t);
 	case PH_DONE:
 		*upload_data_size = 0;

@@ -12,6 +12,7 @@
 
 struct worker;
 struct client;
+struct ws;
 
 /* Why the MHD connection is suspended. */
 enum t_wait { WAIT_NONE, WAIT_HEADERS, WAIT_UPLOAD, WAIT_DATA };
@@ -74,6 +75,8 @@ struct transfer {
 	long long		 bytes_out;
 	long long		 start_ms;
 
+	struct ws		*ws;		/* WebSocket handshake, or NULL */
+
 	int			 in_unpause;
 	struct transfer		*unpause_next;
 	struct transfer		*live_next, *live_prev;
@@ -85,6 +88,15 @@ enum MHD_Result transfer_access(void *cls, struct MHD_Connection *con,
 	    const char *upload_data, size_t *upload_data_size, void **con_cls);
 void	 transfer_completed(void *cls, struct MHD_Connection *con,
 	    void **con_cls, enum MHD_RequestTerminationCode toe);
+
+/* Shared with the WebSocket relay. */
+void	 transfer_resume(struct transfer *t);
+/* Records an error answer; it is queued when MHD lets us. */
+void	 set_error(struct transfer *t, enum perr e, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
+/* One line of an upstream response head, as curl's header callback gets
+ * it (with its line ending); the empty line ends the head. */
+size_t	 on_header(char *p, size_t size, size_t n, void *ud);
 
 /* Called by the worker loop. */
 void	 transfer_curl_done(struct transfer *t, CURLcode rc);

@@ -20,6 +20,7 @@
 #include "relay.h"
 #include "transfer.h"
 #include "tunnel.h"
+#include "websocket.h"
 #include "worker.h"
 
 /* A freshly accepted socket whose first bytes we have not seen yet:
@@ -64,7 +65,10 @@ curl_sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
 	(void)e;
 	if (what == CURL_POLL_REMOVE) {
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
-		free(src);
+		if (src != NULL) {
+			src->dead = 1;
+			worker_defer_free(w, src);
+		}
 		curl_multi_assign(w->multi, s, NULL);
 		return 0;
 	}
@@ -132,6 +136,31 @@ curl_socket_event(struct worker *w, int fd, uint32_t events)
 	if (events & EPOLLERR)
 		flags |= CURL_CSELECT_ERR;
 	curl_multi_socket_action(w->multi, fd, flags, &running);
+}
+
+void
+worker_defer_free(struct worker *w, void *p)
+{
+	if (w->ngrave == w->capgrave) {
+		size_t nc = w->capgrave ? w->capgrave * 2 : 64;
+		void **ng = realloc(w->graveyard, nc * sizeof(*ng));
+
+		if (ng == NULL) {
+			/* cannot defer: leak rather than risk a dangling use */
+			log_msg(LOG_ERROR, "out of memory deferring a free");
+			return;
+		}
+		w->graveyard = ng;
+		w->capgrave = nc;
+	}
+	w->graveyard[w->ngrave++] = p;
+}
+
+static void
+bury(struct worker *w)
+{
+	while (w->ngrave > 0)
+		free(w->graveyard[--w->ngrave]);
 }
 
 CURL *
@@ -305,7 +334,8 @@ peek_drop(struct worker *w, struct peek *p, int close_fd)
 		close(p->src.fd);
 		atomic_fetch_sub(&w->px->nconns, 1);
 	}
-	free(p);
+	p->src.dead = 1;
+	worker_defer_free(w, p);
 }
 
 /* A CONNECT head is read whole (it is ours, not MHD's), then the
@@ -514,6 +544,7 @@ shutdown_worker(struct worker *w)
 		peek_drop(w, w->peek_head, 1);
 	relay_close_all(w);
 	tunnel_abort_all(w);
+	bury(w);
 	/* Suspended connections must be resumed before MHD stops. */
 	for (t = w->live; t != NULL; t = t->live_next)
 		transfer_client_gone(t);
@@ -537,6 +568,8 @@ worker_main(void *arg)
 		for (i = 0; i < n; i++) {
 			struct evsrc *src = evs[i].data.ptr;
 
+			if (src->dead)
+				continue;
 			switch (src->kind) {
 			case EV_LISTEN:
 				accept_ready(w);
@@ -557,6 +590,9 @@ worker_main(void *arg)
 				break;
 			case EV_RELAY:
 				relay_event((struct endpoint *)src);
+				break;
+			case EV_WS:
+				ws_event((struct ws *)src, evs[i].events);
 				break;
 			case EV_CLIENT: {
 				struct client *cl = (struct client *)src;
@@ -581,6 +617,7 @@ worker_main(void *arg)
 			relay_sweep(w, now_ms());
 			w->next_sweep = now_ms() + 1000;
 		}
+		bury(w);
 	}
 	shutdown_worker(w);
 	return NULL;
@@ -617,7 +654,8 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	mem = (size_t)c->max_header_size + 12288;
 	/* TURBO: optimistic reads and writes, fewer epoll round trips. */
 	w->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-	    MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG | MHD_USE_TURBO, 0,
+	    MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG | MHD_USE_TURBO |
+	    MHD_ALLOW_UPGRADE, 0,
 	    NULL, NULL,
 	    transfer_access, w,
 	    MHD_OPTION_URI_LOG_CALLBACK, transfer_uri_log, w,
@@ -700,6 +738,9 @@ worker_free(struct worker *w)
 		close(w->epfd);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
 	free(w->peekbuf);
+	bury(w);
+	free(w->graveyard);
+	w->graveyard = NULL;
 	w->peekbuf = NULL;
 	w->mhd = NULL;
 	w->multi = NULL;

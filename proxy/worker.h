@@ -23,7 +23,7 @@ struct ca;
 
 /* What an epoll event points at. */
 enum ev_kind { EV_LISTEN, EV_WAKE, EV_MHD, EV_CURL, EV_PEEK, EV_CLIENT,
-	EV_RELAY };
+	EV_RELAY, EV_WS };
 
 /* What a curl handle's CURLOPT_PRIVATE points at (its first member). */
 enum { OWNER_TRANSFER = 1, OWNER_TUNNEL = 2 };
@@ -31,6 +31,7 @@ enum { OWNER_TRANSFER = 1, OWNER_TUNNEL = 2 };
 struct evsrc {
 	enum ev_kind	 kind;
 	int		 fd;
+	int		 dead;	/* freed at the end of this loop turn */
 };
 
 /* Process-wide state shared by the workers; read-only once they run. */
@@ -81,6 +82,8 @@ struct worker {
 	long long		 next_sweep;
 	long			 ntunnels;
 	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
+	void			**graveyard;	/* freed after the event batch */
+	size_t			 ngrave, capgrave;
 	CURL			*easy_pool[64];	/* reset handles, reused */
 	int			 neasy_pool;
 	/* set around MHD_add_connection for an intercepted stream */
@@ -105,6 +108,9 @@ long long now_ms(void);
 /* A curl easy handle: creating one costs an 80 KiB zeroed allocation,
  * so finished ones are reset and reused. */
 CURL	*worker_easy_get(struct worker *w);
+/* Frees p once the current batch of epoll events is handled: a later
+ * event in the batch may still point at it (it sees src->dead). */
+void	 worker_defer_free(struct worker *w, void *p);
 void	 worker_easy_put(struct worker *w, CURL *e);
 
 /* Answers e in JSON on a socket the proxy owns (not MHD's) and closes
