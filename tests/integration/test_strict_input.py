@@ -1,0 +1,240 @@
+#!/usr/bin/python3
+"""Strict input: what libmicrohttpd 0.9.75 lets through must be rejected
+(400 bad_request, nothing reaches the upstream)."""
+
+import os
+import sys
+import time
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import AUTH_LINE, HTTPClient, NoResponse, ProxyTestCase, main, request  # noqa: E402
+
+
+class StrictInput(ProxyTestCase):
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream()
+        self.d = self.start_daemon('--gateway', '/gw/=http://127.0.0.1:%d/' % self.up.port)
+        self.hp = b'127.0.0.1:%d' % self.up.port
+
+    def fwd(self, extra, body=b'', method=b'POST', path=b'/strict'):
+        return (method + b' http://' + self.hp + path + b' HTTP/1.1\r\nHost: ' + self.hp + b'\r\n'
+                + extra + b'\r\n' + body)
+
+    def rejected(self, raw):
+        resp = request(self.d.port, raw, timeout=10)
+        self.assertProxyError(resp, 400, 'bad_request', self.d)
+        time.sleep(0.2)
+        self.assertEqual(self.up.requests, [], 'a rejected request reached the upstream: %r'
+                         % [r.raw_head for r in self.up.requests])
+        return resp
+
+    # -- framing ------------------------------------------------------------
+    def test_content_length_and_transfer_encoding(self):
+        self.rejected(self.fwd(b'Content-Length: 5\r\nTransfer-Encoding: chunked\r\n', b'0\r\n\r\n'))
+
+    def test_transfer_encoding_and_content_length(self):
+        self.rejected(self.fwd(b'Transfer-Encoding: chunked\r\nContent-Length: 5\r\n', b'0\r\n\r\n'))
+
+    def test_cl_te_in_gateway_mode(self):
+        self.rejected(b'POST /gw/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n'
+                      b'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n')
+
+    def test_differing_content_lengths(self):
+        self.rejected(self.fwd(b'Content-Length: 5\r\nContent-Length: 6\r\n', b'hello!'))
+
+    def test_differing_content_lengths_in_one_field(self):
+        self.rejected(self.fwd(b'Content-Length: 5, 6\r\n', b'hello!'))
+
+    def test_non_numeric_content_length(self):
+        self.rejected(self.fwd(b'Content-Length: abc\r\n', b'hello'))
+
+    def test_negative_content_length(self):
+        self.rejected(self.fwd(b'Content-Length: -1\r\n', b'hello'))
+
+    # -- header names ---------------------------------------------------------
+    def test_space_before_colon(self):
+        self.rejected(self.fwd(b'Foo : bar\r\n', method=b'GET'))
+
+    def test_obs_fold(self):
+        self.rejected(self.fwd(b'X-Fold: a\r\n  b\r\n', method=b'GET'))
+
+    def test_obs_fold_tab(self):
+        self.rejected(self.fwd(b'X-Fold: a\r\n\tb\r\n', method=b'GET'))
+
+    def test_space_inside_name(self):
+        self.rejected(self.fwd(b'Foo Bar: x\r\n', method=b'GET'))
+
+    def test_non_token_chars_in_name(self):
+        for name in (b'Fo@o', b'Foo(bar)', b'Foo/bar', b'Foo"', b'X\x01Y', b'\xc3\xa9t\xc3\xa9', b'[x]'):
+            with self.subTest(name=name):
+                self.rejected(self.fwd(name + b': x\r\n', method=b'GET'))
+
+    def test_empty_header_name(self):
+        self.rejected(self.fwd(b': x\r\n', method=b'GET'))
+
+    def test_bad_name_in_gateway_mode(self):
+        self.rejected(b'GET /gw/x HTTP/1.1\r\nHost: 127.0.0.1\r\nFoo : bar\r\n\r\n')
+
+    # -- Host ------------------------------------------------------------------
+    def test_missing_host_origin_form(self):
+        self.rejected(b'GET /gw/x HTTP/1.1\r\n' + AUTH_LINE + b'\r\n')
+
+    def test_missing_host_healthz(self):
+        resp = request(self.d.port, b'GET /healthz HTTP/1.1\r\n\r\n')
+        self.assertProxyError(resp, 400, 'bad_request', self.d)
+
+    def test_two_host_headers(self):
+        # RFC 9112 3.2: more than one Host field -> 400.
+        self.rejected(b'GET /gw/x HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: other.example\r\n\r\n')
+
+    # -- field values ------------------------------------------------------------
+    def check_value_rejected_or_cleaned(self, value):
+        """RFC 9110 5.5: CR, LF or NUL in a value -> reject, or replace with SP."""
+        resp = request(self.d.port, self.fwd(b'X-Bad: ' + value + b'\r\n', method=b'GET'))
+        if resp.status == 400:
+            self.assertProxyError(resp, 400, 'bad_request', self.d)
+            return
+        self.assertEqual(resp.status, 200, resp)
+        req = self.up.wait_request(timeout=2)
+        for line in req.header_lines:
+            self.assertNotIn(b'\r', line, 'bare CR forwarded: %r' % req.raw_head)
+            self.assertNotIn(b'\x00', line, 'NUL forwarded: %r' % req.raw_head)
+
+    def test_bare_cr_in_value(self):
+        self.check_value_rejected_or_cleaned(b'a\rb')
+
+    def test_nul_in_value(self):
+        self.check_value_rejected_or_cleaned(b'a\x00b')
+
+    # -- what must still pass ----------------------------------------------------
+    def test_all_token_characters_accepted(self):
+        name = b"X-!#$%&'*+-.^_`|~09azAZ"
+        resp = request(self.d.port, self.fwd(name + b': ok\r\n', method=b'GET'))
+        self.assertEqual(resp.status, 200, resp)
+        self.assertIn([name.decode(), 'ok'], resp.json()['headers'])
+
+    def test_value_with_inner_spaces_and_obs_text(self):
+        resp = request(self.d.port, self.fwd(b'X-V: a  b\t c \xe9\r\n', method=b'GET'))
+        self.assertEqual(resp.status, 200, resp)
+        self.assertIn(['X-V', 'a  b\t c \xe9'], resp.json()['headers'])
+
+    def test_http10_without_host_absolute_form(self):
+        # Host is only mandatory for HTTP/1.1.
+        resp = request(self.d.port, b'GET http://' + self.hp + b'/ok HTTP/1.0\r\n\r\n')
+        self.assertEqual(resp.status, 200, resp)
+
+    def test_rejection_closes_or_keeps_connection_sane(self):
+        # After a 400 the proxy must not interpret the rejected body as a new request.
+        raw = self.fwd(b'Content-Length: 5\r\nTransfer-Encoding: chunked\r\n',
+                       b'0\r\n\r\nGET http://' + self.hp + b'/smuggled HTTP/1.1\r\nHost: ' + self.hp + b'\r\n\r\n')
+        self.rejected(raw)
+        time.sleep(0.3)
+        self.assertEqual([r.target for r in self.up.requests], [], 'request smuggled past the proxy')
+
+
+
+class StrictInputKeepAlive(ProxyTestCase):
+    """Rejections for the second request on a kept-alive connection.
+
+    A connection's first head is checked raw before libmicrohttpd sees it.
+    Later heads are parsed by libmicrohttpd 0.9.75 first: framing and name
+    rules are still enforced after its parse (JSON 400), a malformed length
+    or request line is still refused (by MHD itself, so not always in the
+    JSON shape), and obs-fold / empty-name lines are a known gap: MHD turns
+    them into other headers before the proxy can see them (README,
+    "Known limitations")."""
+
+    JSON_CASES = {
+        'cl_te': (b'Content-Length: 5\r\nTransfer-Encoding: chunked\r\n', b'0\r\n\r\n'),
+        'differing_cl': (b'Content-Length: 5\r\nContent-Length: 6\r\n', b'hello!'),
+        'space_before_colon': (b'Foo : bar\r\n', b''),
+        'non_token_name': (b'Fo@o: x\r\n', b''),
+    }
+
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream()
+        self.d = self.start_daemon('--gateway', '/gw/=http://127.0.0.1:%d/' % self.up.port)
+        self.hp = b'127.0.0.1:%d' % self.up.port
+
+    def first(self):
+        c = HTTPClient(self.d.port, timeout=10)
+        self.addCleanup(c.close)
+        c.send(b'GET http://' + self.hp + b'/first HTTP/1.1\r\nHost: ' + self.hp + b'\r\n\r\n')
+        r1 = c.read_response(timeout=5)
+        self.assertEqual(r1.status, 200, r1)
+        return c
+
+    def assertNotForwarded(self):
+        time.sleep(0.2)
+        self.assertEqual([r.target for r in self.up.requests], ['/first'],
+                         'the malformed second request reached the upstream: %r'
+                         % [r.raw_head for r in self.up.requests[1:]])
+
+    def second(self, extra, body=b''):
+        method = b'POST' if body else b'GET'
+        return (method + b' http://' + self.hp + b'/second HTTP/1.1\r\nHost: ' + self.hp
+                + b'\r\n' + extra + b'\r\n' + body)
+
+    def test_second_request_rejections(self):
+        for name, (extra, body) in self.JSON_CASES.items():
+            with self.subTest(case=name):
+                self.up.requests.clear()
+                c = self.first()
+                raw2 = self.second(extra, body)
+                c.send(raw2)
+                try:
+                    resp = c.read_response(raw2.split(b' ', 1)[0].decode('latin-1'), timeout=5)
+                except NoResponse as e:
+                    self.fail('no answer to the malformed second request: %s' % e)
+                self.assertProxyError(resp, 400, 'bad_request', self.d)
+                self.assertNotForwarded()
+
+    def test_second_request_bad_length_refused(self):
+        c = self.first()
+        c.send(self.second(b'Content-Length: abc\r\n', b'hello'))
+        resp = c.read_response('POST', timeout=5)
+        self.assertEqual(resp.status, 400, resp)
+        self.assertNotForwarded()
+
+    def test_second_request_missing_host(self):
+        c = HTTPClient(self.d.port, timeout=10)
+        self.addCleanup(c.close)
+        c.send(b'GET /gw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+        self.assertEqual(c.read_response(timeout=5).status, 200)
+        c.send(b'GET /gw/second HTTP/1.1\r\n\r\n')
+        resp = c.read_response(timeout=5)
+        self.assertProxyError(resp, 400, 'bad_request', self.d)
+        self.assertNotForwarded()
+
+    def test_second_request_bad_request_line_refused(self):
+        c = HTTPClient(self.d.port, timeout=10)
+        self.addCleanup(c.close)
+        c.send(b'GET /gw/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+        self.assertEqual(c.read_response(timeout=5).status, 200)
+        c.send(b'HELLO\r\n\r\n')
+        try:
+            resp = c.read_response(timeout=5)
+            self.assertEqual(resp.status, 400, resp)
+        except NoResponse:
+            pass    # MHD closes the connection: refused all the same
+        self.assertNotForwarded()
+
+    @unittest.expectedFailure
+    def test_second_request_obs_fold_and_empty_name_rejected(self):
+        # Known gap with libmicrohttpd 0.9.75 (see the class docstring).
+        for extra in (b'X-Fold: a\r\n  b\r\n', b': x\r\n'):
+            self.up.requests.clear()
+            c = self.first()
+            c.send(self.second(extra))
+            resp = c.read_response('GET', timeout=5)
+            self.assertProxyError(resp, 400, 'bad_request', self.d)
+            self.assertNotForwarded()
+
+
+if __name__ == '__main__':
+    main()
