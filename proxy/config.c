@@ -52,6 +52,17 @@ static const struct keyspec timeout_keys[] = {
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
+static const struct keyspec registration_keys[] = {
+	{ "enabled", K_BOOL, OFF(reg_enabled), 0, 0, NULL, NULL },
+	{ "base_url", K_STR, OFF(reg_base_url), 0, 0, NULL, NULL },
+	{ "cooldown", K_SECS, OFF(reg_cooldown), 0, 7 * DAY, NULL, NULL },
+	{ "wait", K_SECS, OFF(reg_wait), 0, 600, NULL, NULL },
+	{ "timeout", K_SECS, OFF(reg_timeout), 0.1, 600, NULL, NULL },
+	{ "attempts", K_INT, OFF(reg_attempts), 1, 10, NULL, NULL },
+	{ "backoff", K_SECS, OFF(reg_backoff), 0, 600, NULL, NULL },
+	{ NULL, 0, 0, 0, 0, NULL, NULL }
+};
+
 static const struct keyspec top_keys[] = {
 	{ "listen", K_FN, 0, 0, 0, NULL, key_listen },
 	{ "allow_remote_listen", K_BOOL, OFF(allow_remote_listen), 0, 0, NULL, NULL },
@@ -73,6 +84,7 @@ static const struct keyspec top_keys[] = {
 	{ "proxy_auth", K_FN, 0, 0, 0, NULL, key_proxy_auth },
 	{ "allowed_hosts", K_FN, 0, 0, 0, NULL, key_allowed_hosts },
 	{ "websocket", K_FN, 0, 0, 0, NULL, key_websocket },
+	{ "task_registration", K_OBJ, 0, 0, 0, registration_keys, NULL },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -91,6 +103,12 @@ config_defaults(struct config *c)
 	c->tunnel_idle_timeout = 300;
 	c->intercept = 1;
 	c->websocket_relay = 1;
+	c->reg_enabled = -1;
+	c->reg_cooldown = 3600;
+	c->reg_wait = 30;
+	c->reg_timeout = 30;
+	c->reg_attempts = 3;
+	c->reg_backoff = 1;
 	if ((c->connect_ports = malloc(sizeof(int))) != NULL) {
 		c->connect_ports[0] = 443;
 		c->nconnect_ports = 1;
@@ -541,6 +559,13 @@ config_finish(struct config *c, char *err, size_t errlen)
 		    "to expose the proxy beyond this host", c->listen_host);
 		return -1;
 	}
+	if (c->reg_enabled < 0)
+		c->reg_enabled = c->reg_base_url != NULL;
+	if (c->reg_enabled && c->reg_base_url == NULL) {
+		snprintf(err, errlen, "task_registration.enabled is true but "
+		    "task_registration.base_url is not set");
+		return -1;
+	}
 	if (c->ca_dir == NULL && (c->ca_dir = ca_default_dir()) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
@@ -628,6 +653,13 @@ config_to_json(const struct config *c)
 	json_object_set_new(root, "allowed_hosts", allowed);
 	json_object_set_new(root, "websocket",
 	    json_string(c->websocket_relay ? "relay" : "refuse"));
+	json_object_set_new(root, "task_registration", json_pack(
+	    "{s:o, s:o, s:f, s:f, s:f, s:i, s:f}",
+	    "enabled", c->reg_enabled < 0 ? json_null() : json_boolean(c->reg_enabled),
+	    "base_url", str_or_null(c->reg_base_url),
+	    "cooldown", c->reg_cooldown, "wait", c->reg_wait,
+	    "timeout", c->reg_timeout, "attempts", c->reg_attempts,
+	    "backoff", c->reg_backoff));
 	return root;
 }
 
@@ -647,6 +679,7 @@ config_free(struct config *c)
 	free(c->audit_log);
 	json_decref(c->providers);
 	free(c->ca_dir);
+	free(c->reg_base_url);
 	free(c->connect_ports);
 	secret_free(&c->proxy_auth_basic);
 	secret_free(&c->proxy_auth_bearer);

@@ -35,6 +35,15 @@ struct config {
 	/* HTTPS_PROXY: CONNECT and interception */
 	int		 intercept;	/* terminate TLS for first-party hosts */
 	int		 websocket_relay;	/* 0: "refuse" Responses upgrades */
+
+	/* run-task registration */
+	int		 reg_enabled;	/* -1: on when reg_base_url is set */
+	char		*reg_base_url;
+	double		 reg_cooldown;
+	double		 reg_wait;
+	double		 reg_timeout;
+	int		 reg_attempts;
+	double		 reg_backoff;
 	char		*ca_dir;
 	int		*connect_ports;
 	size_t		 nconnect_ports;

@@ -24,6 +24,7 @@
 #include "idstore.h"
 #include "log.h"
 #include "providers.h"
+#include "registrar.h"
 #include "secmem.h"
 #include "server_info.h"
 #include "target.h"
@@ -371,6 +372,21 @@ idstore_logger(const char *level, const char *msg)
 	log_msg(l < 0 ? LOG_WARN : l, "%s", msg);
 }
 
+/* An identity without a run task gets one registered at once (when
+ * registration is configured), not only when a request needs it. */
+static void
+kick_registration(void)
+{
+	enum identity_status st;
+	struct identity *id = idstore_get(&st, NULL, 0);
+	char why[8];
+	time_t retry;
+
+	identity_unref(id);
+	if (st == IDENTITY_NO_TASK)
+		(void)registrar_need_task(why, sizeof(why), &retry);
+}
+
 static int
 run(struct config *c)
 {
@@ -450,6 +466,11 @@ run(struct config *c)
 			goto stop;
 		}
 	}
+	if (registrar_start(&px, ws, n, err, sizeof(err)) != 0) {
+		log_msg(LOG_ERROR, "%s", err);
+		goto stop;
+	}
+	kick_registration();
 	if (c->server_info != NULL &&
 	    server_info_write(c->server_info, c->listen_host, port, err,
 	    sizeof(err)) != 0) {
@@ -464,8 +485,10 @@ run(struct config *c)
 
 		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
 			break;
-		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN))
+		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN)) {
 			idstore_handle_watch();
+			kick_registration();
+		}
 		if (!(pf[0].revents & POLLIN))
 			continue;
 		if (read(sfd, &si, sizeof(si)) != sizeof(si)) {
@@ -476,6 +499,7 @@ run(struct config *c)
 		if (si.ssi_signo == SIGHUP) {
 			log_msg(LOG_INFO, "SIGHUP: reloading the agent identity");
 			idstore_reload();
+			kick_registration();
 			continue;
 		}
 		log_json(LOG_INFO, "stopping", json_pack("{s:s}", "signal",
@@ -484,6 +508,7 @@ run(struct config *c)
 		break;
 	}
 stop:
+	registrar_stop();
 	atomic_store(&px.stopping, 1);
 	for (i = 0; i < started; i++)
 		if (ws[i].thread)

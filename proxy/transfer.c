@@ -12,6 +12,7 @@
 #include "config.h"
 #include "credential.h"
 #include "idstore.h"
+#include "registrar.h"
 #include "gateway.h"
 #include "log.h"
 #include "target.h"
@@ -250,6 +251,7 @@ on_header(char *p, size_t size, size_t n, void *ud)
 	size_t len = size * n, l = len;
 	char *line, *colon;
 
+	t->last_io = now_ms();
 	if (t->headers_done)
 		return len;	/* trailers: not relayed */
 	while (l > 0 && (p[l - 1] == '\n' || p[l - 1] == '\r'))
@@ -326,6 +328,7 @@ on_write(char *p, size_t size, size_t n, void *ud)
 
 	if (t->client_gone)
 		return 0;
+	t->last_io = now_ms();
 	if (buf_pending(&t->down) > 0 && buf_pending(&t->down) + len > WINDOW) {
 		t->recv_paused = 1;
 		return CURL_WRITEFUNC_PAUSE;
@@ -346,6 +349,7 @@ on_read(char *p, size_t size, size_t n, void *ud)
 	if (t->client_gone)
 		return CURL_READFUNC_ABORT;
 	if (have > 0) {
+		t->last_io = now_ms();
 		if (have > want)
 			have = want;
 		memcpy(p, buf_head(&t->up), have);
@@ -511,11 +515,11 @@ start_upstream(struct transfer *t, const struct hdr_vec *in,
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 	    (long)(c->connect_timeout * 1000));
-	if (c->upstream_idle_timeout > 0) {
-		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
-		    (long)(c->upstream_idle_timeout + 0.999));
-	}
+	/* The upstream idle timeout is the worker's once-a-second sweep
+	 * (transfer_idle_sweep): curl's speed check would arm a timer per
+	 * transfer every second, which costs CPU on thousands of idle
+	 * streams. */
+	t->last_io = now_ms();
 	if (c->total_timeout > 0)
 		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
 		    (long)(c->total_timeout * 1000));
@@ -570,20 +574,43 @@ local_answer(struct transfer *t, int status, json_t *body)
 	json_decref(body);
 }
 
+static void
+format_time(time_t when, char out[32])
+{
+	struct tm tm;
+
+	gmtime_r(&when, &tm);
+	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 /* /readyz: ready only with a usable identity and a sane clock. */
 static void
 readiness(struct transfer *t)
 {
 	enum identity_status st;
+	enum reg_state rs;
 	struct identity *id;
-	char why[256] = "";
+	char why[256] = "", rwhy[256] = "", when[32];
+	time_t retry = 0;
 
 	id = idstore_get(&st, why, sizeof(why));
 	identity_unref(id);
 	if (time(NULL) < 1704067200)	/* 2024-01-01: signatures would be stale */
 		local_answer(t, 503, json_pack("{s:s, s:s}", "status",
 		    "not_ready", "reason", "system clock is not set"));
-	else if (st != IDENTITY_OK)
+	else if (st == IDENTITY_NO_TASK &&
+	    (rs = registrar_state(rwhy, sizeof(rwhy), &retry)) != REG_DISABLED &&
+	    rs != REG_IDLE) {
+		json_t *o = json_pack("{s:s, s:s}", "status", reg_state_name(rs),
+		    "detail", MSG_TASK_MISSING);
+
+		if (rs == REG_FAILED) {
+			format_time(retry, when);
+			json_object_set_new(o, "reason", json_string(rwhy));
+			json_object_set_new(o, "retry_at", json_string(when));
+		}
+		local_answer(t, 503, o);
+	} else if (st != IDENTITY_OK)
 		local_answer(t, 503, json_pack("{s:s, s:s, s:s}", "status",
 		    "not_ready", "reason", identity_status_str(st), "detail",
 		    st == IDENTITY_NO_TASK ? MSG_TASK_MISSING : why));
@@ -690,6 +717,116 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 	return 0;
 }
 
+/* No run task yet: park the request while a registration runs (within
+ * task_registration.wait), or fail closed saying why registration did
+ * not give one. Returns 1 when parked or answered. */
+static int
+registration_pending(struct transfer *t)
+{
+	struct worker *w = t->w;
+	char why[256], when[32];
+	time_t retry = 0;
+	enum reg_state rs;
+
+	rs = registrar_need_task(why, sizeof(why), &retry);
+	if (rs == REG_RUNNING && !t->reg_waited_out) {
+		t->reg_wait = 1;
+		t->reg_deadline = now_ms() +
+		    (long long)(w->px->cfg->reg_wait * 1000);
+		t->reg_next = w->reg_waiters;
+		w->reg_waiters = t;
+		return 1;
+	}
+	if (rs == REG_RUNNING) {
+		set_error(t, PERR_AGENT_TASK_MISSING, "%s: run task registration "
+		    "still in progress after %gs", MSG_TASK_MISSING,
+		    w->px->cfg->reg_wait);
+		return 1;
+	}
+	if (rs == REG_FAILED) {
+		format_time(retry, when);
+		set_error(t, PERR_AGENT_TASK_MISSING, "%s: run task registration "
+		    "failed (%s); next attempt after %s", MSG_TASK_MISSING, why,
+		    when);
+		return 1;
+	}
+	return 0;	/* disabled, or a task has just appeared */
+}
+
+static void
+reg_unlink(struct transfer *t)
+{
+	struct transfer **pp;
+
+	for (pp = &t->w->reg_waiters; *pp != NULL; pp = &(*pp)->reg_next)
+		if (*pp == t) {
+			*pp = t->reg_next;
+			break;
+		}
+	t->reg_wait = 0;
+	t->reg_next = NULL;
+}
+
+static void decide_and_start(struct transfer *t, const struct hdr_vec *in);
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind,
+    const char *key, const char *value);
+
+void
+transfer_idle_sweep(struct worker *w, long long now)
+{
+	long long idle = (long long)(w->px->cfg->upstream_idle_timeout * 1000);
+	struct transfer *t;
+
+	if (idle <= 0)
+		return;
+	for (t = w->live; t != NULL; t = t->live_next) {
+		/* paused by us: the client is the slow side, not the upstream */
+		if (t->easy == NULL || t->ws != NULL || t->recv_paused ||
+		    t->send_paused || now - t->last_io < idle)
+			continue;
+		if (!t->resp_ready)
+			set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
+			    "for %g s (timeouts.upstream_idle)", t->log_host,
+			    w->px->cfg->upstream_idle_timeout);
+		else {
+			t->up_done = 1;
+			t->up_rc = CURLE_OPERATION_TIMEDOUT;
+		}
+		release_upstream(t);
+		transfer_resume(t);
+	}
+}
+
+long long
+transfer_reg_poll(struct worker *w, long long now)
+{
+	struct transfer *t, *next;
+	long long soonest = -1;
+	char why[8];
+	time_t retry;
+	int running = registrar_state(why, sizeof(why), &retry) == REG_RUNNING;
+
+	for (t = w->reg_waiters; t != NULL; t = next) {
+		struct hdr_vec in = { 0 };
+
+		next = t->reg_next;
+		if (running && now < t->reg_deadline) {
+			if (soonest < 0 || t->reg_deadline - now < soonest)
+				soonest = t->reg_deadline - now;
+			continue;
+		}
+		reg_unlink(t);
+		t->reg_waited_out = running;
+		/* MHD keeps the request's headers until it completes. */
+		MHD_get_connection_values(t->con, MHD_HEADER_KIND,
+		    collect_header, &in);
+		decide_and_start(t, &in);
+		hdr_vec_free(&in);
+		transfer_resume(t);
+	}
+	return soonest;
+}
+
 /* The one place where a credential decision meets the request. */
 static void
 decide_and_start(struct transfer *t, const struct hdr_vec *in)
@@ -710,6 +847,10 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	t->action = d.action;
 	if (d.action == ACTION_ASSERT) {
 		id = idstore_get(&st, why, sizeof(why));
+		if (st == IDENTITY_NO_TASK && registration_pending(t)) {
+			identity_unref(id);
+			return;
+		}
 		if (credential_prepare(id, st, why, time(NULL), w->secbuf,
 		    CREDENTIAL_BUFSIZE, &cr, &e, msg, sizeof(msg)) != 0) {
 			/* Fail closed: nothing goes upstream, and the
@@ -826,6 +967,10 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 
 	if (t->client_gone)
 		return MHD_NO;
+	if (t->reg_wait) {
+		suspend(t, WAIT_UPLOAD);	/* kept for the upstream */
+		return MHD_YES;
+	}
 	if (c->max_body_size > 0 && t->bytes_in + (long long)take > c->max_body_size &&
 	    !t->is_error) {
 		release_upstream(t);
@@ -985,6 +1130,8 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	*con_cls = NULL;
 	log_request(t, toe);
 	audit_request(t);
+	if (t->reg_wait)
+		reg_unlink(t);
 	release_upstream(t);
 	if (t->cl != NULL)
 		t->cl->t = NULL;

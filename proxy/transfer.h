@@ -74,8 +74,15 @@ struct transfer {
 	long long		 bytes_in;
 	long long		 bytes_out;
 	long long		 start_ms;
+	long long		 last_io;	/* last byte to or from upstream */
 
 	struct ws		*ws;		/* WebSocket handshake, or NULL */
+
+	/* waiting for a run-task registration */
+	int			 reg_wait;
+	int			 reg_waited_out;
+	long long		 reg_deadline;
+	struct transfer		*reg_next;
 
 	int			 in_unpause;
 	struct transfer		*unpause_next;
@@ -102,5 +109,10 @@ size_t	 on_header(char *p, size_t size, size_t n, void *ud);
 void	 transfer_curl_done(struct transfer *t, CURLcode rc);
 void	 transfer_unpause(struct transfer *t);
 void	 transfer_client_gone(struct transfer *t);
+/* Re-decides requests parked for a registration that ended or took too
+ * long; returns ms until the next deadline, or -1. */
+long long transfer_reg_poll(struct worker *w, long long now);
+/* Ends upstream legs silent for longer than timeouts.upstream_idle. */
+void	 transfer_idle_sweep(struct worker *w, long long now);
 
 #endif

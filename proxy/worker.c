@@ -77,7 +77,7 @@ curl_sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
 	if (what & CURL_POLL_OUT)
 		ev.events |= EPOLLOUT;
 	if (src == NULL) {
-		if ((src = malloc(sizeof(*src))) == NULL)
+		if ((src = calloc(1, sizeof(*src))) == NULL)
 			return -1;
 		src->kind = EV_CURL;
 		src->fd = s;
@@ -522,7 +522,12 @@ next_timeout(struct worker *w)
 		if (t < 0 || pt < t)
 			t = pt;
 	}
-	if (w->relays != NULL) {
+	if (w->reg_waiters != NULL) {
+		/* registrations end with a wake-up; deadlines need a tick */
+		if (t < 0 || t > 250)
+			t = 250;
+	}
+	if (w->relays != NULL || w->live != NULL) {
 		long long st = w->next_sweep - now;
 
 		if (st < 0)
@@ -613,8 +618,17 @@ worker_main(void *arg)
 		MHD_run(w->mhd);
 		run_unpauses(w);
 		expire_peeks(w, now_ms());
-		if (w->relays != NULL && now_ms() >= w->next_sweep) {
+		if (w->reg_waiters != NULL) {
+			transfer_reg_poll(w, now_ms());
+			run_unpauses(w);
+			MHD_run(w->mhd);
+		}
+		if ((w->relays != NULL || w->live != NULL) &&
+		    now_ms() >= w->next_sweep) {
 			relay_sweep(w, now_ms());
+			transfer_idle_sweep(w, now_ms());
+			run_unpauses(w);
+			MHD_run(w->mhd);
 			w->next_sweep = now_ms() + 1000;
 		}
 		bury(w);

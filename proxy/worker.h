@@ -75,6 +75,7 @@ struct worker {
 	long long		 curl_deadline;	/* monotonic ms, -1: none */
 	struct peek		*peek_head, *peek_tail;
 	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
+	struct transfer		*reg_waiters;	/* parked for a registration */
 	struct transfer		*live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
 	char			*peekbuf;	/* first request head, peeked */

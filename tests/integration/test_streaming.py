@@ -385,7 +385,7 @@ class UpstreamReset(ProxyTestCase):
         resp = c.read_head()
         self.assertEqual(resp.status, 200, resp)
         body = self.read_until_end(c, resp)
-        self.assertTrue(rs.done.is_set())
+        self.assertTrue(rs.done.wait(5), "the upstream never reset the stream")
         expected = b'A' * 1000 + b'B' * 1000 + b'C' * 1000
         self.assertEqual(body, expected[:len(body)])
         self.assertFalse(resp.complete, 'the client saw a clean end of a stream the upstream reset '

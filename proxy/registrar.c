@@ -1,0 +1,221 @@
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "authwrite.h"
+#include "config.h"
+#include "idstore.h"
+#include "log.h"
+#include "register.h"
+#include "registrar.h"
+#include "secmem.h"
+#include "worker.h"
+
+static struct {
+	pthread_mutex_t	 lock;
+	pthread_cond_t	 cond;
+	pthread_t	 thread;
+	int		 started;
+	enum reg_state	 state;
+	int		 wanted;
+	time_t		 retry_at;
+	char		 reason[REGISTER_REASON_MAX];
+	atomic_bool	 cancel;
+	struct proxy	*px;
+	struct worker	*ws;
+	int		 nworkers;
+	long		 registered, failed;
+} R = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+
+const char *
+reg_state_name(enum reg_state s)
+{
+	static const char *n[] = { "disabled", "idle", "registering",
+	    "registration_failed" };
+
+	return n[s];
+}
+
+static void
+wake_workers(void)
+{
+	int i;
+
+	for (i = 0; i < R.nworkers; i++)
+		worker_wake(&R.ws[i]);
+}
+
+/* Record form: write the task into auth.json unless it changed since we
+ * read it; the inotify watch then loads it. JWT form, or a write that
+ * cannot happen: keep the task in memory. */
+static void
+persist(const struct identity *id, const char *task,
+    const unsigned char *hash, int have_hash)
+{
+	const char *path = R.px->cfg->auth_file;
+	char err[256];
+
+	if (!id->from_jwt && have_hash &&
+	    auth_write_task(path, task, hash, err, sizeof(err)) == 0) {
+		log_msg(LOG_INFO, "%s: run task registered and saved", path);
+		idstore_reload();
+		return;
+	}
+	if (!id->from_jwt)
+		log_msg(LOG_WARN, "%s: run task not saved (%s); kept in memory",
+		    path, have_hash ? err : "file unreadable");
+	if (idstore_set_task(task, err, sizeof(err)) != 0)
+		log_msg(LOG_ERROR, "run task could not be installed: %s", err);
+	else
+		log_msg(LOG_INFO, "run task registered (kept in memory)");
+}
+
+static void
+run_once(void)
+{
+	struct config *c = R.px->cfg;
+	struct register_opts o;
+	struct register_result res;
+	enum identity_status st;
+	struct identity *id;
+	unsigned char hash[AUTH_SHA256_LEN];
+	char why[256], *task = NULL;
+	int have_hash, ok;
+
+	id = idstore_get(&st, why, sizeof(why));
+	if (id == NULL || st != IDENTITY_NO_TASK) {
+		/* nothing to do: a task appeared, or there is no identity */
+		identity_unref(id);
+		pthread_mutex_lock(&R.lock);
+		R.state = REG_IDLE;
+		pthread_mutex_unlock(&R.lock);
+		wake_workers();
+		return;
+	}
+	have_hash = !id->from_jwt && auth_file_sha256(c->auth_file, hash) == 0;
+	register_opts_init(&o);
+	o.base_url = c->reg_base_url;
+	o.timeout_ms = (long)(c->reg_timeout * 1000);
+	o.max_attempts = c->reg_attempts;
+	o.backoff_ms = (long)(c->reg_backoff * 1000);
+	o.connect_to = R.px->connect_to;
+	o.upstream_ca = c->upstream_ca;
+	o.cancel = &R.cancel;
+	ok = register_task(&o, id, &task, &res) == 0 && task != NULL;
+	if (ok)
+		persist(id, task, hash, have_hash);
+	else
+		log_json(LOG_WARN, "run task registration failed", json_pack(
+		    "{s:s, s:i, s:i}", "reason", res.reason, "status", res.status,
+		    "attempts", res.attempts));
+	if (task != NULL)
+		secmem_strfree(task);
+	identity_unref(id);
+	pthread_mutex_lock(&R.lock);
+	if (ok) {
+		R.state = REG_IDLE;
+		R.registered++;
+		R.reason[0] = '\0';
+	} else {
+		R.state = REG_FAILED;
+		R.failed++;
+		R.retry_at = time(NULL) + (time_t)c->reg_cooldown;
+		snprintf(R.reason, sizeof(R.reason), "%s", res.reason);
+	}
+	pthread_mutex_unlock(&R.lock);
+	wake_workers();
+}
+
+static void *
+registrar_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&R.lock);
+	while (!atomic_load(&R.cancel)) {
+		if (!R.wanted) {
+			pthread_cond_wait(&R.cond, &R.lock);
+			continue;
+		}
+		R.wanted = 0;
+		pthread_mutex_unlock(&R.lock);
+		run_once();
+		pthread_mutex_lock(&R.lock);
+	}
+	pthread_mutex_unlock(&R.lock);
+	return NULL;
+}
+
+int
+registrar_start(struct proxy *px, struct worker *ws, int nworkers, char *err,
+    size_t errlen)
+{
+	R.px = px;
+	R.ws = ws;
+	R.nworkers = nworkers;
+	atomic_store(&R.cancel, false);
+	if (px->cfg->reg_base_url == NULL || !px->cfg->reg_enabled) {
+		R.state = REG_DISABLED;
+		return 0;
+	}
+	R.state = REG_IDLE;
+	if (pthread_create(&R.thread, NULL, registrar_main, NULL) != 0) {
+		snprintf(err, errlen, "cannot start the registration thread");
+		return -1;
+	}
+	R.started = 1;
+	return 0;
+}
+
+void
+registrar_stop(void)
+{
+	if (!R.started)
+		return;
+	atomic_store(&R.cancel, true);
+	pthread_mutex_lock(&R.lock);
+	pthread_cond_signal(&R.cond);
+	pthread_mutex_unlock(&R.lock);
+	pthread_join(R.thread, NULL);
+	R.started = 0;
+}
+
+static enum reg_state
+state_locked(char *why, size_t whylen, time_t *retry_at)
+{
+	if (R.state == REG_FAILED) {
+		snprintf(why, whylen, "%s", R.reason);
+		*retry_at = R.retry_at;
+	}
+	return R.state;
+}
+
+enum reg_state
+registrar_need_task(char *why, size_t whylen, time_t *retry_at)
+{
+	enum reg_state s;
+
+	pthread_mutex_lock(&R.lock);
+	if (R.state == REG_IDLE ||
+	    (R.state == REG_FAILED && time(NULL) >= R.retry_at)) {
+		R.state = REG_RUNNING;
+		R.wanted = 1;
+		pthread_cond_signal(&R.cond);
+	}
+	s = state_locked(why, whylen, retry_at);
+	pthread_mutex_unlock(&R.lock);
+	return s;
+}
+
+enum reg_state
+registrar_state(char *why, size_t whylen, time_t *retry_at)
+{
+	enum reg_state s;
+
+	pthread_mutex_lock(&R.lock);
+	s = state_locked(why, whylen, retry_at);
+	pthread_mutex_unlock(&R.lock);
+	return s;
+}
