@@ -32,6 +32,7 @@ static int key_connect_ports(struct config *, json_t *, const char *, char *, si
 static int key_proxy_auth(struct config *, json_t *, const char *, char *, size_t);
 static int key_allowed_hosts(struct config *, json_t *, const char *, char *, size_t);
 static int key_websocket(struct config *, json_t *, const char *, char *, size_t);
+static int key_reg_codes(struct config *, json_t *, const char *, char *, size_t);
 
 #define OFF(f)	offsetof(struct config, f)
 #define DAY	86400.0
@@ -60,6 +61,8 @@ static const struct keyspec registration_keys[] = {
 	{ "timeout", K_SECS, OFF(reg_timeout), 0.1, 600, NULL, NULL },
 	{ "attempts", K_INT, OFF(reg_attempts), 1, 10, NULL, NULL },
 	{ "backoff", K_SECS, OFF(reg_backoff), 0, 600, NULL, NULL },
+	{ "replay_max_body", K_LL, OFF(reg_replay_max), 0, 64LL * 1024 * 1024, NULL, NULL },
+	{ "invalid_task_codes", K_FN, 0, 0, 0, NULL, key_reg_codes },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -109,6 +112,10 @@ config_defaults(struct config *c)
 	c->reg_timeout = 30;
 	c->reg_attempts = 3;
 	c->reg_backoff = 1;
+	c->reg_replay_max = 1024 * 1024;
+	if ((c->reg_codes = calloc(2, sizeof(char *))) != NULL &&
+	    (c->reg_codes[0] = strdup("invalid_task_id")) != NULL)
+		c->nreg_codes = 1;
 	if ((c->connect_ports = malloc(sizeof(int))) != NULL) {
 		c->connect_ports[0] = 443;
 		c->nconnect_ports = 1;
@@ -421,6 +428,40 @@ key_allowed_hosts(struct config *c, json_t *v, const char *path, char *err,
 	return 0;
 }
 
+static void
+free_strv(char ***v, size_t *n)
+{
+	size_t i;
+
+	for (i = 0; i < *n; i++)
+		free((*v)[i]);
+	free(*v);
+	*v = NULL;
+	*n = 0;
+}
+
+static int
+key_reg_codes(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	char ipath[300];
+	size_t i;
+	json_t *e;
+
+	if (!json_is_array(v))
+		return type_error(err, errlen, path, "array of error code strings");
+	free_strv(&c->reg_codes, &c->nreg_codes);
+	if ((c->reg_codes = calloc(json_array_size(v) + 1, sizeof(char *))) == NULL)
+		return -1;
+	json_array_foreach(v, i, e) {
+		snprintf(ipath, sizeof(ipath), "%s[%zu]", path, i);
+		if (!json_is_string(e) || json_string_length(e) == 0)
+			return type_error(err, errlen, ipath, "non-empty string");
+		c->reg_codes[c->nreg_codes++] = strdup(json_string_value(e));
+	}
+	return 0;
+}
+
 static int
 key_websocket(struct config *c, json_t *v, const char *path, char *err,
     size_t errlen)
@@ -660,6 +701,16 @@ config_to_json(const struct config *c)
 	    "cooldown", c->reg_cooldown, "wait", c->reg_wait,
 	    "timeout", c->reg_timeout, "attempts", c->reg_attempts,
 	    "backoff", c->reg_backoff));
+	{
+		json_t *codes = json_array(), *tr = json_object_get(root,
+		    "task_registration");
+
+		for (i = 0; i < c->nreg_codes; i++)
+			json_array_append_new(codes, json_string(c->reg_codes[i]));
+		json_object_set_new(tr, "replay_max_body",
+		    json_integer(c->reg_replay_max));
+		json_object_set_new(tr, "invalid_task_codes", codes);
+	}
 	return root;
 }
 
@@ -680,6 +731,7 @@ config_free(struct config *c)
 	json_decref(c->providers);
 	free(c->ca_dir);
 	free(c->reg_base_url);
+	free_strv(&c->reg_codes, &c->nreg_codes);
 	free(c->connect_ports);
 	secret_free(&c->proxy_auth_basic);
 	secret_free(&c->proxy_auth_bearer);

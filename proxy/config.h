@@ -44,6 +44,9 @@ struct config {
 	double		 reg_timeout;
 	int		 reg_attempts;
 	double		 reg_backoff;
+	long long	 reg_replay_max;	/* bodies kept for one retry */
+	char		**reg_codes;		/* error codes meaning "bad task" */
+	size_t		 nreg_codes;
 	char		*ca_dir;
 	int		*connect_ports;
 	size_t		 nconnect_ports;

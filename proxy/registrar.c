@@ -7,6 +7,7 @@
 
 #include "authwrite.h"
 #include "config.h"
+#include "credential.h"
 #include "idstore.h"
 #include "log.h"
 #include "register.h"
@@ -24,10 +25,11 @@ static struct {
 	time_t		 retry_at;
 	char		 reason[REGISTER_REASON_MAX];
 	atomic_bool	 cancel;
+	char		 renew_fp[9];	/* task the upstream rejected, or "" */
 	struct proxy	*px;
 	struct worker	*ws;
 	int		 nworkers;
-	long		 registered, failed;
+	long		 registered, failed, renewed;
 } R = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 
 const char *
@@ -86,6 +88,17 @@ run_once(void)
 	int have_hash, ok;
 
 	id = idstore_get(&st, why, sizeof(why));
+	pthread_mutex_lock(&R.lock);
+	if (id != NULL && st == IDENTITY_OK && R.renew_fp[0] != '\0') {
+		char fp[9];
+
+		/* re-register only if the rejected task is still current */
+		task_fingerprint(id->task_id, fp);
+		if (strcmp(fp, R.renew_fp) == 0)
+			st = IDENTITY_NO_TASK;
+	}
+	R.renew_fp[0] = '\0';
+	pthread_mutex_unlock(&R.lock);
 	if (id == NULL || st != IDENTITY_NO_TASK) {
 		/* nothing to do: a task appeared, or there is no identity */
 		identity_unref(id);
@@ -207,6 +220,34 @@ registrar_need_task(char *why, size_t whylen, time_t *retry_at)
 	s = state_locked(why, whylen, retry_at);
 	pthread_mutex_unlock(&R.lock);
 	return s;
+}
+
+enum reg_state
+registrar_renew(const char *fp)
+{
+	enum reg_state s;
+
+	pthread_mutex_lock(&R.lock);
+	if (R.state == REG_IDLE || R.state == REG_FAILED) {
+		snprintf(R.renew_fp, sizeof(R.renew_fp), "%s", fp);
+		R.state = REG_RUNNING;
+		R.wanted = 1;
+		R.renewed++;
+		pthread_cond_signal(&R.cond);
+	}
+	s = R.state;
+	pthread_mutex_unlock(&R.lock);
+	return s;
+}
+
+void
+registrar_counts(long *registered, long *failed, long *renewed)
+{
+	pthread_mutex_lock(&R.lock);
+	*registered = R.registered;
+	*failed = R.failed;
+	*renewed = R.renewed;
+	pthread_mutex_unlock(&R.lock);
 }
 
 enum reg_state

@@ -27,6 +27,12 @@ void	 registrar_stop(void);
  * the state after the call; for REG_FAILED, why and *retry_at say why
  * and when it will be tried again. Thread-safe. */
 enum reg_state registrar_need_task(char *why, size_t whylen, time_t *retry_at);
+/* The upstream rejected the task whose fingerprint is fp: register a new
+ * one, unless a registration runs already or the task changed since.
+ * Returns the state after the call. */
+enum reg_state registrar_renew(const char *fp);
+void	 registrar_counts(long *registered, long *failed, long *renewed);
+
 /* The same, without starting anything (for /readyz). */
 enum reg_state registrar_state(char *why, size_t whylen, time_t *retry_at);
 const char *reg_state_name(enum reg_state s);

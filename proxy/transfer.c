@@ -26,6 +26,8 @@
 #define MHD_BLOCK	(8 * 1024)
 /* How much of a refused body is read so the client can see the answer. */
 #define DRAIN_MAX	(4LL * 1024 * 1024)
+/* Largest error answer read to look for invalid_task_id. */
+#define INSPECT_MAX	(64 * 1024)
 
 static struct client *
 conn_client(struct MHD_Connection *con)
@@ -274,6 +276,13 @@ on_header(char *p, size_t size, size_t n, void *ud)
 			    t->log_host);
 			return 0;	/* abort the transfer */
 		}
+		/* A client error on a credentialed request may say the task
+		 * is no longer valid: hold it until its body is read. */
+		if (t->action == ACTION_ASSERT && t->replay_ok && !t->retried &&
+		    t->status >= 400 && t->status < 500 && t->ws == NULL) {
+			t->inspecting = 1;
+			return len;
+		}
 		t->resp_ready = 1;
 		if (t->wait == WAIT_HEADERS)
 			transfer_resume(t);
@@ -329,6 +338,17 @@ on_write(char *p, size_t size, size_t n, void *ud)
 	if (t->client_gone)
 		return 0;
 	t->last_io = now_ms();
+	if (t->inspecting) {
+		if (buf_append(&t->down, p, len) != 0)
+			return 0;
+		if (buf_pending(&t->down) > INSPECT_MAX) {
+			/* too long for an error object: pass it on as is */
+			t->inspecting = 0;
+			t->resp_ready = 1;
+			transfer_resume(t);
+		}
+		return len;
+	}
 	if (buf_pending(&t->down) > 0 && buf_pending(&t->down) + len > WINDOW) {
 		t->recv_paused = 1;
 		return CURL_WRITEFUNC_PAUSE;
@@ -401,6 +421,55 @@ curl_error_kind(CURLcode rc)
 	}
 }
 
+static void park(struct transfer *t);
+
+/* Does the held error answer name a task the upstream no longer
+ * accepts ({"error":{"code":"invalid_task_id"}})? */
+static int
+says_invalid_task(struct transfer *t)
+{
+	struct config *c = t->w->px->cfg;
+	json_t *root, *code;
+	const char *s;
+	size_t i;
+	int hit = 0;
+
+	root = json_loadb(buf_head(&t->down), buf_pending(&t->down), 0, NULL);
+	code = json_object_get(json_object_get(root, "error"), "code");
+	if ((s = json_string_value(code)) != NULL)
+		for (i = 0; i < c->nreg_codes; i++)
+			if (strcmp(s, c->reg_codes[i]) == 0)
+				hit = 1;
+	json_decref(root);
+	return hit;
+}
+
+/* Registers a new task and replays the request once with it. */
+static int
+try_recover(struct transfer *t)
+{
+	size_t i;
+
+	if (!t->upload_eof || !t->replay_ok || t->retried ||
+	    !says_invalid_task(t) || registrar_renew(t->task_fp) != REG_RUNNING)
+		return 0;
+	log_json(LOG_INFO, "run task rejected upstream: registering a new one",
+	    json_pack("{s:s, s:s, s:i}", "host", t->log_host, "path",
+	    t->log_path, "status", t->status));
+	t->retried = 1;
+	for (i = 0; i < t->resp_headers.n; i++)
+		free((char *)t->resp_headers.v[i].name);
+	t->resp_headers.n = 0;
+	t->status = 0;
+	t->headers_done = 0;
+	t->resp_length = -1;
+	t->resp_bad = 0;
+	buf_free(&t->down);
+	release_upstream(t);
+	park(t);
+	return 1;
+}
+
 void
 transfer_curl_done(struct transfer *t, CURLcode rc)
 {
@@ -409,6 +478,12 @@ transfer_curl_done(struct transfer *t, CURLcode rc)
 	if (t->ws != NULL) {
 		ws_connected(t, rc);	/* connect-only: the handshake is ours */
 		return;
+	}
+	if (t->inspecting) {
+		t->inspecting = 0;
+		if (rc == CURLE_OK && try_recover(t))
+			return;
+		t->resp_ready = 1;
 	}
 	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
 	t->reused = nconn == 0;
@@ -534,6 +609,11 @@ start_upstream(struct transfer *t, const struct hdr_vec *in,
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	else
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, t->method);
+	if (t->retried && buf_pending(&t->replay) > 0 &&
+	    buf_append(&t->up, buf_head(&t->replay), buf_pending(&t->replay)) != 0) {
+		set_error(t, PERR_INTERNAL, "out of memory");
+		return -1;
+	}
 	if (t->ri.has_body) {
 		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
@@ -730,11 +810,7 @@ registration_pending(struct transfer *t)
 
 	rs = registrar_need_task(why, sizeof(why), &retry);
 	if (rs == REG_RUNNING && !t->reg_waited_out) {
-		t->reg_wait = 1;
-		t->reg_deadline = now_ms() +
-		    (long long)(w->px->cfg->reg_wait * 1000);
-		t->reg_next = w->reg_waiters;
-		w->reg_waiters = t;
+		park(t);
 		return 1;
 	}
 	if (rs == REG_RUNNING) {
@@ -751,6 +827,17 @@ registration_pending(struct transfer *t)
 		return 1;
 	}
 	return 0;	/* disabled, or a task has just appeared */
+}
+
+static void
+park(struct transfer *t)
+{
+	struct worker *w = t->w;
+
+	t->reg_wait = 1;
+	t->reg_deadline = now_ms() + (long long)(w->px->cfg->reg_wait * 1000);
+	t->reg_next = w->reg_waiters;
+	w->reg_waiters = t;
 }
 
 static void
@@ -861,6 +948,9 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 			return;
 		}
 		memcpy(t->task_fp, cr.task_fp, sizeof(t->task_fp));
+		if (!t->retried)
+			t->replay_ok = w->px->cfg->reg_enabled &&
+			    t->ri.content_length <= w->px->cfg->reg_replay_max;
 	}
 	if (t->ri.websocket && d.kind == ROUTE_INFERENCE &&
 	    !w->px->cfg->websocket_relay)
@@ -990,6 +1080,14 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 		take = room;
 	if (take > 0 && buf_append(&t->up, data, take) != 0)
 		return MHD_NO;
+	if (t->replay_ok) {
+		/* kept for one replay after invalid_task_id */
+		if ((long long)(buf_pending(&t->replay) + take) > c->reg_replay_max ||
+		    buf_append(&t->replay, data, take) != 0) {
+			t->replay_ok = 0;
+			buf_free(&t->replay);
+		}
+	}
 	t->bytes_in += (long long)take;
 	*size -= take;
 	if (t->send_paused)
@@ -1106,6 +1204,8 @@ audit_request(struct transfer *t)
 		return;
 	if (t->is_error)
 		json_object_set_new(o, "error", json_string(perr_code(t->err)));
+	if (t->retried)
+		json_object_set_new(o, "retried", json_true());
 	line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	if (line == NULL)
@@ -1155,6 +1255,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	hdr_vec_free(&t->resp_headers);
 	buf_free(&t->up);
 	buf_free(&t->down);
+	buf_free(&t->replay);
 	free(t->raw_target);
 	free(t->log_host);
 	free(t->log_path);

@@ -80,6 +80,11 @@ struct transfer {
 
 	/* waiting for a run-task registration */
 	int			 reg_wait;
+	/* invalid_task_id recovery: the body is kept for one replay */
+	struct buf		 replay;
+	int			 replay_ok;
+	int			 inspecting;	/* holding an error answer to read it */
+	int			 retried;
 	int			 reg_waited_out;
 	long long		 reg_deadline;
 	struct transfer		*reg_next;
