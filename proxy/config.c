@@ -50,6 +50,7 @@ static const struct keyspec timeout_keys[] = {
 	{ "client_idle", K_SECS, OFF(client_idle_timeout), 0, DAY, NULL, NULL },
 	{ "total", K_SECS, OFF(total_timeout), 0, 7 * DAY, NULL, NULL },
 	{ "tunnel_idle", K_SECS, OFF(tunnel_idle_timeout), 0, DAY, NULL, NULL },
+	{ "drain", K_SECS, OFF(drain_timeout), 0, 3600, NULL, NULL },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -71,6 +72,7 @@ static const struct keyspec top_keys[] = {
 	{ "allow_remote_listen", K_BOOL, OFF(allow_remote_listen), 0, 0, NULL, NULL },
 	{ "threads", K_INT, OFF(threads), 0, 256, NULL, NULL },
 	{ "server_info", K_STR, OFF(server_info), 0, 0, NULL, NULL },
+	{ "pid_file", K_STR, OFF(pid_file), 0, 0, NULL, NULL },
 	{ "log_level", K_FN, 0, 0, 0, NULL, key_log_level },
 	{ "upstream_ca", K_STR, OFF(upstream_ca), 0, 0, NULL, NULL },
 	{ "resolve", K_FN, 0, 0, 0, NULL, key_resolve },
@@ -104,6 +106,7 @@ config_defaults(struct config *c)
 	c->upstream_idle_timeout = 300;
 	c->client_idle_timeout = 300;
 	c->tunnel_idle_timeout = 300;
+	c->drain_timeout = 30;
 	c->intercept = 1;
 	c->websocket_relay = 1;
 	c->reg_enabled = -1;
@@ -684,6 +687,9 @@ config_to_json(const struct config *c)
 		json_array_append_new(allowed, json_string(c->allowed_hosts[i]));
 	json_object_set_new(json_object_get(root, "timeouts"), "tunnel_idle",
 	    json_real(c->tunnel_idle_timeout));
+	json_object_set_new(json_object_get(root, "timeouts"), "drain",
+	    json_real(c->drain_timeout));
+	json_object_set_new(root, "pid_file", str_or_null(c->pid_file));
 	json_object_set_new(root, "intercept", json_boolean(c->intercept));
 	json_object_set_new(root, "ca_dir", str_or_null(c->ca_dir));
 	json_object_set_new(root, "connect_ports", ports);
@@ -730,6 +736,7 @@ config_free(struct config *c)
 	free(c->audit_log);
 	json_decref(c->providers);
 	free(c->ca_dir);
+	free(c->pid_file);
 	free(c->reg_base_url);
 	free_strv(&c->reg_codes, &c->nreg_codes);
 	free(c->connect_ports);

@@ -51,6 +51,8 @@ struct config {
 	int		*connect_ports;
 	size_t		 nconnect_ports;
 	double		 tunnel_idle_timeout;
+	double		 drain_timeout;
+	char		*pid_file;
 	char		*proxy_auth_basic;	/* "user:pass", secret */
 	char		*proxy_auth_bearer;	/* token, secret */
 	char		**allowed_hosts;	/* patterns; NULL: any */

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "idstore.h"
 #include "log.h"
+#include "metrics.h"
 #include "providers.h"
 #include "registrar.h"
 #include "secmem.h"
@@ -66,6 +67,8 @@ static const char usage_text[] =
 "                               built in: /v1/=https://api.openai.com/v1/ and\n"
 "                               /backend-api/codex/=https://chatgpt.com/backend-api/codex/\n"
 "      --log-level LEVEL        debug, info (default), warn or error\n"
+"      --pid-file FILE          write the process id to FILE (removed at exit)\n"
+"      --drain-timeout SECS     on SIGTERM, let requests finish for up to SECS (default 30)\n"
 "      --threads N              event-loop threads (default: one per core)\n"
 "      --max-body-size BYTES    largest request body (default 0 = unlimited)\n"
 "      --max-header-size BYTES  largest request head (default 32768)\n"
@@ -92,6 +95,11 @@ static const char usage_text[] =
 "  -h, --help                   show this help\n"
 "  -V, --version                show the version\n"
 "\n"
+"Signals: SIGTERM drains (in-flight requests finish, up to the drain timeout)\n"
+"then exits 0; a second SIGTERM or SIGINT stops at once; SIGHUP reloads the\n"
+"configuration file and the auth file (an invalid new configuration is\n"
+"logged and the running one kept).\n"
+"\n"
 "Exit status: 0 on a clean stop, 1 on a runtime failure, 2 on a usage or\n"
 "configuration error.\n";
 
@@ -101,7 +109,7 @@ enum {
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_CA_DIR, OPT_NO_INTERCEPT,
-	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET,
+	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -129,6 +137,8 @@ static const struct option long_opts[] = {
 	{ "no-intercept", no_argument, NULL, OPT_NO_INTERCEPT },
 	{ "tunnel-idle-timeout", required_argument, NULL, OPT_TUNNEL_IDLE_TIMEOUT },
 	{ "websocket", required_argument, NULL, OPT_WEBSOCKET },
+	{ "pid-file", required_argument, NULL, OPT_PID_FILE },
+	{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 }
@@ -169,6 +179,8 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	case OPT_AUTH_FILE: key = "auth_file"; name = "--auth-file"; break;
 	case OPT_CA_DIR: key = "ca_dir"; name = "--ca-dir"; break;
 	case OPT_WEBSOCKET: key = "websocket"; name = "--websocket"; break;
+	case OPT_PID_FILE: key = "pid_file"; name = "--pid-file"; break;
+	case OPT_DRAIN_TIMEOUT: key = "timeouts"; sub = "drain"; name = "--drain-timeout"; break;
 	case OPT_TUNNEL_IDLE_TIMEOUT: key = "timeouts"; sub = "tunnel_idle"; name = "--tunnel-idle-timeout"; break;
 	case OPT_AUDIT_LOG: key = "audit_log"; name = "--audit-log"; break;
 	case OPT_SERVER_INFO: key = "server_info"; name = "--server-info"; break;
@@ -189,7 +201,7 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	if (f->opt == OPT_SERVER_INFO || f->opt == OPT_UPSTREAM_CA ||
 	    f->opt == OPT_LOG_LEVEL || f->opt == OPT_AUTH_FILE ||
 	    f->opt == OPT_AUDIT_LOG || f->opt == OPT_CA_DIR ||
-	    f->opt == OPT_WEBSOCKET)
+	    f->opt == OPT_WEBSOCKET || f->opt == OPT_PID_FILE)
 		v = json_string(f->arg);
 	else {
 		errno = 0;
@@ -201,7 +213,7 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 		/* Sizes and counts are integers in the schema. */
 		if (f->opt == OPT_CONNECT_TIMEOUT || f->opt == OPT_IDLE_TIMEOUT ||
 		    f->opt == OPT_CLIENT_IDLE_TIMEOUT || f->opt == OPT_TOTAL_TIMEOUT ||
-		    f->opt == OPT_TUNNEL_IDLE_TIMEOUT)
+		    f->opt == OPT_TUNNEL_IDLE_TIMEOUT || f->opt == OPT_DRAIN_TIMEOUT)
 			v = json_real(d);
 		else if (d != (double)(json_int_t)d) {
 			snprintf(err, errlen, "%s: '%s' is not a whole number",
@@ -372,6 +384,146 @@ idstore_logger(const char *level, const char *msg)
 	log_msg(l < 0 ? LOG_WARN : l, "%s", msg);
 }
 
+/* The command line, kept for SIGHUP: a reload re-reads the file and
+ * applies the same flags on top, exactly as at start. */
+static int	 saved_argc;
+static char	**saved_argv;
+
+static struct runconf *
+runconf_new(struct config *c, int owned, char *err, size_t errlen)
+{
+	struct runconf *rc = calloc(1, sizeof(*rc));
+
+	if (rc == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	rc->cfg = c;
+	if ((rc->providers = build_providers(c, err, errlen)) == NULL ||
+	    access_init(&rc->access, c, err, errlen) != 0) {
+		providers_free(rc->providers);
+		free(rc);
+		return NULL;
+	}
+	rc->owns_cfg = owned;
+	return rc;
+}
+
+static void
+runconf_free_all(struct runconf *rc)
+{
+	while (rc != NULL) {
+		struct runconf *older = rc->older;
+
+		providers_free(rc->providers);
+		access_free(&rc->access);
+		if (rc->owns_cfg) {
+			config_free(rc->cfg);
+			free(rc->cfg);
+		}
+		free(rc);
+		rc = older;
+	}
+}
+
+/* Settings read once at start; a reload that changes them says so. */
+static void
+warn_fixed(const struct config *a, const struct config *b)
+{
+	static const char *fixed = "listen, threads, resolve, ca_dir, "
+	    "intercept, auth_file, audit_log, pid_file, limits.max_header_size, "
+	    "limits.max_connections and timeouts.client_idle";
+
+	if (strcmp(a->listen_host, b->listen_host) != 0 ||
+	    a->listen_port != b->listen_port || a->threads != b->threads ||
+	    a->nresolve != b->nresolve || a->intercept != b->intercept ||
+	    strcmp(a->ca_dir, b->ca_dir) != 0 ||
+	    strcmp(a->auth_file, b->auth_file) != 0 ||
+	    a->max_header_size != b->max_header_size ||
+	    a->max_connections != b->max_connections ||
+	    a->client_idle_timeout != b->client_idle_timeout ||
+	    (a->audit_log == NULL) != (b->audit_log == NULL))
+		log_msg(LOG_WARN, "reload: %s take effect at the next restart",
+		    fixed);
+}
+
+/* SIGHUP: a new generation of settings, or, if the file or a value is
+ * wrong now, the old one kept and the reason logged. */
+static void
+reload(struct proxy *px, struct worker *ws, int n)
+{
+	struct config *nc = calloc(1, sizeof(*nc));
+	struct runconf *rc;
+	struct cmdline cl = { 0 };
+	char err[1024];
+	int i, r;
+
+	if (nc == NULL)
+		return;
+	config_defaults(nc);
+	r = parse_args(saved_argc, saved_argv, nc, &cl, err, sizeof(err));
+	free(cl.pos);
+	free(cl.headers);
+	if (r != 0 || (rc = runconf_new(nc, 1, err, sizeof(err))) == NULL) {
+		log_json(LOG_ERROR, "reload rejected; keeping the running "
+		    "configuration", json_pack("{s:s}", "reason", err));
+		config_free(nc);
+		free(nc);
+		metrics_reload(0);
+		return;
+	}
+	warn_fixed(px->cfg, nc);
+	log_min_level = nc->log_level;
+	rc->older = proxy_runconf(px);
+	__atomic_store_n(&px->rc, rc, __ATOMIC_RELEASE);
+	for (i = 0; i < n; i++)
+		worker_wake(&ws[i]);
+	metrics_reload(1);
+	log_msg(LOG_INFO, "configuration reloaded");
+}
+
+static int
+pid_file_write(const char *path, char *err, size_t errlen)
+{
+	char tmp[4096], buf[32];
+	int fd, len;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0 ||
+	    write(fd, buf, (size_t)len) != len || close(fd) != 0 ||
+	    rename(tmp, path) != 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		if (fd >= 0)
+			unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* After SIGTERM: wait for the workers to finish their drain, still
+ * answering a second SIGTERM or SIGINT (stop now). Returns 0. */
+static int
+wait_drained(struct proxy *px, struct worker *ws, int n, int sfd)
+{
+	struct signalfd_siginfo si;
+	int i, done;
+
+	for (;;) {
+		struct pollfd pf = { .fd = sfd, .events = POLLIN };
+
+		for (done = 0, i = 0; i < n; i++)
+			done += atomic_load(&ws[i].finished);
+		if (done == n)
+			return 0;
+		if (poll(&pf, 1, 100) > 0 &&
+		    read(sfd, &si, sizeof(si)) == sizeof(si) &&
+		    si.ssi_signo != SIGHUP)
+			return 0;
+		(void)px;
+	}
+}
+
 /* An identity without a run task gets one registered at once (when
  * registration is configured), not only when a request needs it. */
 static void
@@ -395,7 +547,7 @@ run(struct config *c)
 	struct signalfd_siginfo si;
 	sigset_t set;
 	char err[512];
-	int i, n, port, sfd = -1, rc = 1, started = 0;
+	int i, n = 0, port, sfd = -1, rc = 1, started = 0, pid_written = 0;
 	size_t r;
 
 	memset(&px, 0, sizeof(px));
@@ -404,7 +556,7 @@ run(struct config *c)
 	px.listen_fd = -1;
 	if (secmem_harden_process(err, sizeof(err)) != 0)
 		log_msg(LOG_WARN, "%s", err);
-	if ((px.providers = build_providers(c, err, sizeof(err))) == NULL) {
+	if ((px.rc = runconf_new(c, 0, err, sizeof(err))) == NULL) {
 		log_msg(LOG_ERROR, "%s", err);
 		goto out;
 	}
@@ -413,8 +565,7 @@ run(struct config *c)
 		log_msg(LOG_ERROR, "audit log %s: %s", c->audit_log, strerror(errno));
 		goto out;
 	}
-	if (access_init(&px.access, c, err, sizeof(err)) != 0 ||
-	    tunnel_tls_init(&px, err, sizeof(err)) != 0) {
+	if (tunnel_tls_init(&px, err, sizeof(err)) != 0) {
 		log_msg(LOG_ERROR, "%s", err);
 		goto out;
 	}
@@ -477,6 +628,13 @@ run(struct config *c)
 		log_msg(LOG_ERROR, "server-info: %s", err);
 		goto stop;
 	}
+	if (c->pid_file != NULL) {
+		if (pid_file_write(c->pid_file, err, sizeof(err)) != 0) {
+			log_msg(LOG_ERROR, "pid-file: %s", err);
+			goto stop;
+		}
+		pid_written = 1;
+	}
 	log_json(LOG_INFO, "listening", json_pack("{s:s, s:i, s:i}",
 	    "address", c->listen_host, "port", port, "threads", n));
 	for (;;) {
@@ -487,6 +645,7 @@ run(struct config *c)
 			break;
 		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN)) {
 			idstore_handle_watch();
+			metrics_identity_reload();
 			kick_registration();
 		}
 		if (!(pf[0].revents & POLLIN))
@@ -497,10 +656,25 @@ run(struct config *c)
 			break;
 		}
 		if (si.ssi_signo == SIGHUP) {
-			log_msg(LOG_INFO, "SIGHUP: reloading the agent identity");
+			reload(&px, ws, n);
 			idstore_reload();
+			metrics_identity_reload();
 			kick_registration();
 			continue;
+		}
+		if (si.ssi_signo == SIGTERM && !atomic_load(&px.draining)) {
+			/* Finish what is in flight, accept nothing new; the
+			 * workers stop by themselves. A second signal stops
+			 * at once. */
+			log_json(LOG_INFO, "draining", json_pack("{s:f}",
+			    "timeout_s", proxy_runconf(&px)->cfg->drain_timeout));
+			px.drain_deadline = now_ms() +
+			    (long long)(proxy_runconf(&px)->cfg->drain_timeout * 1000);
+			atomic_store(&px.draining, 1);
+			for (i = 0; i < n; i++)
+				worker_wake(&ws[i]);
+			if (wait_drained(&px, ws, n, sfd) != 0)
+				continue;
 		}
 		log_json(LOG_INFO, "stopping", json_pack("{s:s}", "signal",
 		    si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM"));
@@ -523,8 +697,9 @@ out:
 	free(ws);
 	idstore_shutdown();
 	tunnel_tls_free(&px);
-	access_free(&px.access);
-	providers_free(px.providers);
+	runconf_free_all(px.rc);
+	if (pid_written)
+		unlink(c->pid_file);
 	if (px.audit_fd >= 0)
 		close(px.audit_fd);
 	if (px.listen_fd >= 0)
@@ -735,6 +910,8 @@ main(int argc, char **argv)
 	char err[1024];
 	int rc, sub = 0;
 
+	saved_argc = argc;
+	saved_argv = argv;
 	if (argc > 1 && strcmp(argv[1], "check-config") == 0)
 		sub = 1;
 	else if (argc > 1 && strcmp(argv[1], "classify") == 0)

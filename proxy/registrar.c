@@ -57,7 +57,7 @@ static void
 persist(const struct identity *id, const char *task,
     const unsigned char *hash, int have_hash)
 {
-	const char *path = R.px->cfg->auth_file;
+	const char *path = proxy_runconf(R.px)->cfg->auth_file;
 	char err[256];
 
 	if (!id->from_jwt && have_hash &&
@@ -78,7 +78,7 @@ persist(const struct identity *id, const char *task,
 static void
 run_once(void)
 {
-	struct config *c = R.px->cfg;
+	struct config *c = proxy_runconf(R.px)->cfg;
 	struct register_opts o;
 	struct register_result res;
 	enum identity_status st;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "relay.h"
 
 #define RELAY_WINDOW	(64 * 1024)
@@ -191,6 +192,8 @@ relay_finish(struct relay *r)
 		r->next->prev = r->prev;
 	if (r->on_done)
 		r->on_done(r);
+	if (r->started)
+		metrics_tunnel_open((enum m_tunnel)r->kind, -1);
 	log_json(LOG_INFO, "tunnel", json_pack("{s:s, s:s?, s:I, s:I, s:I, s:b}",
 	    "client", r->client, "what", r->what,
 	    "bytes_up", (json_int_t)r->bytes_ab, "bytes_down",
@@ -261,6 +264,8 @@ relay_start(struct relay *r)
 		return -1;
 	}
 	r->a.events = r->b.events = EPOLLIN;
+	r->started = 1;
+	metrics_tunnel_open((enum m_tunnel)r->kind, 1);
 	r->next = w->relays;
 	if (w->relays)
 		w->relays->prev = r;

@@ -37,6 +37,8 @@ struct relay {
 	long long	 idle_ms;
 	long long	 start_ms;
 	int		 failed;
+	int		 kind;		/* enum m_tunnel, for metrics */
+	int		 started;
 	char		*what;		/* "tunnel host:port", for the log */
 	char		 client[64];
 	void		(*on_done)(struct relay *);

@@ -15,6 +15,7 @@
 #include "registrar.h"
 #include "gateway.h"
 #include "log.h"
+#include "metrics.h"
 #include "target.h"
 #include "transfer.h"
 #include "websocket.h"
@@ -119,6 +120,7 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	if (w->live)
 		w->live->live_prev = t;
 	w->live = t;
+	metrics_request_open(1);
 	return t;
 }
 
@@ -235,7 +237,8 @@ queue_local(struct transfer *t, unsigned status, const char *json)
 	    MHD_RESPMEM_PERSISTENT);
 	if (r == NULL)
 		return MHD_NO;
-	MHD_add_response_header(r, "Content-Type", "application/json");
+	MHD_add_response_header(r, "Content-Type", t->local_ctype ?
+	    t->local_ctype : "application/json");
 	rc = MHD_queue_response(t->con, status, r);
 	MHD_destroy_response(r);
 	t->status = (int)status;
@@ -284,6 +287,7 @@ on_header(char *p, size_t size, size_t n, void *ud)
 			return len;
 		}
 		t->resp_ready = 1;
+		metrics_upstream_head((double)(now_ms() - t->start_ms) / 1000.0);
 		if (t->wait == WAIT_HEADERS)
 			transfer_resume(t);
 		return len;
@@ -428,7 +432,7 @@ static void park(struct transfer *t);
 static int
 says_invalid_task(struct transfer *t)
 {
-	struct config *c = t->w->px->cfg;
+	struct config *c = t->w->rc->cfg;
 	json_t *root, *code;
 	const char *s;
 	size_t i;
@@ -558,7 +562,7 @@ static int
 start_upstream(struct transfer *t, const struct hdr_vec *in,
     const struct hdr_edits *edits)
 {
-	struct config *c = t->w->px->cfg;
+	struct config *c = t->w->rc->cfg;
 	struct hdr_vec out = { 0 };
 	CURL *e;
 
@@ -702,7 +706,7 @@ readiness(struct transfer *t)
 static int
 route_request(struct transfer *t, struct MHD_Connection *con)
 {
-	struct config *c = t->w->px->cfg;
+	struct config *c = t->w->rc->cfg;
 	struct target tg;
 	char err[256], auth[300];
 
@@ -755,11 +759,19 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 		size_t pl = target_path_len(tg.path);
 
 		if ((pl == 8 && strncmp(tg.path, "/healthz", 8) == 0) ||
-		    (pl == 7 && strncmp(tg.path, "/readyz", 7) == 0)) {
+		    (pl == 7 && strncmp(tg.path, "/readyz", 7) == 0) ||
+		    (pl == 8 && strncmp(tg.path, "/metrics", 8) == 0)) {
 			t->log_path = strndup(tg.path, pl);
 			if (tg.path[1] == 'h')
 				local_answer(t, 200, json_pack("{s:s}", "status", "ok"));
-			else
+			else if (tg.path[1] == 'm') {
+				t->mode = "local";
+				t->local_status = 200;
+				t->local_ctype = "text/plain; version=0.0.4";
+				t->local_body = metrics_render(t->w->px);
+				if (t->local_body == NULL)
+					set_error(t, PERR_INTERNAL, "out of memory");
+			} else
 				readiness(t);
 			target_free(&tg);
 			return 1;
@@ -816,7 +828,7 @@ registration_pending(struct transfer *t)
 	if (rs == REG_RUNNING) {
 		set_error(t, PERR_AGENT_TASK_MISSING, "%s: run task registration "
 		    "still in progress after %gs", MSG_TASK_MISSING,
-		    w->px->cfg->reg_wait);
+		    w->rc->cfg->reg_wait);
 		return 1;
 	}
 	if (rs == REG_FAILED) {
@@ -835,7 +847,7 @@ park(struct transfer *t)
 	struct worker *w = t->w;
 
 	t->reg_wait = 1;
-	t->reg_deadline = now_ms() + (long long)(w->px->cfg->reg_wait * 1000);
+	t->reg_deadline = now_ms() + (long long)(w->rc->cfg->reg_wait * 1000);
 	t->reg_next = w->reg_waiters;
 	w->reg_waiters = t;
 }
@@ -861,7 +873,7 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind,
 void
 transfer_idle_sweep(struct worker *w, long long now)
 {
-	long long idle = (long long)(w->px->cfg->upstream_idle_timeout * 1000);
+	long long idle = (long long)(w->rc->cfg->upstream_idle_timeout * 1000);
 	struct transfer *t;
 
 	if (idle <= 0)
@@ -874,7 +886,7 @@ transfer_idle_sweep(struct worker *w, long long now)
 		if (!t->resp_ready)
 			set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
 			    "for %g s (timeouts.upstream_idle)", t->log_host,
-			    w->px->cfg->upstream_idle_timeout);
+			    w->rc->cfg->upstream_idle_timeout);
 		else {
 			t->up_done = 1;
 			t->up_rc = CURLE_OPERATION_TIMEDOUT;
@@ -927,7 +939,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	char why[256] = "", msg[384];
 	int rc = 0;
 
-	classify(w->px->providers, t->method, t->scheme, t->dst_host,
+	classify(w->rc->providers, t->method, t->scheme, t->dst_host,
 	    t->dst_port, t->dst_path, t->ri.websocket, &d);
 	t->provider = d.provider;
 	t->route_kind = d.kind;
@@ -948,12 +960,13 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 			return;
 		}
 		memcpy(t->task_fp, cr.task_fp, sizeof(t->task_fp));
+		metrics_minted();
 		if (!t->retried)
-			t->replay_ok = w->px->cfg->reg_enabled &&
-			    t->ri.content_length <= w->px->cfg->reg_replay_max;
+			t->replay_ok = w->rc->cfg->reg_enabled &&
+			    t->ri.content_length <= w->rc->cfg->reg_replay_max;
 	}
 	if (t->ri.websocket && d.kind == ROUTE_INFERENCE &&
-	    !w->px->cfg->websocket_relay)
+	    !w->rc->cfg->websocket_relay)
 		/* "refuse": Codex falls back to HTTP at once on a 426 */
 		set_error(t, PERR_WEBSOCKET_UNSUPPORTED,
 		    "WebSocket is refused by configuration (websocket: refuse); "
@@ -975,7 +988,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 static int
 check_access(struct transfer *t, const struct hdr_vec *in)
 {
-	struct access *a = &t->w->px->access;
+	struct access *a = &t->w->rc->access;
 	const char *host = hdr_get(in->v, in->n, "Host");
 
 	if (t->cl != NULL && t->cl->icpt_host != NULL) {
@@ -1012,7 +1025,7 @@ check_access(struct transfer *t, const struct hdr_vec *in)
 static enum MHD_Result
 begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 {
-	struct config *c = t->w->px->cfg;
+	struct config *c = t->w->rc->cfg;
 	struct hdr_vec in = { 0 };
 	enum perr code;
 	char err[256];
@@ -1052,7 +1065,7 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 static enum MHD_Result
 body_chunk(struct transfer *t, const char *data, size_t *size)
 {
-	struct config *c = t->w->px->cfg;
+	struct config *c = t->w->rc->cfg;
 	size_t take = *size, room;
 
 	if (t->client_gone)
@@ -1230,6 +1243,9 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	*con_cls = NULL;
 	log_request(t, toe);
 	audit_request(t);
+	metrics_request_open(-1);
+	metrics_request(t->mode, t->provider, t->route_kind, t->action,
+	    t->status, t->is_error ? perr_code(t->err) : NULL);
 	if (t->reg_wait)
 		reg_unlink(t);
 	release_upstream(t);

@@ -68,6 +68,7 @@ struct transfer {
 	int			 is_error;
 	char			*local_body;	/* the proxy's own answer */
 	int			 local_status;
+	const char		*local_ctype;	/* NULL: application/json */
 	const char		*err_header;	/* 407: the auth scheme */
 
 	int			 client_gone;

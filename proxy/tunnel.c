@@ -15,6 +15,7 @@
 #include "classify.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "relay.h"
 #include "tunnel.h"
 #include "worker.h"
@@ -71,6 +72,7 @@ log_connect(struct tunnel *tn, int status, const char *action, const char *code)
 	    "action", action, "error", code);
 
 	log_json(LOG_INFO, "request", o);
+	metrics_connect(action);
 }
 
 static void
@@ -104,7 +106,7 @@ static void
 start_blind(struct tunnel *tn)
 {
 	struct worker *w = tn->w;
-	struct config *c = w->px->cfg;
+	struct config *c = w->rc->cfg;
 	char url[300];
 	CURL *e;
 
@@ -192,7 +194,7 @@ tunnel_curl_done(void *arg, CURLcode rc)
 	}
 	/* The answer goes out only now that the upstream is there. */
 	if (write_all(tn->fd, established, sizeof(established) - 1) != 0 ||
-	    (r = relay_new(w, (long long)(w->px->cfg->tunnel_idle_timeout * 1000))) == NULL) {
+	    (r = relay_new(w, (long long)(w->rc->cfg->tunnel_idle_timeout * 1000))) == NULL) {
 		curl_multi_remove_handle(w->multi, tn->easy);
 		curl_easy_cleanup(tn->easy);
 		close(tn->fd);
@@ -200,6 +202,7 @@ tunnel_curl_done(void *arg, CURLcode rc)
 		tunnel_free(tn);
 		return;
 	}
+	r->kind = MT_TUNNEL;
 	r->a.kind = EP_FD;
 	r->a.fd = tn->fd;
 	r->b.kind = EP_CURL;
@@ -335,7 +338,7 @@ start_intercept(struct tunnel *tn)
 	    SSL_add1_chain_cert(ssl, ca_cert(w->px->ca)) != 1 ||
 	    SSL_set_fd(ssl, tn->fd) != 1 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0 ||
-	    (r = relay_new(w, (long long)(w->px->cfg->client_idle_timeout * 1000))) == NULL) {
+	    (r = relay_new(w, (long long)(w->rc->cfg->client_idle_timeout * 1000))) == NULL) {
 		if (ic != NULL) {
 			free(ic->host);
 			free(ic);
@@ -384,6 +387,7 @@ start_intercept(struct tunnel *tn)
 	w->adding_host = NULL;
 	/* The MHD connection counts itself; this one is the TLS side. */
 	atomic_fetch_add(&w->px->nconns, 1);
+	r->kind = MT_INTERCEPT;
 	r->a.kind = EP_SSL;
 	r->a.ssl = ssl;
 	r->a.fd = tn->fd;
@@ -430,28 +434,28 @@ tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
 	tn->addrlen = sl;
 	tn->start = now_ms();
 	client_name(ss, tn->client);
-	if (!access_auth_ok(&px->access, tn->req.proxy_auth)) {
+	if (!access_auth_ok(&w->rc->access, tn->req.proxy_auth)) {
 		char hdr[80];
 
 		snprintf(hdr, sizeof(hdr), "Proxy-Authenticate: %s realm=\"scopeproxy\"",
-		    px->access.scheme);
+		    w->rc->access.scheme);
 		refuse(tn, PERR_PROXY_AUTH_REQUIRED,
 		    "proxy authentication required", hdr);
 		return;
 	}
-	if (!access_connect_port_ok(&px->access, tn->req.port)) {
+	if (!access_connect_port_ok(&w->rc->access, tn->req.port)) {
 		snprintf(msg, sizeof(msg), "CONNECT to port %d is not allowed "
 		    "(connect_ports)", tn->req.port);
 		refuse(tn, PERR_CONNECT_PORT_FORBIDDEN, msg, NULL);
 		return;
 	}
-	if (!access_host_allowed(&px->access, tn->req.host)) {
+	if (!access_host_allowed(&w->rc->access, tn->req.host)) {
 		snprintf(msg, sizeof(msg), "destination %.200s is not in "
 		    "allowed_hosts", tn->req.host);
 		refuse(tn, PERR_DESTINATION_FORBIDDEN, msg, NULL);
 		return;
 	}
-	classify(px->providers, "CONNECT", "https", tn->req.host, tn->req.port,
+	classify(w->rc->providers, "CONNECT", "https", tn->req.host, tn->req.port,
 	    NULL, 0, &d);
 	tn->provider = d.provider;
 	if (d.intercept && px->tls_ctx != NULL)

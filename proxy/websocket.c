@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "relay.h"
 #include "target.h"
 #include "transfer.h"
@@ -72,7 +73,7 @@ int
 ws_begin(struct transfer *t, const struct hdr_vec *in,
     const struct hdr_edits *edits)
 {
-	struct config *c = t->w->px->cfg;
+	struct config *c = t->w->rc->cfg;
 	struct hdr_vec out = { 0 };
 	const char *path, *upg = hdr_get(in->v, in->n, "Upgrade");
 	char url[600];
@@ -419,7 +420,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	(void)con;
 	(void)req_cls;
 	if (ws == NULL || (r = relay_new(w,
-	    (long long)(w->px->cfg->upstream_idle_timeout * 1000))) == NULL) {
+	    (long long)(w->rc->cfg->upstream_idle_timeout * 1000))) == NULL) {
 		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
 		return;
 	}
@@ -428,6 +429,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, t->cl->src.fd, NULL);
 		t->cl->src.fd = -1;
 	}
+	r->kind = MT_WEBSOCKET;
 	r->a.kind = EP_FD;
 	r->a.fd = (int)sock;
 	r->a.no_close = 1;	/* MHD closes it on UPGRADE_ACTION_CLOSE */

@@ -36,6 +36,12 @@ struct peek {
 #define PEEK_TIMEOUT_MS	10000
 #define MAX_EVENTS	128
 
+struct runconf *
+proxy_runconf(struct proxy *px)
+{
+	return __atomic_load_n(&px->rc, __ATOMIC_ACQUIRE);
+}
+
 long long
 now_ms(void)
 {
@@ -344,7 +350,7 @@ static int
 take_connect(struct worker *w, struct peek *p)
 {
 	struct connect_req req;
-	size_t max = (size_t)w->px->cfg->max_header_size;
+	size_t max = (size_t)w->rc->cfg->max_header_size;
 	enum perr code;
 	char err[160];
 	ssize_t n;
@@ -384,7 +390,7 @@ take_connect(struct worker *w, struct peek *p)
 static int
 precheck_head(struct worker *w, struct peek *p)
 {
-	size_t max = (size_t)w->px->cfg->max_header_size;
+	size_t max = (size_t)w->rc->cfg->max_header_size;
 	enum perr code;
 	char err[160];
 	ssize_t n;
@@ -462,7 +468,7 @@ accept_ready(struct worker *w)
 			return;
 		}
 		if (atomic_fetch_add(&w->px->nconns, 1) >=
-		    w->px->cfg->max_connections) {
+		    w->rc->cfg->max_connections) {
 			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
 			    "the proxy has reached limits.max_connections", NULL);
 			atomic_fetch_sub(&w->px->nconns, 1);
@@ -522,6 +528,8 @@ next_timeout(struct worker *w)
 		if (t < 0 || pt < t)
 			t = pt;
 	}
+	if (atomic_load(&w->px->draining) && (t < 0 || t > 100))
+		t = 100;	/* check for the end of the drain */
 	if (w->reg_waiters != NULL) {
 		/* registrations end with a wake-up; deadlines need a tick */
 		if (t < 0 || t > 250)
@@ -556,6 +564,21 @@ shutdown_worker(struct worker *w)
 	MHD_run(w->mhd);
 }
 
+/* SIGTERM: stop accepting; done once nothing is in flight or the drain
+ * timeout has passed. Idle kept-alive connections do not hold it up. */
+static int
+drained(struct worker *w)
+{
+	if (w->listening) {
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->px->listen_fd, NULL);
+		w->listening = 0;
+	}
+	if (now_ms() >= w->px->drain_deadline)
+		return 1;
+	return w->live == NULL && w->relays == NULL && w->connecting == NULL &&
+	    w->peek_head == NULL;
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -565,6 +588,9 @@ worker_main(void *arg)
 	while (!atomic_load(&w->px->stopping)) {
 		int i, n, running;
 
+		if (atomic_load(&w->px->draining) && drained(w))
+			break;
+		w->rc = proxy_runconf(w->px);	/* after SIGHUP, the new one */
 		n = epoll_wait(w->epfd, evs, MAX_EVENTS, next_timeout(w));
 		if (n < 0 && errno != EINTR) {
 			log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
@@ -633,6 +659,7 @@ worker_main(void *arg)
 		}
 		bury(w);
 	}
+	atomic_store(&w->finished, 1);
 	shutdown_worker(w);
 	return NULL;
 }
@@ -645,8 +672,11 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	struct config *c = px->cfg;
 	size_t mem;
 
+	w->rc = proxy_runconf(px);
+
 	memset(w, 0, sizeof(*w));
 	w->px = px;
+	w->rc = proxy_runconf(px);
 	w->id = id;
 	w->curl_deadline = -1;
 	w->wake_src.fd = -1;
@@ -661,6 +691,7 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	w->listen_src.fd = px->listen_fd;
 	if (ep_add(w, px->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, &w->listen_src) != 0)
 		goto sys;
+	w->listening = 1;
 
 	/* MHD zeroes the whole pool after every request: keep it to the
 	 * header limit (a connection's first head is checked raw, so an

@@ -34,16 +34,29 @@ struct evsrc {
 	int		 dead;	/* freed at the end of this loop turn */
 };
 
-/* Process-wide state shared by the workers; read-only once they run. */
-struct proxy {
+/* One generation of reloadable settings. SIGHUP builds a new one; each
+ * worker adopts it at the top of its loop, and old generations stay
+ * allocated until exit because requests in flight point into them. */
+struct runconf {
 	struct config		*cfg;
+	struct provider_table	*providers;
+	struct access		 access;
+	struct runconf		*older;
+	int			 owns_cfg;
+};
+
+/* Process-wide state shared by the workers; read-only once they run,
+ * but for rc, which is swapped atomically by the main thread. */
+struct proxy {
+	struct config		*cfg;		/* as started: listen, MHD, CA */
+	struct runconf		*rc;
 	int			 listen_fd;
 	atomic_long		 nconns;
 	atomic_int		 stopping;
+	atomic_int		 draining;	/* SIGTERM: finish, accept nothing */
+	long long		 drain_deadline;
 	struct curl_slist	*connect_to;	/* from --resolve */
-	struct provider_table	*providers;
 	int			 audit_fd;	/* -1: no audit log */
-	struct access		 access;
 	struct ca		*ca;		/* NULL: no interception */
 	SSL_CTX			*tls_ctx;
 };
@@ -64,6 +77,7 @@ struct peek;
 
 struct worker {
 	struct proxy		*px;
+	struct runconf		*rc;		/* the generation this loop uses */
 	int			 id;
 	pthread_t		 thread;
 	int			 epfd;
@@ -82,6 +96,8 @@ struct worker {
 	struct relay		*relays;	/* tunnels and intercepted TLS */
 	long long		 next_sweep;
 	long			 ntunnels;
+	int			 listening;
+	atomic_int		 finished;	/* the loop has ended */
 	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
 	void			**graveyard;	/* freed after the event batch */
 	size_t			 ngrave, capgrave;
@@ -105,6 +121,9 @@ void	 worker_free(struct worker *w);
 void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
 
 long long now_ms(void);
+
+/* The current settings generation, for threads other than workers. */
+struct runconf *proxy_runconf(struct proxy *px);
 
 /* A curl easy handle: creating one costs an 80 KiB zeroed allocation,
  * so finished ones are reset and reused. */
