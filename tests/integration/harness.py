@@ -205,7 +205,11 @@ class Daemon:
     """One scopeproxy process.
 
     Daemon(*extra_args) runs
-      $SCOPEPROXY_BIN --listen 127.0.0.1:0 --server-info TMP/info.json *extra_args
+      $SCOPEPROXY_BIN --listen 127.0.0.1:0 --server-info TMP/info.json
+          --drain-timeout 1 *extra_args
+    (a short drain so that stop() with streams open is prompt; tests of
+    the drain itself pass their own --drain-timeout, which comes later
+    on the command line and wins)
     """
 
     STARTUP_TIMEOUT = 20.0
@@ -236,7 +240,7 @@ class Daemon:
         cmd = [scopeproxy_bin()]
         if self.listen is not None:
             cmd += ['--listen', self.listen]
-        cmd += ['--server-info', self.info_path]
+        cmd += ['--server-info', self.info_path, '--drain-timeout', '1']
         return cmd + self.args
 
     def start(self):

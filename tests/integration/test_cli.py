@@ -262,8 +262,11 @@ class StartUp(CliTestCase):
         c.send(b'GET http://127.0.0.1:%d/hold HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n' % (up.port, up.port))
         resp = c.read_head()
         self.assertEqual(resp.status, 200)
+        t0 = time.monotonic()
         rc = d.stop(timeout=5)
         self.assertFalse(d.needed_kill, 'did not exit within 5 s of SIGTERM with a stream open')
+        # the harness runs with --drain-timeout 1: the stream is cut then
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9, 'did not drain at all')
         self.assertIn(rc, (0,), d.tail())
 
     def test_threads_flag(self):
