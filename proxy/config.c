@@ -9,7 +9,7 @@
 #include "log.h"
 #include "target.h"
 
-enum key_type { K_STR, K_BOOL, K_INT, K_LL, K_SECS, K_OBJ, K_FN };
+enum key_type { K_STR, K_BOOL, K_AUTOBOOL, K_INT, K_LL, K_SECS, K_OBJ, K_FN };
 
 struct keyspec;
 typedef int (*key_fn)(struct config *, json_t *, const char *, char *, size_t);
@@ -55,7 +55,7 @@ static const struct keyspec timeout_keys[] = {
 };
 
 static const struct keyspec registration_keys[] = {
-	{ "enabled", K_BOOL, OFF(reg_enabled), 0, 0, NULL, NULL },
+	{ "enabled", K_AUTOBOOL, OFF(reg_enabled), 0, 0, NULL, NULL },
 	{ "base_url", K_STR, OFF(reg_base_url), 0, 0, NULL, NULL },
 	{ "cooldown", K_SECS, OFF(reg_cooldown), 0, 7 * DAY, NULL, NULL },
 	{ "wait", K_SECS, OFF(reg_wait), 0, 600, NULL, NULL },
@@ -517,6 +517,12 @@ apply_keys(struct config *c, const struct keyspec *spec, json_t *obj,
 			free(*(char **)field);
 			*(char **)field = strdup(json_string_value(v));
 			break;
+		case K_AUTOBOOL:	/* null: decided from other keys */
+			if (json_is_null(v)) {
+				*(int *)field = -1;
+				break;
+			}
+			/* FALLTHROUGH */
 		case K_BOOL:
 			if (!json_is_boolean(v))
 				return type_error(err, errlen, path, "boolean");
