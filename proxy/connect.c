@@ -67,7 +67,7 @@ connect_parse(const char *buf, size_t n, size_t max_head,
 {
 	const char *sp, *eol;
 	size_t pos, ll;
-	int rc;
+	int rc, http11, hosts = 0;
 
 	memset(r, 0, sizeof(*r));
 	/* The generic raw check gives framing, token and obs-fold rules. */
@@ -86,6 +86,7 @@ connect_parse(const char *buf, size_t n, size_t max_head,
 		snprintf(err, errlen, "CONNECT target must be host:port");
 		return -1;
 	}
+	http11 = memcmp(sp + 1, "HTTP/1.1", 8) == 0;
 	pos = (size_t)(eol - buf) + 1;
 	for (;;) {
 		const char *nl = memchr(buf + pos, '\n', n - pos);
@@ -97,13 +98,22 @@ connect_parse(const char *buf, size_t n, size_t max_head,
 		pos = (size_t)(nl - buf) + 1;
 		if (ll == 0)
 			break;
-		if (ll > 19 && strncasecmp(l, "Proxy-Authorization:", 20) == 0) {
+		if (ll >= 5 && strncasecmp(l, "Host:", 5) == 0)
+			hosts++;
+		else if (ll > 19 && strncasecmp(l, "Proxy-Authorization:", 20) == 0) {
 			free(r->proxy_auth);
 			r->proxy_auth = field_value(l, ll, 19);
 		} else if (ll > 10 && strncasecmp(l, "User-Agent:", 11) == 0) {
 			free(r->user_agent);
 			r->user_agent = field_value(l, ll, 10);
 		}
+	}
+	if (hosts > 1 || (http11 && hosts == 0)) {
+		connect_req_free(r);
+		*code = PERR_BAD_REQUEST;
+		snprintf(err, errlen, hosts ? "duplicate 'Host' header" :
+		    "missing 'Host' header (required by HTTP/1.1)");
+		return -1;
 	}
 	r->head_len = pos;
 	return 1;

@@ -29,6 +29,8 @@ host_valid(const char *h, size_t n, int ipv6)
 		if (ipv6) {
 			if (!isxdigit(c) && c != ':' && c != '.')
 				return -1;
+			if (i == n - 1 && memchr(h, ':', n) == NULL)
+				return -1;	/* "[1.2.3.4]" is not an IPv6 literal */
 		} else if (!isalnum(c) && c != '-' && c != '.' && c != '_')
 			return -1;
 	}

@@ -1042,7 +1042,7 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	}
 	MHD_get_connection_values(con, MHD_HEADER_KIND, collect_header, &in);
 	if (request_check(in.v, in.n, strcmp(version, "HTTP/1.0") != 0,
-	    (size_t)c->max_header_size, &t->ri, &code, err, sizeof(err)) != 0) {
+	    (size_t)t->w->px->cfg->max_header_size, &t->ri, &code, err, sizeof(err)) != 0) {
 		set_error(t, code, "%s", err);
 		hdr_vec_free(&in);
 		return queue_error(t);

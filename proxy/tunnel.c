@@ -45,24 +45,6 @@ struct icpt {
 static int icpt_index = -1;
 
 static void
-client_name(const struct sockaddr_storage *ss, char out[64])
-{
-	char ip[INET6_ADDRSTRLEN] = "?";
-	int port = 0;
-
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *s4 = (const void *)ss;
-		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-		port = ntohs(s4->sin_port);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const void *)ss;
-		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-		port = ntohs(s6->sin6_port);
-	}
-	snprintf(out, 64, ss->ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
-}
-
-static void
 log_connect(struct tunnel *tn, int status, const char *action, const char *code)
 {
 	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:s?}",
@@ -433,7 +415,7 @@ tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
 	memcpy(&tn->addr, ss, sl);
 	tn->addrlen = sl;
 	tn->start = now_ms();
-	client_name(ss, tn->client);
+	sockaddr_name((const struct sockaddr *)ss, tn->client);
 	if (!access_auth_ok(&w->rc->access, tn->req.proxy_auth)) {
 		char hdr[80];
 

@@ -36,6 +36,27 @@ struct peek {
 #define PEEK_TIMEOUT_MS	10000
 #define MAX_EVENTS	128
 
+void
+sockaddr_name(const struct sockaddr *sa, char out[64])
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const void *)sa;
+
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		port = ntohs(s4->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		port = ntohs(s6->sin6_port);
+	}
+	snprintf(out, 64, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip,
+	    port);
+}
+
 struct runconf *
 proxy_runconf(struct proxy *px)
 {
@@ -252,23 +273,8 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 		ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
 		cl->src.fd = ci ? ci->connect_fd : -1;
 		ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-		if (ci != NULL && ci->client_addr != NULL) {
-			const struct sockaddr *sa = ci->client_addr;
-			char ip[INET6_ADDRSTRLEN] = "?";
-			int port = 0;
-
-			if (sa->sa_family == AF_INET) {
-				const struct sockaddr_in *s4 = (const void *)sa;
-				inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-				port = ntohs(s4->sin_port);
-			} else if (sa->sa_family == AF_INET6) {
-				const struct sockaddr_in6 *s6 = (const void *)sa;
-				inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-				port = ntohs(s6->sin6_port);
-			}
-			snprintf(cl->addr, sizeof(cl->addr),
-			    sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
-		}
+		if (ci != NULL && ci->client_addr != NULL)
+			sockaddr_name(ci->client_addr, cl->addr);
 		if (w->adding_client != NULL && w->adding_host != NULL)
 			snprintf(cl->addr, sizeof(cl->addr), "%s", w->adding_client);
 		/* Only the hang-up matters here; MHD does the reading. */
@@ -350,7 +356,7 @@ static int
 take_connect(struct worker *w, struct peek *p)
 {
 	struct connect_req req;
-	size_t max = (size_t)w->rc->cfg->max_header_size;
+	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
 	enum perr code;
 	char err[160];
 	ssize_t n;
@@ -390,7 +396,7 @@ take_connect(struct worker *w, struct peek *p)
 static int
 precheck_head(struct worker *w, struct peek *p)
 {
-	size_t max = (size_t)w->rc->cfg->max_header_size;
+	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
 	enum perr code;
 	char err[160];
 	ssize_t n;
@@ -468,7 +474,7 @@ accept_ready(struct worker *w)
 			return;
 		}
 		if (atomic_fetch_add(&w->px->nconns, 1) >=
-		    w->rc->cfg->max_connections) {
+		    w->px->cfg->max_connections) {
 			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
 			    "the proxy has reached limits.max_connections", NULL);
 			atomic_fetch_sub(&w->px->nconns, 1);

@@ -122,6 +122,9 @@ void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
 
 long long now_ms(void);
 
+/* "1.2.3.4:5" or "[::1]:5", for logs. */
+void	 sockaddr_name(const struct sockaddr *sa, char out[64]);
+
 /* The current settings generation, for threads other than workers. */
 struct runconf *proxy_runconf(struct proxy *px);
 

@@ -34,20 +34,29 @@ START_TEST(connect_heads)
 	ck_assert_uint_eq(r.head_len, strlen(h) - 3);	/* TLS bytes stay */
 	connect_req_free(&r);
 
-	ck_assert_int_eq(parse("CONNECT [::1]:8443 HTTP/1.1\r\n\r\n", &r, &code), 1);
+	ck_assert_int_eq(parse("CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n",
+	    &r, &code), 1);
 	ck_assert_str_eq(r.host, "::1");
 	ck_assert(r.ipv6);
 	ck_assert_int_eq(r.port, 8443);
 	connect_req_free(&r);
 
+	/* HTTP/1.0 needs no Host; HTTP/1.1 needs exactly one */
+	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.0\r\n\r\n", &r, &code), 1);
+	connect_req_free(&r);
+	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.1\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nHost: a:1\r\n\r\n",
+	    &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT [127.0.0.1]:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+	    &r, &code), -1);
 	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.1\r\nHost: a", &r, &code), 0);
-	ck_assert_int_eq(parse("CONNECT a HTTP/1.1\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT a HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
 	ck_assert_int_eq(code, PERR_BAD_REQUEST);
-	ck_assert_int_eq(parse("CONNECT a:0 HTTP/1.1\r\n\r\n", &r, &code), -1);
-	ck_assert_int_eq(parse("CONNECT a:99999 HTTP/1.1\r\n\r\n", &r, &code), -1);
-	ck_assert_int_eq(parse("CONNECT /x HTTP/1.1\r\n\r\n", &r, &code), -1);
-	ck_assert_int_eq(parse("CONNECT u@a:443 HTTP/1.1\r\n\r\n", &r, &code), -1);
-	ck_assert_int_eq(parse("CONNECT [::1:443 HTTP/1.1\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT a:0 HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT a:99999 HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT u@a:443 HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT [::1:443 HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
 	ck_assert_int_eq(parse("CONNECT a:443 HTTP/1.1\r\nX: a\r\n b\r\n\r\n", &r, &code), -1);
 }
 END_TEST
