@@ -619,6 +619,9 @@ start_upstream(struct transfer *t, const struct hdr_vec *in,
 		return -1;
 	}
 	if (t->ri.has_body) {
+		/* curl's default upload buffer is 64 KiB per transfer; ours
+		 * already holds the window, so the minimum does. */
+		curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
 		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
 		curl_easy_setopt(e, CURLOPT_READDATA, t);
