@@ -940,17 +940,29 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	enum identity_status st = IDENTITY_MISSING;
 	enum perr e;
 	char why[256] = "", msg[384];
-	int rc = 0;
+	int rc = 0, refuse;
 
 	classify(w->rc->providers, t->method, t->scheme, t->dst_host,
 	    t->dst_port, t->dst_path, t->ri.websocket, &d);
 	t->provider = d.provider;
 	t->route_kind = d.kind;
 	t->action = d.action;
+	refuse = t->ri.websocket && d.kind == ROUTE_INFERENCE &&
+	    !w->rc->cfg->websocket_relay;
 	if (d.action == ACTION_ASSERT) {
 		id = idstore_get(&st, why, sizeof(why));
 		if (st == IDENTITY_NO_TASK && registration_pending(t)) {
 			identity_unref(id);
+			return;
+		}
+		if (refuse && st == IDENTITY_OK && id != NULL) {
+			/* refused before anything is minted: the audit line
+			 * says reject, with no task */
+			identity_unref(id);
+			t->action = ACTION_REJECT;
+			set_error(t, PERR_WEBSOCKET_UNSUPPORTED, "WebSocket is "
+			    "refused by configuration (websocket: refuse); use "
+			    "HTTP (POST) for this route");
 			return;
 		}
 		if (credential_prepare(id, st, why, time(NULL), w->secbuf,
@@ -968,8 +980,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 			t->replay_ok = w->rc->cfg->reg_enabled &&
 			    t->ri.content_length <= w->rc->cfg->reg_replay_max;
 	}
-	if (t->ri.websocket && d.kind == ROUTE_INFERENCE &&
-	    !w->rc->cfg->websocket_relay)
+	if (refuse)
 		/* "refuse": Codex falls back to HTTP at once on a 426 */
 		set_error(t, PERR_WEBSOCKET_UNSUPPORTED,
 		    "WebSocket is refused by configuration (websocket: refuse); "

@@ -40,7 +40,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (SECRET, SSE, Echo, Fixed, HTTPClient, ProxyTestCase,  # noqa: E402
+from harness import (SECRET, SSE, Fixed, HTTPClient, ProxyTestCase,  # noqa: E402
                      main, request, run_cmd, scopeproxy_bin, clean_env, tls_material)
 
 
@@ -367,8 +367,8 @@ class CredCase(ProxyTestCase):
             for s in sorted(self.forbidden):
                 if s and s in text:
                     i = text.index(s)
-                    self.fail('secret %r appears in the daemon %s: ...%s...'
-                              % (s[:12] + '...', where, text[max(0, i - 200):i + 60]))
+                    self.fail('secret %r... appears in the daemon %s: ...%s<HERE>'
+                              % (s[:6], where, text[max(0, i - 300):i]))
 
     # -- audit log --------------------------------------------------------
     def audit(self, d):
@@ -511,7 +511,11 @@ class Credentialed(CredCase):
         tag = tag or '%s %s' % (method, target)
         hdrs = list(headers) + [(b'X-Req', tag.encode())]
         raw = build(method, target, host, hdrs, body)
-        resp = request(d.port, raw)
+        try:
+            resp = request(d.port, raw)
+        except Exception:
+            self.resync_audit(d)
+            raise
         if resp.status != 200:
             self.resync_audit(d)
         self.assertEqual(resp.status, 200, '%s: %r\n%s' % (tag, resp, d.tail(1500)))
@@ -656,13 +660,38 @@ class Credentialed(CredCase):
         resp = request(d.port, raw, timeout=5)
         got = self.up.wait_request(lambda r: r.header('X-Req') == 'ws', timeout=0.5)
         if got is None:
-            self.assertProxyError(resp, 426, 'websocket_not_supported', d)
-            self.assertEqual(self.up.connections, [], 'nothing may reach the upstream')
-            self.assertAudit(self.next_audit(d)[0], provider='openai', route='inference', status=426,
-                             error='websocket_not_supported')
+            self.check_ws_refused(d, resp)
         else:
             self.assertEqual(len(got.header_all('Authorization')), 1, got.raw_head)
+            self.assertNotIn(SECRET, got.raw_head.decode('latin-1'))
             parse_assertion(got.header('Authorization'), 'agent-123', self.TASK, self.key.pub)
+
+    def check_ws_refused(self, d, resp):
+        self.assertProxyError(resp, 426, 'websocket_not_supported', d)
+        self.assertEqual(self.up.connections, [], 'nothing may reach the upstream')
+        line = self.next_audit(d)[0]
+        self.assertAudit(line, provider='openai', route='inference', status=426,
+                         error='websocket_not_supported')
+        # README: a request "carried a credential" exactly when its audit line
+        # has action assert and a non-null task.  This one carried nothing.
+        self.assertFalse(line['action'] == 'assert' and line['task'] is not None,
+                         'a refused handshake that sent nothing upstream is audited as '
+                         'credentialed: %r' % line)
+
+    def test_websocket_refused_by_config(self):
+        cfg = os.path.join(self.work, 'ws-refuse.json')
+        with open(cfg, 'w') as f:
+            f.write('{"websocket": "refuse"}\n')
+        r = run_cmd([scopeproxy_bin(), 'check-config', '--config', cfg], env=clean_env())
+        if r.returncode != 0:
+            self.skipTest('this daemon has no "websocket" setting (it always refuses)')
+        d = self.start_cred(self.auth, '--config', cfg,
+                            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % self.up.port)
+        raw = (b'GET http://api.openai.com/v1/responses HTTP/1.1\r\nHost: api.openai.com\r\n'
+               b'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n'
+               b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' + b'Authorization: Bearer ' +
+               SECRET.encode() + b'\r\n\r\n')
+        self.check_ws_refused(d, request(d.port, raw, timeout=5))
 
 
 # --------------------------------------------------------------------------
@@ -726,7 +755,11 @@ class Matrix(CredCase):
             headers.append((b'Content-Type', b'application/json'))
         raw = build(method, target, host_hdr, headers, body)
         desc = '%s %s (Host: %s) [%s]' % (method, target, host_hdr, tag)
-        resp = request(self.d.port, raw)
+        try:
+            resp = request(self.d.port, raw)
+        except Exception:
+            self.resync_audit(self.d)
+            raise
         if resp.status != 200:
             self.resync_audit(self.d)
         self.assertEqual(resp.status, 200, '%s: %r\n%s' % (desc, resp, self.d.tail(1500)))
