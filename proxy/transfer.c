@@ -1072,6 +1072,16 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	 * MHD keeps the connection alive. */
 	if ((r = route_request(t, con)) == 0 && check_access(t, &in) == 0)
 		decide_and_start(t, &in);
+	/* A client waiting for 100 Continue gets the refusal instead of an
+	 * invitation to upload a body that would only be dropped. */
+	if (t->is_error && t->ri.has_body) {
+		const char *ex = hdr_get(in.v, in.n, "Expect");
+
+		if (ex != NULL && strcasecmp(ex, "100-continue") == 0) {
+			hdr_vec_free(&in);
+			return queue_error(t);
+		}
+	}
 	hdr_vec_free(&in);
 	return MHD_YES;
 }
