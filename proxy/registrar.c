@@ -1,3 +1,4 @@
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -53,17 +54,47 @@ wake_workers(void)
 /* Record form: write the task into auth.json unless it changed since we
  * read it; the inotify watch then loads it. JWT form, or a write that
  * cannot happen: keep the task in memory. */
+/* Is the identity loaded now the one the task was registered for? */
+static int
+same_identity(const struct identity *id)
+{
+	enum identity_status st;
+	struct identity *cur = idstore_get(&st, NULL, 0);
+	int same = cur != NULL && strcmp(cur->agent_runtime_id,
+	    id->agent_runtime_id) == 0 && EVP_PKEY_eq(cur->key, id->key) == 1;
+
+	identity_unref(cur);
+	return same;
+}
+
 static void
 persist(const struct identity *id, const char *task,
     const unsigned char *hash, int have_hash)
 {
 	const char *path = proxy_runconf(R.px)->cfg->auth_file;
+	unsigned char now_hash[AUTH_SHA256_LEN];
 	char err[256];
 
 	if (!id->from_jwt && have_hash &&
 	    auth_write_task(path, task, hash, err, sizeof(err)) == 0) {
 		log_msg(LOG_INFO, "%s: run task registered and saved", path);
 		idstore_reload();
+		return;
+	}
+	if (!id->from_jwt && have_hash &&
+	    (auth_file_sha256(path, now_hash) != 0 ||
+	    memcmp(now_hash, hash, sizeof(now_hash)) != 0)) {
+		/* The file changed while we registered: the newer content
+		 * wins, and its identity may not be the one we registered
+		 * for. Load it; if it lacks a task, it gets its own. */
+		log_msg(LOG_WARN, "%s: changed during run task registration; "
+		    "the new task is dropped and the newer file used", path);
+		idstore_reload();
+		return;
+	}
+	if (!same_identity(id)) {
+		log_msg(LOG_WARN, "the identity changed during run task "
+		    "registration; the new task is dropped");
 		return;
 	}
 	if (!id->from_jwt)

@@ -238,8 +238,10 @@ pump(struct relay *r)
 		if (m1 || m2)
 			r->last_active = now_ms();
 	} while (m1 || m2);
-	if (r->a.eof && r->b.eof && buf_pending(&r->ab) == 0 &&
-	    buf_pending(&r->ba) == 0) {
+	if ((r->a.eof && r->b.eof && buf_pending(&r->ab) == 0 &&
+	    buf_pending(&r->ba) == 0) ||
+	    (r->end_on_eof && ((r->a.eof && buf_pending(&r->ab) == 0) ||
+	    (r->b.eof && buf_pending(&r->ba) == 0)))) {
 		relay_finish(r);
 		return;
 	}

@@ -39,6 +39,7 @@ struct relay {
 	int		 failed;
 	int		 kind;		/* enum m_tunnel, for metrics */
 	int		 started;
+	int		 end_on_eof;	/* one side's EOF ends it (WebSocket) */
 	char		*what;		/* "tunnel host:port", for the log */
 	char		 client[64];
 	void		(*on_done)(struct relay *);

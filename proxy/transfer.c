@@ -882,8 +882,16 @@ transfer_idle_sweep(struct worker *w, long long now)
 	if (idle <= 0)
 		return;
 	for (t = w->live; t != NULL; t = t->live_next) {
+		if (t->ws != NULL) {
+			/* connecting is curl's (connect timeout); after the
+			 * 101 the relay has its own idle timeout */
+			if ((t->ws->state == WS_SENDING || t->ws->state == WS_HEAD ||
+			    t->ws->state == WS_BODY) && now - t->last_io >= idle)
+				ws_timeout(t);
+			continue;
+		}
 		/* paused by us: the client is the slow side, not the upstream */
-		if (t->easy == NULL || t->ws != NULL || t->recv_paused ||
+		if (t->easy == NULL || t->recv_paused ||
 		    t->send_paused || now - t->last_io < idle)
 			continue;
 		if (!t->resp_ready)

@@ -149,6 +149,13 @@ ws_fail(struct transfer *t, enum perr e, const char *why)
 }
 
 void
+ws_timeout(struct transfer *t)
+{
+	ws_fail(t, PERR_UPSTREAM_TIMEOUT, "no answer to the WebSocket "
+	    "handshake within timeouts.upstream_idle");
+}
+
+void
 ws_connected(struct transfer *t, CURLcode rc)
 {
 	struct ws *ws = t->ws;
@@ -167,6 +174,7 @@ ws_connected(struct transfer *t, CURLcode rc)
 	}
 	ws->fd = (int)s;
 	ws->state = WS_SENDING;
+	t->last_io = now_ms();
 	ws_event(ws, EPOLLOUT);
 }
 
@@ -343,6 +351,7 @@ ws_event(struct ws *ws, uint32_t events)
 			return;
 		}
 		buf_consume(&ws->out, sent);
+		t->last_io = now_ms();
 		if (buf_pending(&ws->out) == 0) {
 			OPENSSL_cleanse(ws->out.data, ws->out.cap);
 			buf_free(&ws->out);
@@ -364,6 +373,7 @@ ws_event(struct ws *ws, uint32_t events)
 				    "closed before answering the upgrade");
 			return;
 		}
+		t->last_io = now_ms();
 		if (ws->state == WS_BODY) {
 			if ((r = take_body(ws, tmp, got)) < 0) {
 				ws_fail(t, PERR_UPSTREAM_PROTOCOL,
@@ -430,6 +440,8 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 		t->cl->src.fd = -1;
 	}
 	r->kind = MT_WEBSOCKET;
+	/* a WebSocket is over when either side hangs up: no half-close */
+	r->end_on_eof = 1;
 	r->a.kind = EP_FD;
 	r->a.fd = (int)sock;
 	r->a.no_close = 1;	/* MHD closes it on UPGRADE_ACTION_CLOSE */

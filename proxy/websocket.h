@@ -44,5 +44,8 @@ void	 ws_event(struct ws *ws, uint32_t events);
 /* Queues the 101 once the upstream switched protocols. */
 enum MHD_Result ws_queue_upgrade(struct transfer *t);
 void	 ws_release(struct transfer *t);
+/* The upstream said nothing for timeouts.upstream_idle during the
+ * handshake: 504 (or the stream ends, once the answer has begun). */
+void	 ws_timeout(struct transfer *t);
 
 #endif
