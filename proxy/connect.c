@@ -67,7 +67,7 @@ connect_parse(const char *buf, size_t n, size_t max_head,
 {
 	const char *sp, *eol;
 	size_t pos, ll;
-	int rc, http11, hosts = 0;
+	int rc, http11, hosts = 0, body = 0;
 
 	memset(r, 0, sizeof(*r));
 	/* The generic raw check gives framing, token and obs-fold rules. */
@@ -100,6 +100,9 @@ connect_parse(const char *buf, size_t n, size_t max_head,
 			break;
 		if (ll >= 5 && strncasecmp(l, "Host:", 5) == 0)
 			hosts++;
+		else if ((ll >= 15 && strncasecmp(l, "Content-Length:", 15) == 0) ||
+		    (ll >= 18 && strncasecmp(l, "Transfer-Encoding:", 18) == 0))
+			body = 1;	/* a CONNECT has no content (RFC 9110 9.3.6) */
 		else if (ll > 19 && strncasecmp(l, "Proxy-Authorization:", 20) == 0) {
 			free(r->proxy_auth);
 			r->proxy_auth = field_value(l, ll, 19);
@@ -108,10 +111,11 @@ connect_parse(const char *buf, size_t n, size_t max_head,
 			r->user_agent = field_value(l, ll, 10);
 		}
 	}
-	if (hosts > 1 || (http11 && hosts == 0)) {
+	if (hosts > 1 || (http11 && hosts == 0) || body) {
 		connect_req_free(r);
 		*code = PERR_BAD_REQUEST;
-		snprintf(err, errlen, hosts ? "duplicate 'Host' header" :
+		snprintf(err, errlen, body ? "a CONNECT request has no content" :
+		    hosts ? "duplicate 'Host' header" :
 		    "missing 'Host' header (required by HTTP/1.1)");
 		return -1;
 	}

@@ -23,6 +23,20 @@ host_valid(const char *h, size_t n, int ipv6)
 
 	if (n == 0 || n > 253)
 		return -1;
+	if (!ipv6) {
+		/* DNS-shaped: no empty label, no label over 63, none that
+		 * starts or ends with '-' (one trailing dot is allowed) */
+		size_t start = 0;
+
+		for (i = 0; i <= n; i++) {
+			if (i < n && h[i] != '.')
+				continue;
+			if ((i == start && !(i == n && i > 0)) || i - start > 63 ||
+			    (i > start && (h[start] == '-' || h[i - 1] == '-')))
+				return -1;
+			start = i + 1;
+		}
+	}
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)h[i];
 

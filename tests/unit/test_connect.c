@@ -49,6 +49,10 @@ START_TEST(connect_heads)
 	    &r, &code), -1);
 	ck_assert_int_eq(parse("CONNECT [127.0.0.1]:443 HTTP/1.1\r\nHost: x\r\n\r\n",
 	    &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n"
+	    "Content-Length: 0\r\n\r\n", &r, &code), -1);
+	ck_assert_int_eq(parse("CONNECT api..openai.com:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+	    &r, &code), -1);
 	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.1\r\nHost: a", &r, &code), 0);
 	ck_assert_int_eq(parse("CONNECT a HTTP/1.1\r\nHost: x\r\n\r\n", &r, &code), -1);
 	ck_assert_int_eq(code, PERR_BAD_REQUEST);

@@ -80,7 +80,8 @@ START_TEST(target_rejections)
 		"", "*", "ftp://h/", "http://user@h/", "http://h:0/",
 		"http://h:65536/", "http://h:8x/", "http://[::1/", "http://h/#frag",
 		"http://h/a b", "/a\"b", "http:///x", "http://h\x01/", "/\x80",
-		"http://[::1]x/", "http://[127.0.0.1]/", NULL
+		"http://[::1]x/", "http://[127.0.0.1]/", "http://api..openai.com/",
+		"http://-x.com/", "http://x-.com/", "http://.x.com/", NULL
 	};
 	struct target t;
 	char err[128];
