@@ -412,7 +412,8 @@ attempt(CURL *e, const struct register_opts *o, const struct identity *id,
 			snprintf(res->reason, sizeof(res->reason), "cancelled");
 			return V_FINAL;
 		}
-		snprintf(res->reason, sizeof(res->reason), "%s",
+		snprintf(res->reason, sizeof(res->reason), "%.*s",
+		    (int)sizeof(res->reason) - 1,
 		    errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc));
 		return curl_final(rc) ? V_FINAL : V_RETRY;
 	}
