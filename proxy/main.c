@@ -507,16 +507,27 @@ static int
 wait_drained(struct proxy *px, struct worker *ws, int n, int sfd)
 {
 	struct signalfd_siginfo si;
-	int i, done;
+	int i, done, shut = 0;
 
 	for (;;) {
+		if (!shut) {
+			/* Once no worker watches the listener, shut it: new
+			 * connections are refused instead of queueing. */
+			for (done = 0, i = 0; i < n; i++)
+				done += !atomic_load(&ws[i].listening) ||
+				    atomic_load(&ws[i].finished);
+			if (done == n) {
+				shutdown(px->listen_fd, SHUT_RDWR);
+				shut = 1;
+			}
+		}
 		struct pollfd pf = { .fd = sfd, .events = POLLIN };
 
 		for (done = 0, i = 0; i < n; i++)
 			done += atomic_load(&ws[i].finished);
 		if (done == n)
 			return 0;
-		if (poll(&pf, 1, 100) > 0 &&
+		if (poll(&pf, 1, shut ? 100 : 5) > 0 &&
 		    read(sfd, &si, sizeof(si)) == sizeof(si) &&
 		    si.ssi_signo != SIGHUP)
 			return 0;
@@ -622,18 +633,19 @@ run(struct config *c)
 		goto stop;
 	}
 	kick_registration();
-	if (c->server_info != NULL &&
-	    server_info_write(c->server_info, c->listen_host, port, err,
-	    sizeof(err)) != 0) {
-		log_msg(LOG_ERROR, "server-info: %s", err);
-		goto stop;
-	}
+	/* The pid file first: server-info is the "ready" signal. */
 	if (c->pid_file != NULL) {
 		if (pid_file_write(c->pid_file, err, sizeof(err)) != 0) {
 			log_msg(LOG_ERROR, "pid-file: %s", err);
 			goto stop;
 		}
 		pid_written = 1;
+	}
+	if (c->server_info != NULL &&
+	    server_info_write(c->server_info, c->listen_host, port, err,
+	    sizeof(err)) != 0) {
+		log_msg(LOG_ERROR, "server-info: %s", err);
+		goto stop;
 	}
 	log_json(LOG_INFO, "listening", json_pack("{s:s, s:i, s:i}",
 	    "address", c->listen_host, "port", port, "threads", n));

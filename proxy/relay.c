@@ -215,6 +215,8 @@ relay_finish(struct relay *r)
 		curl_easy_cleanup(r->b.easy);
 	} else if (r->b.fd >= 0 && !r->b.no_close)
 		close(r->b.fd);
+	if (r->counts_conn)
+		atomic_fetch_sub(&w->px->nconns, 1);
 	buf_free(&r->ab);
 	buf_free(&r->ba);
 	free(r->what);

@@ -40,6 +40,7 @@ struct relay {
 	int		 kind;		/* enum m_tunnel, for metrics */
 	int		 started;
 	int		 end_on_eof;	/* one side's EOF ends it (WebSocket) */
+	int		 counts_conn;	/* a is a client connection we count */
 	char		*what;		/* "tunnel host:port", for the log */
 	char		 client[64];
 	void		(*on_done)(struct relay *);

@@ -148,7 +148,7 @@ queue_error(struct transfer *t)
 		MHD_add_response_header(r, "Proxy-Authenticate", v);
 	}
 	if (t->status == 400 || t->status == 405 || t->status == 413 ||
-	    t->status == 431)
+	    t->status == 431 || t->err == PERR_SHUTTING_DOWN)
 		MHD_add_response_header(r, "Connection", "close");
 	rc = MHD_queue_response(t->con, (unsigned)t->status, r);
 	MHD_destroy_response(r);
@@ -1158,6 +1158,11 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 	switch (t->phase) {
 	case PH_NEW:
 		t->method = method;
+		if (atomic_load(&t->w->px->stopping)) {
+			t->phase = PH_BODY;
+			set_error(t, PERR_SHUTTING_DOWN, "the proxy is shutting down");
+			return queue_error(t);
+		}
 		return begin(t, con, version);
 	case PH_BODY:
 		if (*upload_data_size > 0)

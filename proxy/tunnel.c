@@ -185,6 +185,7 @@ tunnel_curl_done(void *arg, CURLcode rc)
 		return;
 	}
 	r->kind = MT_TUNNEL;
+	r->counts_conn = 1;
 	r->a.kind = EP_FD;
 	r->a.fd = tn->fd;
 	r->b.kind = EP_CURL;
@@ -370,6 +371,7 @@ start_intercept(struct tunnel *tn)
 	/* The MHD connection counts itself; this one is the TLS side. */
 	atomic_fetch_add(&w->px->nconns, 1);
 	r->kind = MT_INTERCEPT;
+	r->counts_conn = 1;
 	r->a.kind = EP_SSL;
 	r->a.ssl = ssl;
 	r->a.fd = tn->fd;

@@ -469,7 +469,7 @@ accept_ready(struct worker *w)
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR &&
-			    errno != ECONNABORTED)
+			    errno != ECONNABORTED && errno != EINVAL)
 				log_msg(LOG_WARN, "accept: %s", strerror(errno));
 			return;
 		}
@@ -558,16 +558,27 @@ static void
 shutdown_worker(struct worker *w)
 {
 	struct transfer *t;
+	int i;
 
 	while (w->peek_head != NULL)
 		peek_drop(w, w->peek_head, 1);
 	relay_close_all(w);
 	tunnel_abort_all(w);
 	bury(w);
-	/* Suspended connections must be resumed before MHD stops. */
-	for (t = w->live; t != NULL; t = t->live_next)
-		transfer_client_gone(t);
-	MHD_run(w->mhd);
+	/* Suspended connections must be resumed before MHD stops; a request
+	 * that arrives on a kept-alive connection meanwhile is refused at
+	 * once (px->stopping), so this settles in a few turns. */
+	for (i = 0; i < 50; i++) {
+		int suspended = 0;
+
+		for (t = w->live; t != NULL; t = t->live_next) {
+			suspended |= t->wait != WAIT_NONE;
+			transfer_client_gone(t);
+		}
+		MHD_run(w->mhd);
+		if (!suspended && w->live == NULL)
+			break;
+	}
 }
 
 /* SIGTERM: stop accepting; done once nothing is in flight or the drain
@@ -575,9 +586,9 @@ shutdown_worker(struct worker *w)
 static int
 drained(struct worker *w)
 {
-	if (w->listening) {
+	if (atomic_load(&w->listening)) {
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->px->listen_fd, NULL);
-		w->listening = 0;
+		atomic_store(&w->listening, 0);
 	}
 	if (now_ms() >= w->px->drain_deadline)
 		return 1;
@@ -697,7 +708,7 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	w->listen_src.fd = px->listen_fd;
 	if (ep_add(w, px->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, &w->listen_src) != 0)
 		goto sys;
-	w->listening = 1;
+	atomic_store(&w->listening, 1);
 
 	/* MHD zeroes the whole pool after every request: keep it to the
 	 * header limit (a connection's first head is checked raw, so an

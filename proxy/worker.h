@@ -96,7 +96,7 @@ struct worker {
 	struct relay		*relays;	/* tunnels and intercepted TLS */
 	long long		 next_sweep;
 	long			 ntunnels;
-	int			 listening;
+	atomic_int		 listening;
 	atomic_int		 finished;	/* the loop has ended */
 	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
 	void			**graveyard;	/* freed after the event batch */
