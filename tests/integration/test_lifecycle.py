@@ -858,6 +858,10 @@ class MetricsTest(LifecycleCase):
 # (2) SIGHUP under load
 # --------------------------------------------------------------------------
 
+class ShuttingDown(Exception):
+    """A complete 503 shutting_down answer with Connection: close."""
+
+
 class Client(HTTPClient):
     """HTTPClient that does not leak its socket when the connect fails."""
 
@@ -897,6 +901,9 @@ class LoadClient(threading.Thread):
         c.send(raw)
         self.t_sent = now()
         r = c.read_response(timeout=10)
+        if (r.status == 503 and r.complete and r.header('X-Scopeproxy-Error') == 'shutting_down'
+                and (r.header('Connection') or '').lower() == 'close'):
+            raise ShuttingDown('request %s: 503 shutting_down' % tag)
         if r.status != 200 or not r.complete:
             return 'request %s: %r' % (tag, r)
         doc = json.loads(r.body)
@@ -919,8 +926,10 @@ class LoadClient(threading.Thread):
                 err = self.one(c, n)
             except Exception as e:   # noqa: BLE001
                 err = 'request %s-%d: %r' % (self.kind, n, e)
-                # refused, reset or closed before a single response byte
-                if isinstance(e, (ConnectionRefusedError, ConnectionResetError, BrokenPipeError)) or \
+                # refused, reset or closed before a single response byte, or
+                # the proxy's own complete "shutting down" refusal
+                if isinstance(e, (ConnectionRefusedError, ConnectionResetError, BrokenPipeError,
+                                  ShuttingDown)) or \
                         (isinstance(e, NoResponse) and not e.data):
                     self.unanswered.append((round(t0, 3), err, self.t_sent))
             if err:
@@ -972,6 +981,13 @@ class ReloadTest(LifecycleCase):
         stream.start()
         self.assertTrue(stream.first.wait(5) and stream.events, 'SSE did not start: %r' % stream.error)
         clients = [LoadClient(d.port, k) for k in ('keepalive', 'new', 'post', 'keepalive')]
+
+        def stop_clients():
+            for c in clients:
+                c.stop.set()
+            for c in clients:
+                c.join(15)
+        self.addCleanup(stop_clients)      # runs before the daemon is stopped
         for c in clients:
             c.start()
         time.sleep(0.3)
@@ -1019,10 +1035,7 @@ class ReloadTest(LifecycleCase):
                 self.assertProxyError(r, 404, 'unknown_route', d)
 
         time.sleep(0.3)
-        for c in clients:
-            c.stop.set()
-        for c in clients:
-            c.join(15)
+        stop_clients()
         stream.join(10)
         for c in clients:
             self.assertEqual(len(c.failures), 0, '%s client: %d of %d requests failed around SIGHUP '
@@ -1167,8 +1180,10 @@ class DrainTest(LifecycleCase):
     def test_sigterm_under_request_load(self):
         """SIGTERM while clients keep sending (keep-alive and new
         connections): exit status 0 every time, and no client ever sees a
-        truncated or malformed response (refused/reset before any byte is
-        the only allowed failure once the signal is sent)."""
+        truncated or malformed response.  Once the signal is sent, the only
+        allowed failures are a refusal/reset before any response byte or a
+        complete `503 shutting_down` with Connection: close; a request the
+        proxy had well before the signal must be answered."""
         up = self.start_upstream()
         outcomes = []
         for trial in range(8):
