@@ -46,7 +46,10 @@ Checked independently of the daemon:
   * no key, task id, registration signature, JWT or `AgentAssertion` in the
     daemon's stderr, stdout or audit log.
 
-Not tested (not implemented yet): re-registration on `invalid_task_id`.
+Recovery: an upstream answer {"error":{"code":"invalid_task_id"}} to a
+credentialed request triggers exactly one re-registration and one replay
+with the new task (same body); a second rejection goes back to the client,
+and a body too large to keep is not replayed.
 
 Run: SCOPEPROXY_BIN=proxy/scopeproxy SCOPEPROXY_SRCDIR=. /usr/bin/python3 \
          tests/integration/test_registration.py
@@ -1207,6 +1210,76 @@ class NoClobber(RegCase):
                          [REG_PATH, '/backend-api/v1/agent/agent-456/task/register'])
         self.check_reg_requests(RUNTIME, count=1)
         self.check_reg_requests('agent-456', count=1)
+
+
+class TaskCheck(Behaviour):
+    """A Responses stand-in that rejects the tasks in `bad` with the
+    upstream's invalid_task_id error and answers 200 otherwise."""
+
+    def __init__(self, bad):
+        self.bad = set(bad)
+        self.seen = []          # (task, body) per request
+
+    def handle(self, ctx):
+        ctx.read_body()
+        task = task_in_assertion(ctx.req.header('Authorization') or '')
+        self.seen.append((task, bytes(ctx.req.body)))
+        if task in self.bad:
+            body = json.dumps({'error': {'message': 'task is not valid', 'type':
+                              'invalid_request_error', 'code': 'invalid_task_id',
+                              'param': None}}).encode()
+            status = b'401 Unauthorized'
+        else:
+            body = json.dumps({'ok': True, 'task': task}).encode()
+            status = b'200 OK'
+        ctx.send(b'HTTP/1.1 ' + status + b'\r\nContent-Type: application/json\r\n'
+                 b'Content-Length: %d\r\n\r\n' % len(body) + body)
+        return True
+
+
+class Recovery(RegCase):
+    def setUp(self):
+        super().setUp()
+        write_auth(self.auth, record_doc('task-old-rej'))
+        self.forbid('task-old-rej', 'task-new-ok')
+
+    def test_invalid_task_id_reregisters_once_and_replays(self):
+        tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej'}))
+        self.script.queue.append(answer_json(200, {'task_id': 'task-new-ok'}))
+        d = self.daemon()
+        resp = self.send(d)
+        self.assertEqual(resp.status, 200, '%r\n%s' % (resp, d.tail(2000)))
+        self.assertEqual(json.loads(resp.body)['task'], 'task-new-ok')
+        self.assertEqual(len(self.check_reg_requests()), 1, 'exactly one re-registration')
+        self.assertEqual([t for t, _ in tc.seen], ['task-old-rej', 'task-new-ok'],
+                         'one rejected request, one replay with the new task')
+        self.assertEqual(tc.seen[0][1], tc.seen[1][1], 'the replay carries the same body')
+        self.assertEqual(self.wait_auth_task()['agent_identity']['task_id'], 'task-new-ok')
+        lines = [l for l in self.audit(d) if l.get('path') == '/v1/responses']
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].get('retried'), lines)
+        self.assertEqual(lines[0]['task'], fingerprint('task-new-ok'))
+        self.assertEqual(lines[0]['status'], 200)
+
+    def test_second_rejection_goes_back_without_a_loop(self):
+        tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej', 'task-new-ok'}))
+        self.script.queue.append(answer_json(200, {'task_id': 'task-new-ok'}))
+        d = self.daemon()
+        resp = self.send(d)
+        self.assertEqual(resp.status, 401, resp)
+        self.assertEqual(json.loads(resp.body)['error']['code'], 'invalid_task_id')
+        time.sleep(0.5)
+        self.assertEqual(len(self.reg_requests()), 1, 'never more than one re-registration')
+        self.assertEqual(len(tc.seen), 2, 'never more than one replay')
+
+    def test_body_too_large_to_keep_is_not_replayed(self):
+        tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej'}))
+        d = self.daemon(reg={'replay_max_body': 8})
+        resp = self.send(d)
+        self.assertEqual(resp.status, 401, resp)
+        time.sleep(0.5)
+        self.assertEqual(len(self.reg_requests()), 0, 'no registration without a replay')
+        self.assertEqual(len(tc.seen), 1)
 
 
 if __name__ == '__main__':
