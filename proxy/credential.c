@@ -40,7 +40,8 @@ credential_status_error(enum identity_status st, enum perr *e)
 int
 credential_prepare(const struct identity *id, enum identity_status st,
     const char *why, time_t now, char *buf, size_t buflen,
-    struct credential *cr, enum perr *e, char *msg, size_t msglen)
+    struct assertion_cache *cache, struct credential *cr, enum perr *e,
+    char *msg, size_t msglen)
 {
 	struct hdr_edits *ed = &cr->edits;
 
@@ -56,11 +57,22 @@ credential_prepare(const struct identity *id, enum identity_status st,
 			    why && *why ? ": " : "", why ? why : "");
 		return -1;
 	}
-	if (assertion_bufsize(id) > buflen ||
+	if (cache != NULL && cache->id == id && cache->ts == now &&
+	    cache->val != NULL && cache->val[0] != '\0' &&
+	    strlen(cache->val) < buflen) {
+		memcpy(buf, cache->val, strlen(cache->val) + 1);
+		cache->hit = 1;
+	} else if (assertion_bufsize(id) > buflen ||
 	    assertion_mint(id, now, buf, buflen) != 0) {
 		*e = PERR_AGENT_IDENTITY_INVALID;
 		snprintf(msg, msglen, "agent identity could not sign an assertion");
 		return -1;
+	} else if (cache != NULL && cache->val != NULL &&
+	    strlen(buf) < CREDENTIAL_BUFSIZE) {
+		memcpy(cache->val, buf, strlen(buf) + 1);
+		cache->id = id;
+		cache->ts = now;
+		cache->hit = 0;
 	}
 	task_fingerprint(id->task_id, cr->task_fp);
 	/* Replace, never add to, whatever the client sent for these. */

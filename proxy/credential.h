@@ -21,6 +21,19 @@ struct credential {
 
 #define CREDENTIAL_BUFSIZE	4096
 
+/* The last value minted, by identity and second. Ed25519 is
+ * deterministic and the signed bytes name only the runtime, the task and
+ * the second, so a value minted again within the same second is the same
+ * bytes: reusing it is indistinguishable from minting afresh, and it is
+ * never used for another second (spec section 1). The caller keeps a
+ * reference on id so the pointer cannot be reused by another identity. */
+struct assertion_cache {
+	const struct identity	*id;
+	time_t			 ts;
+	char			*val;	/* CREDENTIAL_BUFSIZE, locked memory */
+	int			 hit;	/* the last prepare used it */
+};
+
 /* The spec's wording for the state (section 6). */
 #define MSG_TASK_MISSING	"agent identity run task is not initialized"
 
@@ -35,7 +48,8 @@ int	 credential_status_error(enum identity_status st, enum perr *e);
  */
 int	 credential_prepare(const struct identity *id, enum identity_status st,
 	    const char *why, time_t now, char *buf, size_t buflen,
-	    struct credential *cr, enum perr *e, char *msg, size_t msglen);
+	    struct assertion_cache *cache, struct credential *cr, enum perr *e,
+	    char *msg, size_t msglen);
 
 /* First 8 hex digits of SHA-256(s): lets logs tell tasks apart without
  * carrying the id. */

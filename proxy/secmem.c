@@ -34,6 +34,13 @@ struct secmem_hdr {
 
 static atomic_bool secmem_lockfail;
 
+/* mmap, mlock and munmap for every assertion cost more than the
+ * signature (munmap shoots down TLB entries on every core): single-page
+ * blocks are wiped and kept, locked, in a small per-thread cache. */
+#define SECMEM_CACHE	16
+static _Thread_local void	*secmem_cache[SECMEM_CACHE];
+static _Thread_local int	 secmem_ncache;
+
 static size_t
 secmem_pagesize(void)
 {
@@ -53,6 +60,11 @@ secmem_alloc(size_t n)
 		return NULL;
 	ps = secmem_pagesize();
 	maplen = (n + SECMEM_HDR + ps - 1) / ps * ps;
+	if (maplen == ps && secmem_ncache > 0) {
+		h = secmem_cache[--secmem_ncache];	/* wiped when cached */
+		h->maplen = maplen;
+		return (unsigned char *)h + SECMEM_HDR;
+	}
 
 	/* Anonymous mappings are zero-filled by the kernel. */
 	base = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
@@ -81,6 +93,10 @@ secmem_free(void *p, size_t n)
 	h = (struct secmem_hdr *)(void *)((unsigned char *)p - SECMEM_HDR);
 	maplen = h->maplen;
 	OPENSSL_cleanse(h, maplen);
+	if (maplen == secmem_pagesize() && secmem_ncache < SECMEM_CACHE) {
+		secmem_cache[secmem_ncache++] = h;
+		return;
+	}
 	/* munlock fails harmlessly if the mlock had failed. */
 	(void)munlock(h, maplen);
 	(void)munmap(h, maplen);

@@ -973,8 +973,16 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 			    "HTTP (POST) for this route");
 			return;
 		}
+		if (w->acache.id != id) {
+			/* the cache follows the identity in use; the ref
+			 * keeps its address from being reused */
+			identity_unref((struct identity *)w->acache.id);
+			w->acache.id = identity_ref(id);
+			w->acache.ts = 0;
+		}
 		if (credential_prepare(id, st, why, time(NULL), w->secbuf,
-		    CREDENTIAL_BUFSIZE, &cr, &e, msg, sizeof(msg)) != 0) {
+		    CREDENTIAL_BUFSIZE, &w->acache, &cr, &e, msg,
+		    sizeof(msg)) != 0) {
 			/* Fail closed: nothing goes upstream, and the
 			 * client's own credential is never used instead. */
 			identity_unref(id);

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "credential.h"
+#include "identity.h"
 #include "secmem.h"
 #include "errors.h"
 #include "headers.h"
@@ -742,7 +743,8 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	if ((w->secbuf = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL) {
+	if ((w->acache.val = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL ||
+	    (w->secbuf = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL) {
 		snprintf(err, errlen, "cannot allocate locked memory");
 		return -1;
 	}
@@ -799,6 +801,10 @@ worker_free(struct worker *w)
 	if (w->epfd >= 0)
 		close(w->epfd);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
+	secmem_free(w->acache.val, CREDENTIAL_BUFSIZE);
+	identity_unref((struct identity *)w->acache.id);
+	w->acache.id = NULL;
+	w->acache.val = NULL;
 	free(w->peekbuf);
 	bury(w);
 	free(w->graveyard);

@@ -13,6 +13,7 @@
 #include <openssl/ssl.h>
 
 #include "access.h"
+#include "credential.h"
 #include "errors.h"
 
 struct config;
@@ -92,6 +93,7 @@ struct worker {
 	struct transfer		*reg_waiters;	/* parked for a registration */
 	struct transfer		*live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
+	struct assertion_cache	 acache;	/* holds a ref on acache.id */
 	char			*peekbuf;	/* first request head, peeked */
 	struct relay		*relays;	/* tunnels and intercepted TLS */
 	long long		 next_sweep;

@@ -53,7 +53,7 @@ START_TEST(vector_through_credential_step)
 
 	ck_assert_int_eq(st, IDENTITY_OK);
 	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, buf, sizeof(buf),
-	    &cr, &e, msg, sizeof(msg)), 0);
+	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_str_eq(buf, V_HEADER);
 	ck_assert_str_eq(cr.task_fp, "ba5745f2");
 	ck_assert_int_eq(headers_outbound(in, sizeof(in) / sizeof(in[0]),
@@ -83,7 +83,7 @@ START_TEST(no_companions_without_account)
 	enum perr e;
 
 	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, buf, sizeof(buf),
-	    &cr, &e, msg, sizeof(msg)), 0);
+	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_uint_eq(cr.edits.nset, 1);
 	ck_assert_uint_eq(cr.edits.nremove, 3);
 	identity_unref(id);
@@ -100,23 +100,23 @@ START_TEST(fails_closed_per_state)
 
 	ck_assert_int_eq(st, IDENTITY_NO_TASK);
 	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, buf, sizeof(buf),
-	    &cr, &e, msg, sizeof(msg)), -1);
+	    NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_TASK_MISSING);
 	ck_assert_str_eq(msg, "agent identity run task is not initialized");
 	ck_assert_int_eq(perr_status(e), 503);
 	identity_unref(id);
 
 	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_MISSING,
-	    "/x/auth.json: no such file", V_TIME, buf, sizeof(buf), &cr, &e, msg,
+	    "/x/auth.json: no such file", V_TIME, buf, sizeof(buf), NULL, &cr, &e, msg,
 	    sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_IDENTITY_MISSING);
 	ck_assert_ptr_nonnull(strstr(msg, "/x/auth.json"));
 	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_INVALID, "bad", V_TIME,
-	    buf, sizeof(buf), &cr, &e, msg, sizeof(msg)), -1);
+	    buf, sizeof(buf), NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_IDENTITY_INVALID);
 	/* OK status but no identity is not a licence to forward */
 	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_OK, NULL, V_TIME, buf,
-	    sizeof(buf), &cr, &e, msg, sizeof(msg)), -1);
+	    sizeof(buf), NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_IDENTITY_MISSING);
 }
 END_TEST
@@ -130,14 +130,48 @@ START_TEST(fresh_assertion_each_second)
 	enum perr e;
 
 	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, sizeof(a),
-	    &cr, &e, msg, sizeof(msg)), 0);
+	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME + 1, b, sizeof(b),
-	    &cr, &e, msg, sizeof(msg)), 0);
+	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_str_ne(a, b);
 	/* a buffer too small is refused rather than truncated */
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, 64, &cr, &e,
+	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, 64, NULL, &cr, &e,
 	    msg, sizeof(msg)), -1);
 	identity_unref(id);
+}
+END_TEST
+
+START_TEST(cache_within_one_second_only)
+{
+	enum identity_status st;
+	struct identity *id = load("task-123", NULL, 0, &st);
+	struct identity *other = load("task-456", NULL, 0, &st);
+	struct assertion_cache c = { 0 };
+	struct credential cr;
+	char cval[CREDENTIAL_BUFSIZE], a[CREDENTIAL_BUFSIZE], b[CREDENTIAL_BUFSIZE];
+	char msg[256];
+	enum perr e;
+
+	c.val = cval;
+	cval[0] = '\0';
+	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, sizeof(a), &c,
+	    &cr, &e, msg, sizeof(msg)), 0);
+	ck_assert_str_eq(a, V_HEADER);
+	ck_assert_int_eq(c.hit, 0);
+	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, b, sizeof(b), &c,
+	    &cr, &e, msg, sizeof(msg)), 0);
+	ck_assert_int_eq(c.hit, 1);
+	ck_assert_str_eq(b, V_HEADER);	/* the same bytes minting would give */
+	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME + 1, b, sizeof(b),
+	    &c, &cr, &e, msg, sizeof(msg)), 0);
+	ck_assert_int_eq(c.hit, 0);
+	ck_assert_str_ne(a, b);
+	ck_assert_int_eq(credential_prepare(other, st, NULL, V_TIME + 1, a,
+	    sizeof(a), &c, &cr, &e, msg, sizeof(msg)), 0);
+	ck_assert_int_eq(c.hit, 0);
+	ck_assert_str_ne(a, b);
+	identity_unref(id);
+	identity_unref(other);
 }
 END_TEST
 
@@ -153,6 +187,7 @@ main(void)
 	tcase_add_test(tc, no_companions_without_account);
 	tcase_add_test(tc, fails_closed_per_state);
 	tcase_add_test(tc, fresh_assertion_each_second);
+	tcase_add_test(tc, cache_within_one_second_only);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
