@@ -34,7 +34,6 @@ What is checked, and how the test knows independently of the daemon:
 """
 
 import base64
-import datetime
 import hashlib
 import json
 import os
@@ -57,23 +56,14 @@ from harness import (PATTERN, SECRET, SSE, BlackholeListener, Daemon, DaemonErro
                      Download, HTTPClient, NoResponse, ProxyTestCase, Sink, clean_env, free_port,
                      main, pattern_crc, request, run_cmd, scopeproxy_bin, sse_events,
                      tls_material)
+from agentid import (NO_TASK, SPEC_PUB, SPEC_SECRETS, SPEC_SIG_B64, auth_doc,  # noqa: E402
+                     check_no_secrets, ed25519_verify, fingerprint, identity_record,
+                     parse_assertion)
 
 
 def now():
     return time.monotonic()
 
-
-# --------------------------------------------------------------------------
-# The spec's test identity and an independent Ed25519 verifier
-# --------------------------------------------------------------------------
-
-SPEC_SEED = b'\x07' * 32
-SPEC_PUB = bytes.fromhex('ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c')
-SPEC_V2_B64 = ('MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA'
-               '6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=')
-SPEC_SIG_B64 = ('+GlrOKR/FHxxhkmOhg5hj19+5O7hM2MgxNrgTfRgIX8CYn13AJESv5yXkwwUC9jDd8cvQRM'
-                'u1f8Pybf6/LBgDw==')
-SPKI_PREFIX = bytes.fromhex('302a300506032b6570032100')
 
 RUNTIME_ID = 'agent-123'
 TASK_ID = 'task-connect-9f3e27c1'
@@ -99,60 +89,14 @@ def scratch(suffix, data=None):
     return p
 
 
-def pem(label, der):
-    b = base64.b64encode(der).decode()
-    return ('-----BEGIN %s-----\n%s\n-----END %s-----\n'
-            % (label, '\n'.join(b[i:i + 64] for i in range(0, len(b), 64)), label)).encode()
-
-
-def ed25519_verify(pub, msg, sig):
-    """True iff `openssl pkeyutl -verify -rawin` accepts sig over msg for the raw key pub."""
-    pub_f = scratch('.pub.pem', pem('PUBLIC KEY', SPKI_PREFIX + pub))
-    msg_f = scratch('.msg', msg)
-    sig_f = scratch('.sig', sig)
-    r = run_cmd(['openssl', 'pkeyutl', '-verify', '-pubin', '-inkey', pub_f, '-rawin',
-                 '-in', msg_f, '-sigfile', sig_f])
-    return r.returncode == 0 and b'Signature Verified Successfully' in r.stdout
-
-
-TS_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$')
-
-
 def check_assertion(value, pub=SPEC_PUB, runtime=RUNTIME_ID, task=TASK_ID, max_skew=5.0):
     """Decode and verify `AgentAssertion <token>`; AssertionError on any deviation."""
-    def need(cond, what):
-        if not cond:
-            raise AssertionError('AgentAssertion: %s (header %r)' % (what, value))
-    need(isinstance(value, str) and value.startswith('AgentAssertion '), 'scheme')
-    token = value[len('AgentAssertion '):]
-    need(re.match(r'^[A-Za-z0-9_-]+$', token) is not None, 'token is not unpadded base64url')
-    raw = base64.urlsafe_b64decode(token + '=' * (-len(token) % 4))
-    env = json.loads(raw.decode('utf-8'))
-    need(list(env) == ['agent_runtime_id', 'signature', 'task_id', 'timestamp'],
-         'envelope keys %r' % list(env))
-    need(raw == json.dumps(env, separators=(',', ':'), sort_keys=True).encode(),
-         'envelope is not compact sorted JSON')
-    need(env['agent_runtime_id'] == runtime, 'agent_runtime_id %r' % env['agent_runtime_id'])
-    need(env['task_id'] == task, 'task_id %r' % env['task_id'])
-    ts = env['timestamp']
-    need(TS_RE.match(ts) is not None, 'timestamp %r' % ts)
-    t = datetime.datetime.strptime(ts, '%Y-%m-%dT%H:%M:%SZ').replace(
-        tzinfo=datetime.timezone.utc).timestamp()
-    need(abs(time.time() - t) <= max_skew, 'timestamp %s is %.1fs off' % (ts, time.time() - t))
-    sig = base64.b64decode(env['signature'], validate=True)
-    need(len(env['signature']) == 88 and len(sig) == 64, 'signature encoding')
-    msg = ('%s:%s:%s' % (runtime, task, ts)).encode()
-    need(ed25519_verify(pub, msg, sig), 'Ed25519 signature does not verify')
-    return env
+    return parse_assertion(value, runtime, task, pub, max_skew)
 
 
 def auth_record(task=TASK_ID):
-    rec = {'agent_runtime_id': RUNTIME_ID, 'agent_private_key': SPEC_V2_B64,
-           'account_id': ACCOUNT_ID, 'chatgpt_user_id': 'user-connect', 'email': '',
-           'plan_type': 'plus', 'chatgpt_account_is_fedramp': False}
-    if task is not None:
-        rec['task_id'] = task
-    return {'OPENAI_API_KEY': None, 'tokens': None, 'agent_identity': rec}
+    return auth_doc(identity_record(runtime=RUNTIME_ID, account=ACCOUNT_ID, user='user-connect',
+                                    task_id=NO_TASK if task is None else task))
 
 
 # --------------------------------------------------------------------------
@@ -383,9 +327,8 @@ class ConnectCase(ProxyTestCase):
         self.tls = tls_material()
         self.work = tempfile.mkdtemp(prefix='scopeproxy-connect-case-')
         self.addCleanup(shutil.rmtree, self.work, True)
-        self.forbidden = {SECRET, TASK_ID, 'AgentAssertion', 'eyJ', SPEC_V2_B64,
-                          SPEC_V2_B64[30:50], SPEC_SEED.hex(), PROXY_PASS, PROXY_BASIC,
-                          PROXY_TOKEN}
+        self.forbidden = {SECRET, TASK_ID, 'AgentAssertion', 'eyJ', PROXY_PASS, PROXY_BASIC,
+                          PROXY_TOKEN} | SPEC_SECRETS
         self._n = 0
 
     def _new_path(self, name):
@@ -439,12 +382,6 @@ class ConnectCase(ProxyTestCase):
 
     def _check_secrets(self, d):
         d.stop()
-        texts = {'stderr': d.stderr_text(), 'stdout': d.stdout_text()}
-        try:
-            with open(d.audit_path, 'rb') as f:
-                texts['audit log'] = f.read().decode('utf-8', 'replace')
-        except OSError:
-            texts['audit log'] = ''
         forbidden = set(self.forbidden)
         try:
             with open(os.path.join(d.ca_dir, 'ca.key')) as f:
@@ -452,12 +389,7 @@ class ConnectCase(ProxyTestCase):
             forbidden.add(body[10:50])       # the interception CA key
         except OSError:
             pass
-        for where, text in texts.items():
-            for s in sorted(forbidden):
-                if s in text:
-                    i = text.index(s)
-                    self.fail('secret %r... appears in the daemon %s: ...%s...'
-                              % (s[:10], where, text[max(0, i - 200):i + 60]))
+        check_no_secrets(self, d, forbidden, skip_empty=False)
 
     def audit_lines(self, d, count, timeout=3.0):
         deadline = now() + timeout
@@ -584,7 +516,7 @@ class Interception(ConnectCase):
         self.assertEqual((a.get('mode'), a.get('provider'), a.get('route'), a.get('action'),
                           a.get('status'), a.get('path')),
                          ('intercept', 'openai', 'inference', 'assert', 200, '/v1/responses'), a)
-        self.assertEqual(a.get('task'), hashlib.sha256(TASK_ID.encode()).hexdigest()[:8], a)
+        self.assertEqual(a.get('task'), fingerprint(TASK_ID), a)
         self.assertIn('api.openai.com', a.get('host') or '', a)
 
     def test_https_proxy_env_and_chatgpt_host(self):

@@ -23,13 +23,11 @@ What is checked, and how the test checks it independently of the daemon:
   * `scopeproxy classify`.
 """
 
-import atexit
 import base64
 import datetime
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -42,6 +40,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (SECRET, SSE, Fixed, HTTPClient, ProxyTestCase,  # noqa: E402
                      main, request, run_cmd, scopeproxy_bin, clean_env, tls_material)
+from agentid import (NO_TASK, SPEC_HEADER, SPEC_PUB_HEX, SPEC_SEED, SPEC_SIG_B64,  # noqa: E402
+                     SPEC_V1_B64, SPEC_V2_B64, V2_PREFIX, auth_doc, check_no_secrets,
+                     ed25519_verify, fingerprint, identity_record, jwt_token, key_of,
+                     parse_assertion, write_auth)
 
 
 def now():
@@ -49,218 +51,32 @@ def now():
 
 
 # --------------------------------------------------------------------------
-# Keys and the independent verifier (openssl CLI)
+# Keys and auth files (the shared helpers are in agentid.py)
 # --------------------------------------------------------------------------
 
-SPEC_SEED = b'\x07' * 32
-SPEC_PUB_HEX = 'ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c'
-SPEC_V1_B64 = 'MC4CAQAwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH'
-SPEC_V2_B64 = ('MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA'
-               '6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=')
-SPEC_SIG_B64 = ('+GlrOKR/FHxxhkmOhg5hj19+5O7hM2MgxNrgTfRgIX8CYn13AJESv5yXkwwUC9jDd8cvQRM'
-                'u1f8Pybf6/LBgDw==')
-SPEC_HEADER = ('AgentAssertion eyJhZ2VudF9ydW50aW1lX2lkIjoiYWdlbnQtMTIzIiwic2lnbmF0dXJlIjoiK0dsck9LUi9G'
-               'SHh4aGttT2hnNWhqMTkrNU83aE0yTWd4TnJnVGZSZ0lYOENZbjEzQUpFU3Y1eVhrd3dVQzlqRGQ4Y3ZRUk11'
-               'MWY4UHliZjYvTEJnRHc9PSIsInRhc2tfaWQiOiJ0YXNrLTEyMyIsInRpbWVzdGFtcCI6IjIwMjYtMDQtMjNU'
-               'MDA6MDA6MDBaIn0')
-
-V1_PREFIX = bytes.fromhex('302e020100300506032b657004220420')
-V2_PREFIX = bytes.fromhex('3051020101300506032b657004220420')
-V2A1_PREFIX = bytes.fromhex('3053020101300506032b657004220420')
-SPKI_PREFIX = bytes.fromhex('302a300506032b6570032100')
-
-_work = tempfile.mkdtemp(prefix='scopeproxy-cred-keys-')
-atexit.register(shutil.rmtree, _work, True)
-_work_lock = threading.Lock()
-_work_n = [0]
-
-
-def _tmpfile(suffix, data):
-    with _work_lock:
-        _work_n[0] += 1
-        p = os.path.join(_work, '%d%s' % (_work_n[0], suffix))
-    with open(p, 'wb') as f:
-        f.write(data)
-    return p
-
-
-def _pem(label, der):
-    b = base64.b64encode(der).decode()
-    return ('-----BEGIN %s-----\n%s\n-----END %s-----\n'
-            % (label, '\n'.join(b[i:i + 64] for i in range(0, len(b), 64)), label)).encode()
-
-
-def openssl_public_key(seed):
-    """Raw 32-byte Ed25519 public key for `seed`, derived by openssl."""
-    priv = _tmpfile('.key.pem', _pem('PRIVATE KEY', V1_PREFIX + seed))
-    out = priv + '.pub.der'
-    try:
-        r = run_cmd(['openssl', 'pkey', '-in', priv, '-pubout', '-outform', 'DER', '-out', out])
-        if r.returncode != 0:
-            raise RuntimeError('openssl pkey failed: %s' % r.stderr.decode())
-        with open(out, 'rb') as f:
-            der = f.read()
-    finally:
-        for p in (priv, out):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-    if len(der) != 44 or not der.startswith(SPKI_PREFIX):
-        raise RuntimeError('unexpected SPKI from openssl: %s' % der.hex())
-    return der[12:]
-
-
-def ed25519_verify(pub, msg, sig):
-    """True iff openssl accepts `sig` as pure Ed25519 over `msg` for raw key `pub`."""
-    pub_pem = _tmpfile('.pub.pem', _pem('PUBLIC KEY', SPKI_PREFIX + pub))
-    msg_f = _tmpfile('.msg', msg)
-    sig_f = _tmpfile('.sig', sig)
-    try:
-        r = run_cmd(['openssl', 'pkeyutl', '-verify', '-pubin', '-inkey', pub_pem, '-rawin',
-                     '-in', msg_f, '-sigfile', sig_f])
-    finally:
-        for p in (pub_pem, msg_f, sig_f):
-            os.unlink(p)
-    return r.returncode == 0 and b'Signature Verified Successfully' in r.stdout
-
-
-class Key:
-    """An Ed25519 identity key in every encoding the tests use."""
-
-    def __init__(self, seed):
-        self.seed = seed
-        self.pub = openssl_public_key(seed)
-        self.v1_der = V1_PREFIX + seed
-        self.v2_der = V2_PREFIX + seed + b'\x81\x21\x00' + self.pub
-        self.v2a1_der = V2A1_PREFIX + seed + b'\xa1\x23\x03\x21\x00' + self.pub
-        self.v1 = base64.b64encode(self.v1_der).decode()
-        self.v2 = base64.b64encode(self.v2_der).decode()
-        self.v2a1 = base64.b64encode(self.v2a1_der).decode()
-
-    def secrets(self):
-        """Strings that must never appear in a log."""
-        out = {self.v1, self.v2, self.v2a1, self.seed.hex(),
-               base64.b64encode(self.seed).decode().rstrip('=')}
-        for b in (self.v1, self.v2, self.v2a1):
-            out.add(b[len(b) // 2 - 8:len(b) // 2 + 8])     # distinctive substring
-        return out
-
-
-_keys = {}
-_keys_lock = threading.Lock()
+_seeds = {'spec': SPEC_SEED,
+          'other': hashlib.sha256(b'scopeproxy test key other').digest(),
+          'third': hashlib.sha256(b'scopeproxy test key third').digest()}
 
 
 def key(name):
-    seeds = {'spec': SPEC_SEED,
-             'other': hashlib.sha256(b'scopeproxy test key other').digest(),
-             'third': hashlib.sha256(b'scopeproxy test key third').digest()}
-    with _keys_lock:
-        if name not in _keys:
-            _keys[name] = Key(seeds[name])
-        return _keys[name]
-
-
-def fingerprint(task_id):
-    return hashlib.sha256(task_id.encode()).hexdigest()[:8]
-
-
-# --------------------------------------------------------------------------
-# Auth files
-# --------------------------------------------------------------------------
-
-NO_TASK = object()
+    return key_of(_seeds[name])
 
 
 def record(key_b64, task_id=NO_TASK, runtime='agent-123', account='acct-test-001',
            fedramp=False, **extra):
-    r = {'agent_runtime_id': runtime, 'agent_private_key': key_b64,
-         'chatgpt_user_id': 'user-test-001', 'email': '', 'plan_type': 'plus',
-         'chatgpt_account_is_fedramp': fedramp,
-         'future_field': {'ignored': True}}          # unknown keys are ignored
+    r = identity_record(key_b64, runtime, account=None, fedramp=fedramp,
+                        future_field={'ignored': True})      # unknown keys are ignored
     if account is not None:
         r['account_id'] = account
     if task_id is not NO_TASK:
         r['task_id'] = task_id
     r.update(extra)
-    return {'OPENAI_API_KEY': None, 'tokens': None, 'last_refresh': None, 'agent_identity': r}
+    return auth_doc(r, last_refresh=None)
 
 
 def jwt_identity(key_b64, runtime='agent-jwt-1'):
-    def part(obj):
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b'=').decode()
-    claims = {'iss': 'https://chatgpt.com/codex-backend/agent-identity', 'aud': 'codex-app-server',
-              'agent_runtime_id': runtime, 'agent_private_key': key_b64,
-              'account_id': 'acct-jwt', 'chatgpt_user_id': 'user-jwt', 'email': '',
-              'plan_type': 'plus', 'chatgpt_account_is_fedramp': False}
-    sig = base64.urlsafe_b64encode(b'\x01' * 256).rstrip(b'=').decode()
-    return {'agent_identity': part({'alg': 'RS256', 'typ': 'JWT'}) + '.' + part(claims) + '.' + sig}
-
-
-def write_auth(path, doc, mode=0o600):
-    """Atomically replace `path` (temp file with `mode`, fsync, rename)."""
-    data = doc if isinstance(doc, bytes) else (doc.encode() if isinstance(doc, str)
-                                               else json.dumps(doc, indent=2).encode())
-    tmp = '%s.tmp-%d-%d' % (path, os.getpid(), int(time.time() * 1e6))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
-# --------------------------------------------------------------------------
-# AgentAssertion checking (the test's own implementation of the spec)
-# --------------------------------------------------------------------------
-
-TS_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$')
-B64URL_RE = re.compile(r'^[A-Za-z0-9_-]+$')
-B64STD_RE = re.compile(r'^[A-Za-z0-9+/]+={0,2}$')
-
-
-def parse_assertion(value, runtime_id, task_id, pub, max_skew=5.0, check_time=True):
-    """Decode and verify an `Authorization: AgentAssertion <token>` value.
-    Raises AssertionError with a reason on any deviation from the spec."""
-    def need(cond, what):
-        if not cond:
-            raise AssertionError('AgentAssertion: %s (header %r)' % (what, value))
-
-    need(isinstance(value, str) and value.startswith('AgentAssertion '), 'scheme')
-    token = value[len('AgentAssertion '):]
-    need(B64URL_RE.match(token) is not None, 'token is not unpadded base64url')
-    need(len(token) % 4 != 1, 'impossible base64 length')
-    raw = base64.urlsafe_b64decode(token + '=' * (-len(token) % 4))
-    need(base64.urlsafe_b64encode(raw).rstrip(b'=').decode() == token, 'non-canonical base64url')
-    try:
-        env = json.loads(raw.decode('utf-8'))
-    except ValueError as e:
-        raise AssertionError('AgentAssertion: envelope is not JSON (%s): %r' % (e, raw))
-    need(isinstance(env, dict), 'envelope is not an object')
-    need(list(env) == ['agent_runtime_id', 'signature', 'task_id', 'timestamp'],
-         'envelope keys/order %r' % list(env))
-    need(all(isinstance(v, str) for v in env.values()), 'non-string member')
-    canonical = json.dumps(env, separators=(',', ':'), sort_keys=True, ensure_ascii=False).encode()
-    need(raw == canonical, 'envelope is not compact sorted JSON: %r != %r' % (raw, canonical))
-    need(env['agent_runtime_id'] == runtime_id, 'agent_runtime_id %r' % env['agent_runtime_id'])
-    need(env['task_id'] == task_id, 'task_id %r, expected %r' % (env['task_id'], task_id))
-    ts = env['timestamp']
-    need(len(ts) == 20 and TS_RE.match(ts) is not None, 'timestamp format %r' % ts)
-    if check_time:
-        t = datetime.datetime.strptime(ts, '%Y-%m-%dT%H:%M:%SZ').replace(
-            tzinfo=datetime.timezone.utc).timestamp()
-        need(abs(time.time() - t) <= max_skew, 'timestamp %s is %.1fs from now' % (ts, time.time() - t))
-    sig_b64 = env['signature']
-    need(len(sig_b64) == 88 and B64STD_RE.match(sig_b64) is not None,
-         'signature is not 88 chars of padded standard base64: %r' % sig_b64)
-    sig = base64.b64decode(sig_b64, validate=True)
-    need(len(sig) == 64, 'signature length %d' % len(sig))
-    msg = ('%s:%s:%s' % (env['agent_runtime_id'], env['task_id'], ts)).encode('utf-8')
-    need(ed25519_verify(pub, msg, sig), 'Ed25519 signature does not verify with the public key')
-    env['_token'] = token
-    return env
+    return {'agent_identity': jwt_token(key_b64, runtime)}
 
 
 # --------------------------------------------------------------------------
@@ -357,18 +173,7 @@ class CredCase(ProxyTestCase):
 
     def _check_secrets(self, d):
         d.stop()
-        texts = {'stderr': d.stderr_text(), 'stdout': d.stdout_text()}
-        try:
-            with open(d.audit_path, 'rb') as f:
-                texts['audit log'] = f.read().decode('utf-8', 'replace')
-        except OSError:
-            texts['audit log'] = ''
-        for where, text in texts.items():
-            for s in sorted(self.forbidden):
-                if s and s in text:
-                    i = text.index(s)
-                    self.fail('secret %r... appears in the daemon %s: ...%s<HERE>'
-                              % (s[:6], where, text[max(0, i - 300):i]))
+        check_no_secrets(self, d, self.forbidden)
 
     # -- audit log --------------------------------------------------------
     def audit(self, d):

@@ -31,8 +31,6 @@
     non-null task), cross-checked against what the upstream received.
 """
 
-import base64
-import hashlib
 import json
 import os
 import re
@@ -53,6 +51,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (LOOPBACK, SECRET, SSE, HTTPClient,  # noqa: E402
                      NoResponse, ProxyTestCase, curl, hermetic_env, main, request,
                      run_cmd, scopeproxy_bin, tls_material)
+import agentid  # noqa: E402
+from agentid import (NO_TASK, SPEC_RUNTIME, SPEC_SECRETS, SPEC_V2_B64, auth_doc,  # noqa: E402
+                     fingerprint, identity_record)
 
 
 def now():
@@ -62,39 +63,23 @@ def now():
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRCDIR = os.path.abspath(os.environ.get('SCOPEPROXY_SRCDIR') or os.path.join(HERE, '..', '..'))
 
-# The spec's test identity (shared/spec/agent-identity.md, section 7).
-SPEC_V2_B64 = ('MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA'
-               '6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=')
-SPEC_RUNTIME = 'agent-123'
+# The spec's test identity (shared/spec/agent-identity.md, section 7) is in agentid.py.
 TASK_ID = 'task-lifecycle-4f1c9e'
-TASK_FP = hashlib.sha256(TASK_ID.encode()).hexdigest()[:8]
+TASK_FP = fingerprint(TASK_ID)
 
 # Strings that must never reach a metric label (or the metrics text at all).
-KEY_SECRETS = (SPEC_V2_B64, SPEC_V2_B64[20:44], b'\x07'.hex() * 32,
-               base64.b64encode(b'\x07' * 32).decode().rstrip('='))
+KEY_SECRETS = tuple(sorted(SPEC_SECRETS))
 
 
 def identity_doc(task_id=TASK_ID):
-    r = {'agent_runtime_id': SPEC_RUNTIME, 'agent_private_key': SPEC_V2_B64,
-         'account_id': 'acct-lifecycle', 'chatgpt_user_id': 'user-lifecycle', 'email': '',
-         'plan_type': 'plus', 'chatgpt_account_is_fedramp': False}
-    if task_id is not None:
-        r['task_id'] = task_id
-    return {'OPENAI_API_KEY': None, 'tokens': None, 'last_refresh': None, 'agent_identity': r}
+    return auth_doc(identity_record(runtime=SPEC_RUNTIME, account='acct-lifecycle',
+                                    user='user-lifecycle',
+                                    task_id=NO_TASK if task_id is None else task_id),
+                    last_refresh=None)
 
 
 def write_file_atomic(path, data, mode=0o600):
-    if not isinstance(data, bytes):
-        data = data.encode() if isinstance(data, str) else json.dumps(data, indent=2).encode()
-    tmp = '%s.tmp-%d-%d' % (path, os.getpid(), int(time.time() * 1e6))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    agentid.write_auth(path, data, mode)
 
 
 def write_auth(path, task_id=TASK_ID):

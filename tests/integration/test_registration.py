@@ -57,7 +57,6 @@ Run: SCOPEPROXY_BIN=proxy/scopeproxy SCOPEPROXY_SRCDIR=. /usr/bin/python3 \
 
 import atexit
 import base64
-import calendar
 import datetime
 import hashlib
 import json
@@ -77,6 +76,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (SECRET, Behaviour, NoResponse, ProxyTestCase,  # noqa: E402
                      main, request, run_cmd, tls_material)
+import agentid  # noqa: E402
+from agentid import (B64STD_RE, SPEC_PUB_HEX, SPEC_SEED, SPEC_SIG_B64, SPEC_V2_B64,  # noqa: E402
+                     TS_RE, V2_PREFIX, auth_doc, b64url, check_no_secrets, ed25519_verify,
+                     fingerprint, identity_record, key_secrets, openssl_sign, parse_assertion,
+                     parse_ts, public_key, task_in_assertion)
 
 
 def now():
@@ -89,117 +93,10 @@ REG_BASE = 'https://chatgpt.com/backend-api'
 REG_PATH = '/backend-api/v1/agent/%s/task/register' % RUNTIME
 
 # --------------------------------------------------------------------------
-# Keys (spec section 2 / test vectors) and the independent verifier
+# Keys (the spec identity and the openssl verifier are in agentid.py)
 # --------------------------------------------------------------------------
 
-SPEC_SEED = b'\x07' * 32
-SPEC_PUB_HEX = 'ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c'
-SPEC_V2_B64 = ('MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA'
-               '6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=')
-SPEC_SIG_B64 = ('+GlrOKR/FHxxhkmOhg5hj19+5O7hM2MgxNrgTfRgIX8CYn13AJESv5yXkwwUC9jDd8cvQRM'
-                'u1f8Pybf6/LBgDw==')        # over 'agent-123:task-123:2026-04-23T00:00:00Z'
-V1_PREFIX = bytes.fromhex('302e020100300506032b657004220420')
-V2_PREFIX = bytes.fromhex('3051020101300506032b657004220420')
-SPKI_PREFIX = bytes.fromhex('302a300506032b6570032100')
 OTHER_SEED = hashlib.sha256(b'scopeproxy registration test: some other key').digest()
-
-_work = tempfile.mkdtemp(prefix='scopeproxy-reg-')
-atexit.register(shutil.rmtree, _work, True)
-_work_lock = threading.Lock()
-_work_n = [0]
-
-
-def _tmpfile(suffix, data):
-    with _work_lock:
-        _work_n[0] += 1
-        p = os.path.join(_work, 'f%d%s' % (_work_n[0], suffix))
-    with open(p, 'wb') as f:
-        f.write(data)
-    return p
-
-
-def _unlink(*paths):
-    for p in paths:
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
-
-
-def _pem(label, der):
-    b = base64.b64encode(der).decode()
-    return ('-----BEGIN %s-----\n%s\n-----END %s-----\n'
-            % (label, '\n'.join(b[i:i + 64] for i in range(0, len(b), 64)), label)).encode()
-
-
-def openssl_public_key(seed):
-    """Raw 32-byte Ed25519 public key of `seed`, derived by openssl."""
-    priv = _tmpfile('.key.pem', _pem('PRIVATE KEY', V1_PREFIX + seed))
-    out = priv + '.pub.der'
-    try:
-        r = run_cmd(['openssl', 'pkey', '-in', priv, '-pubout', '-outform', 'DER', '-out', out])
-        if r.returncode != 0:
-            raise RuntimeError('openssl pkey failed: %s' % r.stderr.decode())
-        with open(out, 'rb') as f:
-            der = f.read()
-    finally:
-        _unlink(priv, out)
-    if len(der) != 44 or not der.startswith(SPKI_PREFIX):
-        raise RuntimeError('unexpected SPKI from openssl: %s' % der.hex())
-    return der[len(SPKI_PREFIX):]
-
-
-def openssl_sign(seed, msg):
-    """Ed25519 signature by openssl (used only to test the test's own checker)."""
-    priv = _tmpfile('.key.pem', _pem('PRIVATE KEY', V1_PREFIX + seed))
-    msg_f = _tmpfile('.msg', msg)
-    out = msg_f + '.sig'
-    try:
-        r = run_cmd(['openssl', 'pkeyutl', '-sign', '-rawin', '-inkey', priv, '-in', msg_f, '-out', out])
-        if r.returncode != 0:
-            raise RuntimeError('openssl pkeyutl -sign failed: %s' % r.stderr.decode())
-        with open(out, 'rb') as f:
-            return f.read()
-    finally:
-        _unlink(priv, msg_f, out)
-
-
-def ed25519_verify(pub, msg, sig):
-    """True iff openssl accepts `sig` as pure Ed25519 over `msg` for raw key `pub`."""
-    pub_pem = _tmpfile('.pub.pem', _pem('PUBLIC KEY', SPKI_PREFIX + pub))
-    msg_f = _tmpfile('.msg', msg)
-    sig_f = _tmpfile('.sig', sig)
-    try:
-        r = run_cmd(['openssl', 'pkeyutl', '-verify', '-pubin', '-inkey', pub_pem, '-rawin',
-                     '-in', msg_f, '-sigfile', sig_f])
-    finally:
-        _unlink(pub_pem, msg_f, sig_f)
-    return r.returncode == 0 and b'Signature Verified Successfully' in r.stdout
-
-
-_pub_cache = {}
-
-
-def public_key(seed):
-    if seed not in _pub_cache:
-        _pub_cache[seed] = openssl_public_key(seed)
-    return _pub_cache[seed]
-
-
-def key_secrets(seed):
-    """Encodings of a private key that must never appear in a log."""
-    pub = public_key(seed)
-    v1 = base64.b64encode(V1_PREFIX + seed).decode()
-    v2 = base64.b64encode(V2_PREFIX + seed + b'\x81\x21\x00' + pub).decode()
-    out = {v1, v2, seed.hex(), base64.b64encode(seed).decode().rstrip('=')}
-    for b in (v1, v2):
-        out.add(b[len(b) // 2 - 8:len(b) // 2 + 8])
-    return out
-
-
-def fingerprint(task_id):
-    return hashlib.sha256(task_id.encode()).hexdigest()[:8]
-
 
 # --------------------------------------------------------------------------
 # Sealed boxes: a tiny libsodium helper built at test time
@@ -302,48 +199,27 @@ def record_doc(task_id=None, runtime=RUNTIME, key_b64=SPEC_V2_B64, **extra):
     """A Codex-style auth.json with a record identity and unknown fields
     (top level and inside the record, nested, unicode, numbers) that must
     survive the write-back."""
-    r = {'agent_runtime_id': runtime, 'agent_private_key': key_b64,
-         'account_id': 'acct-reg-001', 'chatgpt_user_id': 'user-reg-001', 'email': '',
-         'plan_type': 'plus', 'chatgpt_account_is_fedramp': False,
-         'future_field': {'nested': [1, 2.5, {'x': None, 'y': [True, False]}], 'note': 'h\u00e9llo \u2713'},
-         'zz_unknown_last': 'kept'}
+    r = identity_record(key_b64, runtime, account='acct-reg-001', user='user-reg-001',
+                        future_field={'nested': [1, 2.5, {'x': None, 'y': [True, False]}],
+                                      'note': 'h\u00e9llo \u2713'},
+                        zz_unknown_last='kept')
     if task_id is not None:
         r['task_id'] = task_id
     r.update(extra)
-    return {'OPENAI_API_KEY': None,
-            'tokens': {'id_token': 'not-a-real-id-token', 'refresh_token': 'not-a-real-refresh'},
-            'last_refresh': '2026-04-22T10:11:12.123456Z',
-            'agent_identity': r,
-            'x_unknown_top': {'list': ['a', 'b'], 'n': 42, 'f': 0.1, 'empty': {}}}
-
-
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b'=').decode()
+    return auth_doc(r, tokens={'id_token': 'not-a-real-id-token', 'refresh_token': 'not-a-real-refresh'},
+                    last_refresh='2026-04-22T10:11:12.123456Z',
+                    x_unknown_top={'list': ['a', 'b'], 'n': 42, 'f': 0.1, 'empty': {}})
 
 
 def jwt_token(runtime=RUNTIME, key_b64=SPEC_V2_B64):
-    claims = {'iss': 'https://chatgpt.com/codex-backend/agent-identity', 'aud': 'codex-app-server',
-              'agent_runtime_id': runtime, 'agent_private_key': key_b64,
-              'account_id': 'acct-reg-jwt', 'chatgpt_user_id': 'user-reg-jwt', 'email': '',
-              'plan_type': 'plus', 'chatgpt_account_is_fedramp': False,
-              'iat': 1776902400, 'exp': 4102444800}
-    return (b64url(json.dumps({'alg': 'RS256', 'typ': 'JWT', 'kid': 'test'}).encode()) + '.' +
-            b64url(json.dumps(claims).encode()) + '.' + b64url(b'\x02' * 256))
+    return agentid.jwt_token(key_b64, runtime, 'acct-reg-jwt', 'user-reg-jwt',
+                             header={'alg': 'RS256', 'typ': 'JWT', 'kid': 'test'}, sig=b'\x02' * 256,
+                             iat=1776902400, exp=4102444800)
 
 
 def write_auth(path, doc, mode=0o600):
-    """Atomically replace `path` (temp file with `mode`, fsync, rename)."""
-    data = doc if isinstance(doc, bytes) else json.dumps(doc, indent=2, ensure_ascii=False).encode()
-    tmp = '%s.test-tmp-%d-%d' % (path, os.getpid(), int(time.time() * 1e6))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    return data
+    """Atomically replace `path`; returns the bytes written."""
+    return agentid.write_auth(path, doc, mode, ensure_ascii=False, tmp_tag='test-tmp')
 
 
 def read_bytes(path):
@@ -355,14 +231,7 @@ def read_bytes(path):
 # Independent checkers
 # --------------------------------------------------------------------------
 
-TS_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$')
 TS_IN_TEXT_RE = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ')
-B64URL_RE = re.compile(r'^[A-Za-z0-9_-]+$')
-B64STD_RE = re.compile(r'^[A-Za-z0-9+/]+={0,2}$')
-
-
-def parse_ts(ts):
-    return calendar.timegm(time.strptime(ts, '%Y-%m-%dT%H:%M:%SZ'))
 
 
 def check_reg_body(body, runtime, pub, at_wall=None, max_skew=5.0):
@@ -390,45 +259,6 @@ def check_reg_body(body, runtime, pub, at_wall=None, max_skew=5.0):
     need(ed25519_verify(pub, ('%s:%s' % (runtime, ts)).encode('utf-8'), sig),
          "Ed25519 signature does not verify over '%s:%s' with the identity's public key" % (runtime, ts))
     return ts, sig_b64
-
-
-def parse_assertion(value, runtime_id, task_id, pub, max_skew=5.0, check_time=True):
-    """Decode and verify an `Authorization: AgentAssertion <token>` value (spec section 1)."""
-    def need(cond, what):
-        if not cond:
-            raise AssertionError('AgentAssertion: %s (header %r)' % (what, value))
-
-    need(isinstance(value, str) and value.startswith('AgentAssertion '), 'scheme')
-    token = value[len('AgentAssertion '):]
-    need(B64URL_RE.match(token) is not None, 'token is not unpadded base64url')
-    need(len(token) % 4 != 1, 'impossible base64 length')
-    raw = base64.urlsafe_b64decode(token + '=' * (-len(token) % 4))
-    try:
-        env = json.loads(raw.decode('utf-8'))
-    except ValueError as e:
-        raise AssertionError('AgentAssertion: envelope is not JSON (%s): %r' % (e, raw))
-    need(isinstance(env, dict), 'envelope is not an object')
-    need(list(env) == ['agent_runtime_id', 'signature', 'task_id', 'timestamp'],
-         'envelope keys/order %r' % list(env))
-    canonical = json.dumps(env, separators=(',', ':'), sort_keys=True, ensure_ascii=False).encode()
-    need(raw == canonical, 'envelope is not compact sorted JSON')
-    need(env['agent_runtime_id'] == runtime_id, 'agent_runtime_id %r' % env['agent_runtime_id'])
-    need(env['task_id'] == task_id, 'task_id %r, expected %r' % (env['task_id'], task_id))
-    ts = env['timestamp']
-    need(len(ts) == 20 and TS_RE.match(ts) is not None, 'timestamp format %r' % ts)
-    if check_time:
-        need(abs(time.time() - parse_ts(ts)) <= max_skew, 'timestamp %s is not now' % ts)
-    sig_b64 = env['signature']
-    need(len(sig_b64) == 88 and B64STD_RE.match(sig_b64) is not None, 'signature encoding')
-    sig = base64.b64decode(sig_b64, validate=True)
-    msg = ('%s:%s:%s' % (env['agent_runtime_id'], env['task_id'], ts)).encode('utf-8')
-    need(ed25519_verify(pub, msg, sig), 'Ed25519 signature does not verify with the public key')
-    return env
-
-
-def task_in_assertion(value):
-    tok = (value or '').split(' ', 1)[-1]
-    return json.loads(base64.urlsafe_b64decode(tok + '=' * (-len(tok) % 4)))['task_id']
 
 
 # --------------------------------------------------------------------------
@@ -550,17 +380,7 @@ class RegCase(ProxyTestCase):
 
     def _check_secrets(self, d):
         d.stop()
-        texts = {'stderr': d.stderr_text(), 'stdout': d.stdout_text()}
-        try:
-            texts['audit log'] = read_bytes(d.audit_path).decode('utf-8', 'replace')
-        except OSError:
-            texts['audit log'] = ''
-        for where, text in texts.items():
-            for s in sorted(self.forbidden):
-                if s and s in text:
-                    i = text.index(s)
-                    self.fail('secret %r appears in the daemon %s: ...%s...'
-                              % (s[:14] + '...', where, text[max(0, i - 200):i + 60]))
+        check_no_secrets(self, d, self.forbidden)
 
     # -- registration requests ---------------------------------------------
     def reg_requests(self):

@@ -34,13 +34,10 @@ How the test knows, independently of the daemon:
     included) or client credential in the daemon's stderr/stdout/audit log.
 """
 
-import atexit
 import base64
-import datetime
 import hashlib
 import json
 import os
-import re
 import select
 import shutil
 import socket
@@ -57,94 +54,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (SECRET, HTTPClient, ProxyTestCase, clean_env, free_port,  # noqa: E402
                      main, run_cmd, scopeproxy_bin, tls_material)
+from agentid import (NO_TASK, SPEC_PUB, SPEC_SECRETS, SPEC_SIG_B64, auth_doc,  # noqa: E402
+                     check_no_secrets, ed25519_verify, fingerprint, identity_record,
+                     parse_assertion)
 
 
 def now():
     return time.monotonic()
 
 
-# --------------------------------------------------------------------------
-# The spec's test identity and an independent Ed25519 verifier
-# --------------------------------------------------------------------------
-
-SPEC_SEED = b'\x07' * 32
-SPEC_PUB = bytes.fromhex('ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c')
-SPEC_V2_B64 = ('MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA'
-               '6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=')
-SPEC_SIG_B64 = ('+GlrOKR/FHxxhkmOhg5hj19+5O7hM2MgxNrgTfRgIX8CYn13AJESv5yXkwwUC9jDd8cvQRM'
-                'u1f8Pybf6/LBgDw==')
-SPKI_PREFIX = bytes.fromhex('302a300506032b6570032100')
-
 RUNTIME_ID = 'agent-123'
 TASK_ID = 'task-ws-5c0ffee7d1'
 ACCOUNT_ID = 'acct-ws-0042'
 
-_scratch = tempfile.mkdtemp(prefix='scopeproxy-ws-')
-atexit.register(shutil.rmtree, _scratch, True)
-_scratch_lock = threading.Lock()
-_scratch_n = [0]
-
-
-def scratch(suffix, data=None):
-    with _scratch_lock:
-        _scratch_n[0] += 1
-        p = os.path.join(_scratch, '%d%s' % (_scratch_n[0], suffix))
-    if data is not None:
-        with open(p, 'wb') as f:
-            f.write(data)
-    return p
-
-
-def ed25519_verify(pub, msg, sig):
-    """True iff `openssl pkeyutl -verify -rawin` accepts sig over msg for raw key pub."""
-    b = base64.b64encode(SPKI_PREFIX + pub).decode()
-    pub_f = scratch('.pub.pem', ('-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n'
-                                 % b).encode())
-    msg_f = scratch('.msg', msg)
-    sig_f = scratch('.sig', sig)
-    r = run_cmd(['openssl', 'pkeyutl', '-verify', '-pubin', '-inkey', pub_f, '-rawin',
-                 '-in', msg_f, '-sigfile', sig_f])
-    return r.returncode == 0 and b'Signature Verified Successfully' in r.stdout
-
-
-TS_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$')
-
-
 def check_assertion(value, task=TASK_ID, max_skew=5.0):
     """Decode and verify `AgentAssertion <token>`; AssertionError on any deviation."""
-    def need(cond, what):
-        if not cond:
-            raise AssertionError('AgentAssertion: %s (header %r)' % (what, value))
-    need(isinstance(value, str) and value.startswith('AgentAssertion '), 'scheme')
-    token = value[len('AgentAssertion '):]
-    need(re.match(r'^[A-Za-z0-9_-]+$', token) is not None, 'token is not unpadded base64url')
-    raw = base64.urlsafe_b64decode(token + '=' * (-len(token) % 4))
-    env = json.loads(raw.decode('utf-8'))
-    need(list(env) == ['agent_runtime_id', 'signature', 'task_id', 'timestamp'],
-         'envelope keys %r' % list(env))
-    need(raw == json.dumps(env, separators=(',', ':'), sort_keys=True).encode(),
-         'envelope is not compact sorted JSON')
-    need(env['agent_runtime_id'] == RUNTIME_ID, 'agent_runtime_id %r' % env['agent_runtime_id'])
-    need(env['task_id'] == task, 'task_id %r' % env['task_id'])
-    ts = env['timestamp']
-    need(TS_RE.match(ts) is not None, 'timestamp %r' % ts)
-    t = datetime.datetime.strptime(ts, '%Y-%m-%dT%H:%M:%SZ').replace(
-        tzinfo=datetime.timezone.utc).timestamp()
-    need(abs(time.time() - t) <= max_skew, 'timestamp %s is %.1fs off' % (ts, time.time() - t))
-    sig = base64.b64decode(env['signature'], validate=True)
-    need(len(env['signature']) == 88 and len(sig) == 64, 'signature encoding')
-    msg = ('%s:%s:%s' % (RUNTIME_ID, task, ts)).encode()
-    need(ed25519_verify(SPEC_PUB, msg, sig), 'Ed25519 signature does not verify')
-    return env
+    return parse_assertion(value, RUNTIME_ID, task, SPEC_PUB, max_skew)
 
 
 def auth_record(task=TASK_ID, fedramp=False):
-    rec = {'agent_runtime_id': RUNTIME_ID, 'agent_private_key': SPEC_V2_B64,
-           'account_id': ACCOUNT_ID, 'chatgpt_user_id': 'user-ws', 'email': '',
-           'plan_type': 'plus', 'chatgpt_account_is_fedramp': fedramp}
-    if task is not None:
-        rec['task_id'] = task
-    return {'OPENAI_API_KEY': None, 'tokens': None, 'agent_identity': rec}
+    return auth_doc(identity_record(runtime=RUNTIME_ID, account=ACCOUNT_ID, user='user-ws',
+                                    fedramp=fedramp, task_id=NO_TASK if task is None else task))
 
 
 # --------------------------------------------------------------------------
@@ -750,8 +680,7 @@ class WSCase(ProxyTestCase):
         self.tls = tls_material()
         self.work = tempfile.mkdtemp(prefix='scopeproxy-ws-case-')
         self.addCleanup(shutil.rmtree, self.work, True)
-        self.forbidden = {SECRET, TASK_ID, 'AgentAssertion', SPEC_V2_B64, SPEC_V2_B64[30:60],
-                          SPEC_SEED.hex(), base64.b64encode(SPEC_SEED).decode()}
+        self.forbidden = {SECRET, TASK_ID, 'AgentAssertion'} | SPEC_SECRETS
         self._n = 0
 
     def _new_path(self, name):
@@ -801,18 +730,7 @@ class WSCase(ProxyTestCase):
 
     def _check_secrets(self, d):
         d.stop()
-        texts = {'stderr': d.stderr_text(), 'stdout': d.stdout_text()}
-        try:
-            with open(d.audit_path, 'rb') as f:
-                texts['audit log'] = f.read().decode('utf-8', 'replace')
-        except OSError:
-            texts['audit log'] = ''
-        for where, text in texts.items():
-            for s in sorted(self.forbidden):
-                if s and s in text:
-                    i = text.index(s)
-                    self.fail('secret %r... appears in the daemon %s: ...%s...'
-                              % (s[:12], where, text[max(0, i - 200):i + 60]))
+        check_no_secrets(self, d, self.forbidden)
 
     def audit_lines(self, d, count, timeout=3.0):
         deadline = now() + timeout
@@ -1654,7 +1572,7 @@ class AuditAndLogs(WSCase):
         self.check_101(resp, key, up, d)
         ws2.close()
         lines = self.audit_lines(d, 2)
-        fp = hashlib.sha256(TASK_ID.encode()).hexdigest()[:8]
+        fp = fingerprint(TASK_ID)
         self.assertEqual(len(lines), 2, lines)
         a, b = lines
         self.assertEqual((a['method'], a['host'].split(':')[0], a['path'], a['provider'], a['route'], a['action'],
