@@ -502,8 +502,8 @@ pid_file_write(const char *path, char *err, size_t errlen)
 }
 
 /* After SIGTERM: wait for the workers to finish their drain, still
- * answering a second SIGTERM or SIGINT (stop now). Returns 0. */
-static int
+ * answering a second SIGTERM or SIGINT (stop now). */
+static void
 wait_drained(struct proxy *px, struct worker *ws, int n, int sfd)
 {
 	struct signalfd_siginfo si;
@@ -526,12 +526,11 @@ wait_drained(struct proxy *px, struct worker *ws, int n, int sfd)
 		for (done = 0, i = 0; i < n; i++)
 			done += atomic_load(&ws[i].finished);
 		if (done == n)
-			return 0;
+			return;
 		if (poll(&pf, 1, shut ? 100 : 5) > 0 &&
 		    read(sfd, &si, sizeof(si)) == sizeof(si) &&
 		    si.ssi_signo != SIGHUP)
-			return 0;
-		(void)px;
+			return;
 	}
 }
 
@@ -685,8 +684,7 @@ run(struct config *c)
 			atomic_store(&px.draining, 1);
 			for (i = 0; i < n; i++)
 				worker_wake(&ws[i]);
-			if (wait_drained(&px, ws, n, sfd) != 0)
-				continue;
+			wait_drained(&px, ws, n, sfd);
 		}
 		log_json(LOG_INFO, "stopping", json_pack("{s:s}", "signal",
 		    si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM"));

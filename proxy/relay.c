@@ -170,8 +170,6 @@ ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
 		want |= EPOLLIN;
 	if ((buf_pending(out) > 0 && !ep->shut) || ep->want_write)
 		want |= EPOLLOUT;
-	if (ep->kind == EP_SSL && ep->want_write)
-		want |= EPOLLOUT;
 	if (want == ep->events)
 		return;
 	ev.events = want;
@@ -284,25 +282,18 @@ relay_event(struct endpoint *ep)
 	pump(ep->relay);
 }
 
-long long
+void
 relay_sweep(struct worker *w, long long now)
 {
 	struct relay *r, *next;
-	long long soonest = -1;
 
 	for (r = w->relays; r != NULL; r = next) {
-		long long left = r->last_active + r->idle_ms - now;
-
 		next = r->next;
-		if (r->idle_ms <= 0)
-			continue;
-		if (left <= 0) {
+		if (r->idle_ms > 0 && r->last_active + r->idle_ms <= now) {
 			r->failed = 1;
 			relay_finish(r);
-		} else if (soonest < 0 || left < soonest)
-			soonest = left;
+		}
 	}
-	return soonest;
 }
 
 void

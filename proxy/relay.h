@@ -53,8 +53,8 @@ struct relay *relay_new(struct worker *w, long long idle_ms);
 int	 relay_start(struct relay *r);
 /* Called for an epoll event on either endpoint. */
 void	 relay_event(struct endpoint *ep);
-/* Closes idle relays; returns ms until the next one may idle out, -1. */
-long long relay_sweep(struct worker *w, long long now);
+/* Closes relays idle for longer than their idle_ms (run once a second). */
+void	 relay_sweep(struct worker *w, long long now);
 void	 relay_close_all(struct worker *w);
 
 #endif

@@ -707,7 +707,7 @@ readiness(struct transfer *t)
 
 /* Decides where the request goes; on error, t carries the answer. */
 static int
-route_request(struct transfer *t, struct MHD_Connection *con)
+route_request(struct transfer *t)
 {
 	struct config *c = t->w->rc->cfg;
 	struct target tg;
@@ -796,7 +796,6 @@ route_request(struct transfer *t, struct MHD_Connection *con)
 			return -1;
 		}
 	}
-	(void)con;
 	target_free(&tg);
 	/* Classification looks at the path the upstream will see. */
 	{
@@ -907,11 +906,10 @@ transfer_idle_sweep(struct worker *w, long long now)
 	}
 }
 
-long long
+void
 transfer_reg_poll(struct worker *w, long long now)
 {
 	struct transfer *t, *next;
-	long long soonest = -1;
 	char why[8];
 	time_t retry;
 	int running = registrar_state(why, sizeof(why), &retry) == REG_RUNNING;
@@ -920,11 +918,8 @@ transfer_reg_poll(struct worker *w, long long now)
 		struct hdr_vec in = { 0 };
 
 		next = t->reg_next;
-		if (running && now < t->reg_deadline) {
-			if (soonest < 0 || t->reg_deadline - now < soonest)
-				soonest = t->reg_deadline - now;
+		if (running && now < t->reg_deadline)
 			continue;
-		}
 		reg_unlink(t);
 		t->reg_waited_out = running;
 		/* MHD keeps the request's headers until it completes. */
@@ -934,7 +929,6 @@ transfer_reg_poll(struct worker *w, long long now)
 		hdr_vec_free(&in);
 		transfer_resume(t);
 	}
-	return soonest;
 }
 
 /* The one place where a credential decision meets the request. */
@@ -948,7 +942,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	enum identity_status st = IDENTITY_MISSING;
 	enum perr e;
 	char why[256] = "", msg[384];
-	int rc = 0, refuse;
+	int refuse;
 
 	classify(w->rc->providers, t->method, t->scheme, t->dst_host,
 	    t->dst_port, t->dst_path, t->ri.websocket, &d);
@@ -1002,15 +996,14 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 		    "WebSocket is refused by configuration (websocket: refuse); "
 		    "use HTTP (POST) for this route");
 	else if (t->ri.websocket)
-		rc = ws_begin(t, in, d.action == ACTION_ASSERT ? &cr.edits : NULL);
-	else
-		rc = start_upstream(t, in, d.action == ACTION_ASSERT ?
+		(void)ws_begin(t, in, d.action == ACTION_ASSERT ? &cr.edits : NULL);
+	else	/* on failure t carries the error answer */
+		(void)start_upstream(t, in, d.action == ACTION_ASSERT ?
 		    &cr.edits : NULL);
 	if (id != NULL) {
 		OPENSSL_cleanse(w->secbuf, CREDENTIAL_BUFSIZE);
 		identity_unref(id);
 	}
-	(void)rc;
 }
 
 /* Host must agree with the CONNECT target inside a tunnel; outside one,
@@ -1086,7 +1079,7 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	}
 	/* Answers known now are queued after the body is read, so that
 	 * MHD keeps the connection alive. */
-	if ((r = route_request(t, con)) == 0 && check_access(t, &in) == 0)
+	if ((r = route_request(t)) == 0 && check_access(t, &in) == 0)
 		decide_and_start(t, &in);
 	/* A client waiting for 100 Continue gets the refusal instead of an
 	 * invitation to upload a body that would only be dropped. */

@@ -116,8 +116,8 @@ void	 transfer_curl_done(struct transfer *t, CURLcode rc);
 void	 transfer_unpause(struct transfer *t);
 void	 transfer_client_gone(struct transfer *t);
 /* Re-decides requests parked for a registration that ended or took too
- * long; returns ms until the next deadline, or -1. */
-long long transfer_reg_poll(struct worker *w, long long now);
+ * long (the worker loop ticks at least every 250 ms while any is parked). */
+void	 transfer_reg_poll(struct worker *w, long long now);
 /* Ends upstream legs silent for longer than timeouts.upstream_idle. */
 void	 transfer_idle_sweep(struct worker *w, long long now);
 

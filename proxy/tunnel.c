@@ -146,12 +146,6 @@ tunnel_abort_all(struct worker *w)
 	}
 }
 
-static void
-relay_logged(struct relay *r)
-{
-	(void)r;
-}
-
 void
 tunnel_curl_done(void *arg, CURLcode rc)
 {
@@ -191,12 +185,10 @@ tunnel_curl_done(void *arg, CURLcode rc)
 	r->b.kind = EP_CURL;
 	r->b.easy = tn->easy;
 	r->b.fd = (int)s;
-	r->on_done = relay_logged;
 	memcpy(r->client, tn->client, sizeof(r->client));
 	if (asprintf(&r->what, "tunnel %s:%d", tn->req.host, tn->req.port) < 0)
 		r->what = NULL;
 	log_connect(tn, 200, "tunnel", NULL);
-	w->ntunnels++;
 	tunnel_free(tn);
 	if (relay_start(r) != 0) {
 		log_msg(LOG_WARN, "cannot start a tunnel relay");
@@ -380,7 +372,6 @@ start_intercept(struct tunnel *tn)
 	memcpy(r->client, tn->client, sizeof(r->client));
 	if (asprintf(&r->what, "intercept %s:%d", tn->req.host, tn->req.port) < 0)
 		r->what = NULL;
-	r->on_done = relay_logged;
 	log_connect(tn, 200, "intercept", NULL);
 	tunnel_free(tn);
 	if (relay_start(r) != 0) {

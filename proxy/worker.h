@@ -97,7 +97,6 @@ struct worker {
 	char			*peekbuf;	/* first request head, peeked */
 	struct relay		*relays;	/* tunnels and intercepted TLS */
 	long long		 next_sweep;
-	long			 ntunnels;
 	atomic_int		 listening;
 	atomic_int		 finished;	/* the loop has ended */
 	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
