@@ -234,7 +234,7 @@ run_unpauses(struct worker *w)
 
 /* --- MHD plumbing ------------------------------------------------------- */
 
-static void
+static void __attribute__((format(printf, 2, 0)))
 mhd_logger(void *cls, const char *fmt, va_list ap)
 {
 	char msg[512];
