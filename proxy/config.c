@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "ca.h"
 #include "config.h"
@@ -32,6 +33,7 @@ static int key_connect_ports(struct config *, json_t *, const char *, char *, si
 static int key_proxy_auth(struct config *, json_t *, const char *, char *, size_t);
 static int key_allowed_hosts(struct config *, json_t *, const char *, char *, size_t);
 static int key_websocket(struct config *, json_t *, const char *, char *, size_t);
+static int key_plaintext(struct config *, json_t *, const char *, char *, size_t);
 static int key_reg_codes(struct config *, json_t *, const char *, char *, size_t);
 
 #define OFF(f)	offsetof(struct config, f)
@@ -89,6 +91,7 @@ static const struct keyspec top_keys[] = {
 	{ "proxy_auth", K_FN, 0, 0, 0, NULL, key_proxy_auth },
 	{ "allowed_hosts", K_FN, 0, 0, 0, NULL, key_allowed_hosts },
 	{ "websocket", K_FN, 0, 0, 0, NULL, key_websocket },
+	{ "plaintext_credentials", K_FN, 0, 0, 0, NULL, key_plaintext },
 	{ "task_registration", K_OBJ, 0, 0, 0, registration_keys, NULL },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
@@ -478,6 +481,18 @@ key_websocket(struct config *c, json_t *v, const char *path, char *err,
 }
 
 static int
+key_plaintext(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	const char *s = json_string_value(v);
+
+	if (s == NULL || (strcmp(s, "upgrade") != 0 && strcmp(s, "refuse") != 0))
+		return type_error(err, errlen, path, "\"upgrade\" or \"refuse\"");
+	c->plaintext_refuse = s[0] == 'r';
+	return 0;
+}
+
+static int
 apply_keys(struct config *c, const struct keyspec *spec, json_t *obj,
     const char *where, char *err, size_t errlen)
 {
@@ -616,6 +631,15 @@ config_finish(struct config *c, char *err, size_t errlen)
 		    "task_registration.base_url is not set");
 		return -1;
 	}
+	/* The registration body is signed and valid within the skew
+	 * window: it is a credential, so it never travels in clear. The
+	 * value is not echoed (it may carry userinfo). */
+	if (c->reg_base_url != NULL &&
+	    strncasecmp(c->reg_base_url, "https://", 8) != 0) {
+		snprintf(err, errlen, "task_registration.base_url: must be an "
+		    "https:// URL (the registration request carries a signature)");
+		return -1;
+	}
 	if (c->ca_dir == NULL && (c->ca_dir = ca_default_dir()) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
@@ -706,6 +730,8 @@ config_to_json(const struct config *c)
 	json_object_set_new(root, "allowed_hosts", allowed);
 	json_object_set_new(root, "websocket",
 	    json_string(c->websocket_relay ? "relay" : "refuse"));
+	json_object_set_new(root, "plaintext_credentials",
+	    json_string(c->plaintext_refuse ? "refuse" : "upgrade"));
 	json_object_set_new(root, "task_registration", json_pack(
 	    "{s:o, s:o, s:f, s:f, s:f, s:i, s:f}",
 	    "enabled", c->reg_enabled < 0 ? json_null() : json_boolean(c->reg_enabled),

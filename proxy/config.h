@@ -35,6 +35,9 @@ struct config {
 	/* HTTPS_PROXY: CONNECT and interception */
 	int		 intercept;	/* terminate TLS for first-party hosts */
 	int		 websocket_relay;	/* 0: "refuse" Responses upgrades */
+	/* a credentialed route written as http://: 0 sends it over TLS
+	 * to port 443, 1 refuses it; never minted onto plaintext */
+	int		 plaintext_refuse;
 
 	/* run-task registration */
 	int		 reg_enabled;	/* -1: on when reg_base_url is set */

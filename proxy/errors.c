@@ -27,6 +27,7 @@ static const struct {
 	[PERR_DESTINATION_FORBIDDEN] = { 403, "destination_not_allowed", "invalid_request_error" },
 	[PERR_CONNECT_PORT_FORBIDDEN] = { 403, "connect_port_not_allowed", "invalid_request_error" },
 	[PERR_MISDIRECTED] = { 421, "misdirected_request", "invalid_request_error" },
+	[PERR_TLS_REQUIRED] = { 403, "tls_required", "invalid_request_error" },
 	[PERR_SHUTTING_DOWN] = { 503, "shutting_down", "proxy_error" },
 	[PERR_INTERNAL] = { 500, "internal_error", "proxy_error" },
 };

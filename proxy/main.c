@@ -91,6 +91,10 @@ static const char usage_text[] =
 "                               close a CONNECT tunnel idle for SECS (default 300)\n"
 "      --websocket MODE         relay (default) or refuse (426 on Responses upgrades,\n"
 "                               which makes Codex use HTTP at once)\n"
+"      --plaintext-credentials MODE\n"
+"                               a credentialed route written as http://: upgrade\n"
+"                               (default: sent upstream over TLS to port 443) or\n"
+"                               refuse (403 tls_required)\n"
 "      --header 'Name: value'   (classify only) a request header, repeatable\n"
 "  -h, --help                   show this help\n"
 "  -V, --version                show the version\n"
@@ -109,7 +113,7 @@ enum {
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_CA_DIR, OPT_NO_INTERCEPT,
-	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
+	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PLAINTEXT, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -137,6 +141,7 @@ static const struct option long_opts[] = {
 	{ "no-intercept", no_argument, NULL, OPT_NO_INTERCEPT },
 	{ "tunnel-idle-timeout", required_argument, NULL, OPT_TUNNEL_IDLE_TIMEOUT },
 	{ "websocket", required_argument, NULL, OPT_WEBSOCKET },
+	{ "plaintext-credentials", required_argument, NULL, OPT_PLAINTEXT },
 	{ "pid-file", required_argument, NULL, OPT_PID_FILE },
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
@@ -179,6 +184,7 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	case OPT_AUTH_FILE: key = "auth_file"; name = "--auth-file"; break;
 	case OPT_CA_DIR: key = "ca_dir"; name = "--ca-dir"; break;
 	case OPT_WEBSOCKET: key = "websocket"; name = "--websocket"; break;
+	case OPT_PLAINTEXT: key = "plaintext_credentials"; name = "--plaintext-credentials"; break;
 	case OPT_PID_FILE: key = "pid_file"; name = "--pid-file"; break;
 	case OPT_DRAIN_TIMEOUT: key = "timeouts"; sub = "drain"; name = "--drain-timeout"; break;
 	case OPT_TUNNEL_IDLE_TIMEOUT: key = "timeouts"; sub = "tunnel_idle"; name = "--tunnel-idle-timeout"; break;
@@ -201,7 +207,8 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	if (f->opt == OPT_SERVER_INFO || f->opt == OPT_UPSTREAM_CA ||
 	    f->opt == OPT_LOG_LEVEL || f->opt == OPT_AUTH_FILE ||
 	    f->opt == OPT_AUDIT_LOG || f->opt == OPT_CA_DIR ||
-	    f->opt == OPT_WEBSOCKET || f->opt == OPT_PID_FILE)
+	    f->opt == OPT_WEBSOCKET || f->opt == OPT_PID_FILE ||
+	    f->opt == OPT_PLAINTEXT)
 		v = json_string(f->arg);
 	else {
 		errno = 0;

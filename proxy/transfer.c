@@ -645,6 +645,7 @@ set_dest(struct transfer *t, const char *scheme, const char *host, int port,
 
 	snprintf(t->scheme, sizeof(t->scheme), "%s", scheme);
 	t->dst_port = port;
+	t->dst_ipv6 = ipv6;
 	if (asprintf(&t->log_host, ipv6 ? "[%s]:%d" : "%s:%d", host, port) < 0)
 		t->log_host = NULL;
 	t->dst_host = strdup(host);
@@ -931,6 +932,33 @@ transfer_reg_poll(struct worker *w, long long now)
 	}
 }
 
+/* A minted credential travels only on TLS verified for the provider's
+ * host: a credentialed route the client wrote as http:// (any port the
+ * provider lists) goes to https://host:443 with the same path and query.
+ * The client's own leg is its business, as in gateway mode. */
+static int
+upgrade_to_tls(struct transfer *t)
+{
+	const char *rest = strchr(t->url + strlen(t->scheme) + 3, '/');
+	char *url, *log_host;
+
+	if (asprintf(&url, t->dst_ipv6 ? "https://[%s]%s" : "https://%s%s",
+	    t->dst_host, rest ? rest : "/") < 0)
+		return -1;
+	if (asprintf(&log_host, t->dst_ipv6 ? "[%s]:443" : "%s:443",
+	    t->dst_host) < 0) {
+		free(url);
+		return -1;
+	}
+	free(t->url);
+	t->url = url;
+	free(t->log_host);
+	t->log_host = log_host;
+	memcpy(t->scheme, "https", 6);
+	t->dst_port = 443;
+	return 0;
+}
+
 /* The one place where a credential decision meets the request. */
 static void
 decide_and_start(struct transfer *t, const struct hdr_vec *in)
@@ -951,6 +979,20 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	t->action = d.action;
 	refuse = t->ri.websocket && d.kind == ROUTE_INFERENCE &&
 	    !w->rc->cfg->websocket_relay;
+	if (d.action == ACTION_ASSERT && strcmp(t->scheme, "https") != 0) {
+		if (w->rc->cfg->plaintext_refuse) {
+			t->action = ACTION_REJECT;
+			set_error(t, PERR_TLS_REQUIRED, "this route carries a "
+			    "minted credential, which is sent only over TLS; "
+			    "use https://%s%s (plaintext_credentials: refuse)",
+			    t->dst_host, t->dst_path);
+			return;
+		}
+		if (upgrade_to_tls(t) != 0) {
+			set_error(t, PERR_INTERNAL, "out of memory");
+			return;
+		}
+	}
 	if (d.action == ACTION_ASSERT) {
 		id = idstore_get(&st, why, sizeof(why));
 		if (st == IDENTITY_NO_TASK && registration_pending(t)) {

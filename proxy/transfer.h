@@ -38,6 +38,7 @@ struct transfer {
 	char			*dst_host;
 	char			*dst_path;	/* upstream path, no query */
 	int			 dst_port;
+	int			 dst_ipv6;
 	const char		*provider;	/* lives as long as the table */
 	int			 route_kind;	/* enum route_kind */
 	int			 action;	/* enum action */

@@ -414,7 +414,8 @@ class Daemon:
 
 _tls = None
 _tls_lock = threading.Lock()
-TLS_NAMES = ('localhost', 'api.openai.com', 'chatgpt.com', 'upstream.test')
+TLS_NAMES = ('localhost', 'api.openai.com', '*.api.openai.com', 'chatgpt.com', 'chat.openai.com',
+             'upstream.test')
 
 
 def _openssl(args, cwd):
@@ -1072,7 +1073,12 @@ class UpstreamServer:
     """
 
     def __init__(self, tls=False, cert=None, key=None, backlog=128, keepalive_timeout=60.0,
-                 read_timeout=30.0, accept=True, rcvbuf=None):
+                 read_timeout=30.0, accept=True, rcvbuf=None, dual=False):
+        # dual: one port answers plain HTTP and TLS alike (a first byte of
+        # 0x16 is a TLS handshake), so one server can stand in for a host
+        # on :80 and :443 and every request says which way it came.
+        self.dual = dual
+        tls = tls or dual
         self.routes = {}
         self.default = Echo()
         self.requests = []
@@ -1144,6 +1150,12 @@ class UpstreamServer:
             self._cond.notify_all()
 
     def _add_request(self, req):
+        # The one rule every suite checks: a minted credential never
+        # travels on a plaintext connection.
+        for v in req.header_all('Authorization'):
+            if v.startswith('AgentAssertion') and not req.tls:
+                self.errors.append('connection %d: an AgentAssertion arrived over '
+                                   'plaintext: %r' % (req.conn_id, req.request_line()))
         with self._cond:
             self.requests.append(req)
             self._cond.notify_all()
@@ -1190,7 +1202,14 @@ class UpstreamServer:
 
     def _serve(self, conn):
         try:
-            if self.ssl_ctx is not None:
+            if self.dual:
+                conn.sock.settimeout(10)
+                try:
+                    first = conn.sock.recv(1, socket.MSG_PEEK)
+                except (socket.timeout, OSError):
+                    return
+                conn.sock.settimeout(None)
+            if self.ssl_ctx is not None and (not self.dual or first == b'\x16'):
                 conn.sock.settimeout(10)
                 try:
                     conn.sock = self.ssl_ctx.wrap_socket(conn.sock, server_side=True)

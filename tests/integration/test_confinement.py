@@ -1,0 +1,269 @@
+#!/usr/bin/python3
+"""Credential confinement: where a minted credential may go.
+
+Through the real daemon to a real loopback upstream that answers plain HTTP
+and TLS on one port (so it can stand in for a host on :80 and :443 and say
+which way each request came), with an attacker's eye:
+
+  * Plaintext: a credentialed route written as http:// (any port the
+    provider lists, any of its hosts, forward, gateway, WebSocket, first or
+    later head on a kept-alive connection) goes upstream over TLS verified
+    for the provider's host, or is refused with `plaintext_credentials:
+    refuse`; never minted onto plaintext.  Pass-through routes stay as the
+    client wrote them.  An http:// registration base is refused at start.
+  * Method rewrite: an upgrade whose method is not GET is refused with the
+    proxy's 400 and nothing reaches the upstream, run task or not.
+  * Near-misses: on a host whose provider asserts, a spelling of a
+    credentialed route that a server or later hop may normalise into it is
+    refused (400 noncanonical_route), not forwarded with the client's key;
+    the real neighbouring Responses routes pass through untouched; and
+    `scopeproxy classify` says the same.
+
+The harness also checks, in every suite, that no AgentAssertion ever
+arrives on a plaintext upstream connection.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import (SECRET, HTTPClient, ProxyTestCase, main, request,  # noqa: E402
+                     run_cmd, scopeproxy_bin, clean_env, tls_material)
+from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, check_no_secrets,  # noqa: E402
+                     fingerprint, identity_record, key_secrets, parse_assertion,
+                     public_key, write_auth)
+
+TASK = 'task-confine-5b21'
+RUNTIME = 'agent-123'
+CRED_HOSTS = ('api.openai.com', 'eu.api.openai.com', 'chatgpt.com', 'chat.openai.com')
+WS_HEADERS = ('Upgrade: websocket\r\nConnection: Upgrade\r\n'
+              'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n')
+
+
+def raw(method, target, host, extra='', body=b''):
+    head = ('%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nX-Tag: %s %s\r\n%s'
+            % (method, target, host, SECRET, method, target, extra))
+    if body or method in ('POST', 'PUT', 'PATCH'):
+        head += 'Content-Length: %d\r\n' % len(body)
+    return head.encode('latin-1') + b'\r\n' + body
+
+
+class ConfinementCase(ProxyTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.work = tempfile.mkdtemp(prefix='scopeproxy-confine-')
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.tls = tls_material()
+        self.up = self.start_upstream(dual=True)
+        self.pub = public_key(SPEC_SEED)
+        self.forbidden = {SECRET, 'AgentAssertion', 'eyJ', TASK} | key_secrets(SPEC_SEED)
+        self.auth = os.path.join(self.work, 'auth.json')
+        write_auth(self.auth, auth_doc(identity_record(SPEC_V2_B64, RUNTIME, task_id=TASK)))
+
+    def daemon(self, *extra, auth=None, config=None):
+        args = ['--auth-file', auth or self.auth, '--upstream-ca', self.tls.ca]
+        for h in CRED_HOSTS + ('api.anthropic.com',):
+            for port in (80, 443):
+                args += ['--resolve', '%s:%d:127.0.0.1:%d' % (h, port, self.up.port)]
+        if config is not None:
+            path = os.path.join(self.work, 'config-%d.json' % len(os.listdir(self.work)))
+            with open(path, 'w') as f:
+                json.dump(config, f)
+            args += ['--config', path]
+        self.audit_path = os.path.join(self.work, 'audit-%d.jsonl' % len(os.listdir(self.work)))
+        d = self.start_daemon(*args, '--audit-log', self.audit_path, *extra)
+        d.audit_path = self.audit_path
+        self.addCleanup(self._check_secrets, d)
+        return d
+
+    def _check_secrets(self, d):
+        d.stop()
+        check_no_secrets(self, d, self.forbidden)
+
+    def audit(self):
+        with open(self.audit_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def got(self, tag):
+        return self.up.wait_request(lambda r: r.header('X-Tag') == tag, timeout=3)
+
+    def assertOverTLS(self, req, host, ctx):
+        self.assertIsNotNone(req, 'upstream never saw ' + ctx)
+        self.assertTrue(req.tls, 'credentialed request arrived over plaintext: ' + ctx)
+        self.assertEqual(req.sni, host, 'TLS name: ' + ctx)
+        self.assertEqual(req.header_all('Host'), [host], 'Host: ' + ctx)
+        auth = req.header_all('Authorization')
+        self.assertEqual(len(auth), 1, ctx)
+        parse_assertion(auth[0], RUNTIME, TASK, self.pub)
+
+    def assertNothingFor(self, tag):
+        self.assertIsNone(self.up.wait_request(lambda r: r.header('X-Tag') == tag, timeout=0.3),
+                          'the upstream must see nothing of ' + tag)
+
+
+# --------------------------------------------------------------------------
+# 1. Plaintext
+# --------------------------------------------------------------------------
+
+class Plaintext(ConfinementCase):
+    TARGETS = [
+        ('http://api.openai.com/v1/responses', 'api.openai.com'),
+        ('http://api.openai.com:80/v1/responses', 'api.openai.com'),
+        ('http://api.openai.com:443/v1/responses', 'api.openai.com'),
+        ('http://api.openai.com/v1/responses/compact', 'api.openai.com'),
+        ('http://eu.api.openai.com/v1/responses', 'eu.api.openai.com'),
+        ('http://chatgpt.com/backend-api/codex/responses', 'chatgpt.com'),
+        ('http://chat.openai.com/backend-api/codex/responses/compact', 'chat.openai.com'),
+        ('http://api.openai.com/v1/responses?stream=true', 'api.openai.com'),
+    ]
+
+    def test_forward_http_is_sent_over_tls(self):
+        d = self.daemon()
+        for target, host in self.TARGETS:
+            r = request(d.port, raw('POST', target, host, body=b'{"x":1}'))
+            self.assertEqual(r.status, 200, '%s: %r\n%s' % (target, r, d.tail(1500)))
+            req = self.got('POST ' + target)
+            self.assertOverTLS(req, host, target)
+            self.assertEqual(req.method, 'POST', target)
+            self.assertEqual(bytes(req.body), b'{"x":1}', target)
+            self.assertTrue(req.target.startswith('/'), target)
+            self.assertIn(req.target.split('?')[0], ('/v1/responses', '/v1/responses/compact',
+                                                     '/backend-api/codex/responses',
+                                                     '/backend-api/codex/responses/compact'))
+        lines = self.audit()
+        self.assertEqual(len(lines), len(self.TARGETS))
+        for line in lines:
+            self.assertEqual(line['action'], 'assert', line)
+            self.assertEqual(line['task'], fingerprint(TASK), line)
+            self.assertTrue(line['host'].endswith(':443'), line)
+
+    def test_later_head_on_kept_alive_connection(self):
+        d = self.daemon()
+        with HTTPClient(d.port) as c:
+            for i, (target, host) in enumerate(self.TARGETS[:4] * 2):
+                # a pass-through request first, so the credentialed one is
+                # a later head on the same client connection
+                c.send(raw('GET', 'http://api.openai.com/v1/models?i=%d' % i, 'api.openai.com'))
+                r = c.read_response()
+                self.assertEqual(r.status, 200, r)
+                c.send(raw('POST', target, host, extra='X-I: %d\r\n' % i, body=b'{}'))
+                r = c.read_response()
+                self.assertEqual(r.status, 200, '%s: %r' % (target, r))
+                req = self.up.wait_request(lambda q: q.header('X-I') == str(i), timeout=3)
+                self.assertOverTLS(req, host, target)
+
+    def test_passthrough_routes_keep_the_clients_scheme(self):
+        d = self.daemon()
+        for method, target in (('GET', 'http://api.openai.com/v1/models'),
+                               ('POST', 'http://api.openai.com/v1/chat/completions'),
+                               ('POST', 'http://api.anthropic.com/v1/messages')):
+            r = request(d.port, raw(method, target, target.split('/')[2], body=b'{}'))
+            self.assertEqual(r.status, 200, r)
+            req = self.got('%s %s' % (method, target))
+            self.assertIsNotNone(req, target)
+            self.assertFalse(req.tls, 'a pass-through route is forwarded as the client wrote it: '
+                             + target)
+            self.assertEqual(req.header_all('Authorization'), ['Bearer ' + SECRET], target)
+
+    def test_gateway_to_plain_http_base_is_sent_over_tls(self):
+        d = self.daemon('--gateway', '/v1/=http://api.openai.com/v1/',
+                        '--gateway', '/codex/=http://chatgpt.com:80/backend-api/codex/')
+        for path, host in (('/v1/responses', 'api.openai.com'),
+                           ('/v1/responses/compact', 'api.openai.com'),
+                           ('/codex/responses', 'chatgpt.com')):
+            r = request(d.port, raw('POST', path, '127.0.0.1:%d' % d.port, body=b'{}'))
+            self.assertEqual(r.status, 200, '%s: %r' % (path, r))
+            self.assertOverTLS(self.got('POST ' + path), host, path)
+        # the pass-through route through the same gateway stays plain
+        r = request(d.port, raw('GET', '/v1/models', '127.0.0.1:%d' % d.port))
+        self.assertEqual(r.status, 200, r)
+        self.assertFalse(self.got('GET /v1/models').tls)
+
+    def test_websocket_over_http_is_sent_over_tls(self):
+        d = self.daemon()
+        for target, host in (('http://api.openai.com/v1/responses', 'api.openai.com'),
+                             ('http://chatgpt.com/backend-api/codex/responses', 'chatgpt.com')):
+            # the stand-in answers the handshake with an ordinary 200, which
+            # the proxy relays as an ordinary response
+            r = request(d.port, raw('GET', target, host, extra=WS_HEADERS))
+            self.assertEqual(r.status, 200, '%s: %r\n%s' % (target, r, d.tail(1500)))
+            req = self.got('GET ' + target)
+            self.assertOverTLS(req, host, 'WebSocket ' + target)
+            self.assertEqual(req.header('Upgrade'), 'websocket')
+
+    def test_refuse_mode_answers_and_sends_nothing(self):
+        for how in ('config', 'flag'):
+            if how == 'config':
+                d = self.daemon(config={'plaintext_credentials': 'refuse'})
+            else:
+                d = self.daemon('--plaintext-credentials', 'refuse')
+            for target, host in self.TARGETS[:3]:
+                r = request(d.port, raw('POST', target, host, body=b'{}'))
+                err = self.assertProxyError(r, 403, 'tls_required', d)
+                self.assertIn('https://', err['message'])
+                self.assertNothingFor('POST ' + target)
+            r = request(d.port, raw('GET', 'http://api.openai.com/v1/models', 'api.openai.com'))
+            self.assertEqual(r.status, 200)
+            # https is still served
+            r = request(d.port, raw('POST', '/v1/responses', '127.0.0.1', body=b'{}'))
+            self.assertEqual(r.status, 200, r)
+            self.assertOverTLS(self.got('POST /v1/responses'), 'api.openai.com', 'gateway')
+            line = [x for x in self.audit() if x['path'] == '/v1/responses' and x['status'] == 403]
+            self.assertTrue(line and all(x['action'] == 'reject' and x['task'] is None for x in line))
+            self.up.requests.clear()
+            d.stop()
+
+    def test_upgraded_leg_verifies_the_providers_certificate(self):
+        # an upstream whose certificate is not trusted for the host gets
+        # nothing: the TLS handshake fails before any request is written
+        rogue = self.start_upstream(dual=True, cert=self.tls.rogue_cert, key=self.tls.rogue_key)
+        d = self.start_daemon('--auth-file', self.auth, '--upstream-ca', self.tls.ca,
+                              '--resolve', 'api.openai.com:80:127.0.0.1:%d' % self.up.port,
+                              '--resolve', 'api.openai.com:443:127.0.0.1:%d' % rogue.port)
+        r = request(d.port, raw('POST', 'http://api.openai.com/v1/responses', 'api.openai.com',
+                                body=b'{}'))
+        self.assertProxyError(r, 502, 'upstream_tls_error', d)
+        self.assertEqual(rogue.requests, [])
+        self.assertEqual(self.up.requests, [])
+
+    def test_no_task_still_fails_closed(self):
+        auth = os.path.join(self.work, 'notask.json')
+        write_auth(auth, auth_doc(identity_record(SPEC_V2_B64, RUNTIME)))
+        d = self.daemon(auth=auth)
+        r = request(d.port, raw('POST', 'http://api.openai.com/v1/responses', 'api.openai.com',
+                                body=b'{}'))
+        self.assertProxyError(r, 503, 'agent_task_missing', d)
+        self.assertNothingFor('POST http://api.openai.com/v1/responses')
+
+    def test_plaintext_mode_value_is_checked(self):
+        r = run_cmd([scopeproxy_bin(), 'check-config', '--plaintext-credentials', 'allow'],
+                    env=clean_env())
+        self.assertEqual(r.returncode, 2, r)
+        self.assertIn(b'plaintext_credentials', r.stderr)
+        r = run_cmd([scopeproxy_bin(), 'check-config'], env=clean_env())
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(json.loads(r.stdout)['plaintext_credentials'], 'upgrade')
+
+    def test_http_registration_base_is_refused_at_start(self):
+        for base in ('http://chatgpt.com/backend-api', 'HTTP://127.0.0.1:9/backend-api',
+                     'ftp://chatgpt.com/backend-api', 'chatgpt.com/backend-api'):
+            cfg = os.path.join(self.work, 'reg.json')
+            with open(cfg, 'w') as f:
+                json.dump({'task_registration': {'base_url': base}}, f)
+            for cmd in ([], ['check-config']):
+                r = run_cmd([scopeproxy_bin()] + cmd + ['--config', cfg, '--listen', '127.0.0.1:0',
+                                                        '--auth-file', self.auth], env=clean_env())
+                self.assertEqual(r.returncode, 2, '%s %s: %r' % (base, cmd, r))
+                self.assertIn(b'task_registration.base_url', r.stderr, r)
+                self.assertIn(b'https://', r.stderr, r)
+
+
+
+if __name__ == '__main__':
+    main()
