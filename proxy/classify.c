@@ -10,10 +10,6 @@
  * the one spelling whose meaning is unambiguous; odd spellings keep the
  * client's own headers, exactly like any other pass-through route.
  */
-#ifdef HAVE_CONFIG_H
-#include "config.h"
-#endif
-
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +24,8 @@ static const char R_NOT_ROUTE[] = "path is not a credentialed route";
 static const char R_WRONG_VARIANT[] =
     "method or websocket upgrade does not match a credentialed route";
 static const char R_CREDENTIALED[] = "credentialed route";
+static const char R_UPGRADE_METHOD[] =
+    "a WebSocket upgrade must use GET (RFC 6455 section 4.1)";
 
 /* The route this request is, or NULL; *path_seen if only the method or
  * the upgrade differed (for a more useful reason). */
@@ -65,11 +63,23 @@ classify(const struct provider_table *t, const char *method,
 	out->action = ACTION_PASSTHROUGH;
 	out->reason = R_NO_PROVIDER;
 	out->intercept = 0;
+	out->refuse = REFUSE_NONE;
 
-	if ((p = providers_lookup(t, scheme, host, port)) == NULL)
+	p = providers_lookup(t, scheme, host, port);
+	if (p != NULL) {
+		out->provider = p->id;
+		out->intercept = p->intercept;
+	}
+	/* What is classified is what is sent: an upgrade goes upstream as
+	 * GET, so any other method would change after classification. */
+	if (websocket_upgrade && method != NULL && strcmp(method, "GET") != 0) {
+		out->action = ACTION_REJECT;
+		out->reason = R_UPGRADE_METHOD;
+		out->refuse = REFUSE_UPGRADE_METHOD;
 		return;
-	out->provider = p->id;
-	out->intercept = p->intercept;
+	}
+	if (p == NULL)
+		return;
 
 	r = route_find(p, method, path, websocket_upgrade, &path_seen);
 	if (r != NULL)

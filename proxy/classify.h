@@ -35,12 +35,20 @@ enum action {
  * intercept tells a CONNECT handler whether to terminate TLS for this
  * destination (true) or tunnel it opaquely (false).
  */
+/* Why a request is refused outright (ACTION_REJECT before any identity
+ * state is looked at): the proxy answers 400 and sends nothing. */
+enum refusal {
+	REFUSE_NONE,
+	REFUSE_UPGRADE_METHOD	/* an upgrade whose method is not GET */
+};
+
 struct decision {
 	const char	*provider;
 	enum route_kind	 kind;
 	enum action	 action;
 	const char	*reason;
 	int		 intercept;
+	enum refusal	 refuse;
 };
 
 /*
@@ -57,6 +65,10 @@ struct decision {
  * path: the raw request path WITHOUT the query (the caller strips "?...");
  *   NULL (e.g. for CONNECT) classifies the destination only.
  * websocket_upgrade: the request asks for "Upgrade: websocket".
+ *
+ * Refused outright (ACTION_REJECT, d->refuse set), whatever the identity:
+ * an upgrade whose method is not GET (RFC 6455 4.1: it would be sent as
+ * the GET it is not).
  *
  * Never fails; *out is always filled.
  */

@@ -979,6 +979,11 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	t->action = d.action;
 	refuse = t->ri.websocket && d.kind == ROUTE_INFERENCE &&
 	    !w->rc->cfg->websocket_relay;
+	if (d.refuse == REFUSE_UPGRADE_METHOD) {
+		set_error(t, PERR_BAD_REQUEST, "a WebSocket upgrade must use "
+		    "GET (RFC 6455 section 4.1), not %.16s", t->method);
+		return;
+	}
 	if (d.action == ACTION_ASSERT && strcmp(t->scheme, "https") != 0) {
 		if (w->rc->cfg->plaintext_refuse) {
 			t->action = ACTION_REJECT;

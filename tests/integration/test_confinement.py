@@ -264,6 +264,69 @@ class Plaintext(ConfinementCase):
                 self.assertIn(b'https://', r.stderr, r)
 
 
+# --------------------------------------------------------------------------
+# 2. Method rewrite
+# --------------------------------------------------------------------------
+
+class UpgradeMethod(ConfinementCase):
+    METHODS = ('POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'HEAD', 'post', 'get', 'Get')
+
+    def check_refused(self, d, target, host):
+        for m in self.METHODS:
+            r = request(d.port, raw(m, target, host, extra=WS_HEADERS),
+                        method='HEAD' if m == 'HEAD' else None)
+            if m == 'HEAD':
+                self.assertEqual(r.status, 400, r)
+                self.assertEqual(r.header('X-Scopeproxy-Error'), 'bad_request')
+            else:
+                err = self.assertProxyError(r, 400, 'bad_request', d)
+                self.assertIn('GET', err['message'], err)
+            self.assertNothingFor('%s %s' % (m, target))
+
+    def test_non_get_upgrade_is_refused_forward(self):
+        d = self.daemon()
+        for target, host in (('https://api.openai.com/v1/responses', 'api.openai.com'),
+                             ('http://api.openai.com/v1/responses', 'api.openai.com'),
+                             ('http://chatgpt.com/backend-api/codex/responses', 'chatgpt.com'),
+                             ('http://api.anthropic.com/v1/messages', 'api.anthropic.com')):
+            self.check_refused(d, target, host)
+        self.assertEqual(self.up.requests, [])
+        self.assertTrue(all(x['action'] == 'reject' and x['task'] is None for x in self.audit()))
+
+    def test_non_get_upgrade_is_refused_gateway(self):
+        d = self.daemon()
+        self.check_refused(d, '/v1/responses', '127.0.0.1')
+        self.check_refused(d, '/backend-api/codex/responses', '127.0.0.1')
+        self.assertEqual(self.up.requests, [])
+
+    def test_refused_without_a_run_task_too(self):
+        auth = os.path.join(self.work, 'notask.json')
+        write_auth(auth, auth_doc(identity_record(SPEC_V2_B64, RUNTIME)))
+        d = self.daemon(auth=auth)
+        self.check_refused(d, 'http://api.openai.com/v1/responses', 'api.openai.com')
+        self.assertEqual(self.up.requests, [])
+
+    def test_refused_as_a_later_head(self):
+        d = self.daemon()
+        for m in ('POST', 'PUT', 'post'):
+            with HTTPClient(d.port) as c:
+                c.send(raw('GET', 'http://api.openai.com/v1/models', 'api.openai.com'))
+                self.assertEqual(c.read_response().status, 200)
+                c.send(raw(m, 'http://api.openai.com/v1/responses', 'api.openai.com',
+                           extra=WS_HEADERS))
+                r = c.read_response()
+                self.assertProxyError(r, 400, 'bad_request', d)
+        self.assertEqual([q.method for q in self.up.requests], ['GET'] * 3)
+
+    def test_classify_agrees(self):
+        for m in ('POST', 'PUT', 'post'):
+            r = run_cmd([scopeproxy_bin(), 'classify', m, 'https://api.openai.com/v1/responses',
+                         '--header', 'Upgrade: websocket', '--header', 'Connection: Upgrade',
+                         '--auth-file', self.auth], env=clean_env())
+            self.assertEqual(r.returncode, 0, r)
+            self.assertEqual(json.loads(r.stdout)['action'], 'reject', r)
+
+
 
 if __name__ == '__main__':
     main()
