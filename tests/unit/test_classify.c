@@ -301,10 +301,15 @@ static const struct route_case assert_cases[] = {
 
 	/* same paths, other methods or upgrade state */
 	{ "GET", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses", 1, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	/* an upgrade is sent as GET: any other method is refused */
+	{ "POST", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
 	{ "GET", "/responses/compact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "GET", "/responses/compact", 1, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses/compact", 1, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/responses/compact", 1, ROUTE_OTHER, ACTION_REJECT },
+	{ "PUT", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
+	{ "DELETE", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
+	{ "OPTIONS", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
+	{ "HEAD", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
 	{ "PUT", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "PATCH", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "DELETE", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
@@ -313,7 +318,7 @@ static const struct route_case assert_cases[] = {
 	{ "CONNECT", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "post", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "Post", "/responses/compact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "get", "/responses", 1, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "get", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
 	{ "PUT", "/responses/compact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 
 	/* other routes on the same host */
@@ -459,7 +464,8 @@ START_TEST(test_passthrough_providers)
 			for (int ws = 0; ws <= 1; ws++) {
 				EXPECT(tab, "POST", dst[i].scheme, dst[i].host,
 				    dst[i].port, paths[j], ws, dst[i].id,
-				    ROUTE_OTHER, ACTION_PASSTHROUGH);
+				    ROUTE_OTHER, ws ? ACTION_REJECT :
+				    ACTION_PASSTHROUGH);
 				EXPECT(tab, "GET", dst[i].scheme, dst[i].host,
 				    dst[i].port, paths[j], ws, dst[i].id,
 				    ROUTE_OTHER, ACTION_PASSTHROUGH);
