@@ -39,7 +39,8 @@ enum action {
  * state is looked at): the proxy answers 400 and sends nothing. */
 enum refusal {
 	REFUSE_NONE,
-	REFUSE_UPGRADE_METHOD	/* an upgrade whose method is not GET */
+	REFUSE_UPGRADE_METHOD,	/* an upgrade whose method is not GET */
+	REFUSE_NONCANONICAL	/* a near-miss of a credentialed route */
 };
 
 struct decision {
@@ -49,6 +50,9 @@ struct decision {
 	const char	*reason;
 	int		 intercept;
 	enum refusal	 refuse;
+	/* REFUSE_NONCANONICAL: the route it is a spelling of */
+	const char	*canon_method;
+	const char	*canon_path;
 };
 
 /*
@@ -68,7 +72,10 @@ struct decision {
  *
  * Refused outright (ACTION_REJECT, d->refuse set), whatever the identity:
  * an upgrade whose method is not GET (RFC 6455 4.1: it would be sent as
- * the GET it is not).
+ * the GET it is not), and, on a host whose provider asserts, a spelling
+ * of a credentialed route that a server or a later hop may normalise into
+ * it (extra, doubled or trailing slashes, dot segments, percent-encoding,
+ * path parameters, case, a method in another case).
  *
  * Never fails; *out is always filled.
  */

@@ -28,6 +28,7 @@ static const struct {
 	[PERR_CONNECT_PORT_FORBIDDEN] = { 403, "connect_port_not_allowed", "invalid_request_error" },
 	[PERR_MISDIRECTED] = { 421, "misdirected_request", "invalid_request_error" },
 	[PERR_TLS_REQUIRED] = { 403, "tls_required", "invalid_request_error" },
+	[PERR_NONCANONICAL_ROUTE] = { 400, "noncanonical_route", "invalid_request_error" },
 	[PERR_SHUTTING_DOWN] = { 503, "shutting_down", "proxy_error" },
 	[PERR_INTERNAL] = { 500, "internal_error", "proxy_error" },
 };

@@ -984,6 +984,14 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 		    "GET (RFC 6455 section 4.1), not %.16s", t->method);
 		return;
 	}
+	if (d.refuse == REFUSE_NONCANONICAL) {
+		set_error(t, PERR_NONCANONICAL_ROUTE, "'%.16s %.200s' is a "
+		    "non-canonical spelling of the credentialed route %s %s; "
+		    "send exactly that method and path (no extra, doubled or "
+		    "trailing slashes, dot segments or percent-encoding)",
+		    t->method, t->dst_path, d.canon_method, d.canon_path);
+		return;
+	}
 	if (d.action == ACTION_ASSERT && strcmp(t->scheme, "https") != 0) {
 		if (w->rc->cfg->plaintext_refuse) {
 			t->action = ACTION_REJECT;

@@ -327,6 +327,115 @@ class UpgradeMethod(ConfinementCase):
             self.assertEqual(json.loads(r.stdout)['action'], 'reject', r)
 
 
+# --------------------------------------------------------------------------
+# 3. Near-misses on credentialed hosts
+# --------------------------------------------------------------------------
+
+NEAR = [
+    ('POST', '/v1/responses/'),
+    ('POST', '/v1//responses'),
+    ('POST', '//v1/responses'),
+    ('POST', '/v1/%72esponses'),
+    ('POST', '/v1/%2572esponses'),
+    ('POST', '/v1/responses%2F'),
+    ('POST', '/v1/./responses'),
+    ('POST', '/v1/x/../responses'),
+    ('POST', '/v1/%2e/responses'),
+    ('POST', '/v1/responses/.'),
+    ('POST', '/v1/responses;x=1'),
+    ('POST', '/V1/Responses'),
+    ('POST', '/v1/responses//compact'),
+    ('POST', '/v1/responses/compact/'),
+    ('POST', '/v1/responses/%63ompact'),
+    ('post', '/v1/responses'),
+    ('Post', '/v1/responses/compact'),
+]
+
+# Real routes next to the credentialed ones: they pass through untouched.
+NEIGHBOURS = [
+    ('GET', '/v1/responses/resp_123'),
+    ('DELETE', '/v1/responses/resp_123'),
+    ('POST', '/v1/responses/resp_123/cancel'),
+    ('GET', '/v1/responses/resp_123/input_items'),
+    ('POST', '/v1/responses/input_tokens'),
+    ('GET', '/v1/responses'),
+    ('GET', '/v1/models'),
+    ('POST', '/v1/chat/completions'),
+    ('DELETE', '/v1/responses/'),
+]
+
+
+class NearMiss(ConfinementCase):
+
+    def test_near_misses_are_refused(self):
+        d = self.daemon()
+        for host, base in (('api.openai.com', ''), ('chatgpt.com', '/backend-api/codex')):
+            for method, path in NEAR:
+                if base:
+                    path = path.replace('/v1', base, 1).replace('/V1', base.upper(), 1)
+                for scheme in ('https', 'http'):
+                    target = '%s://%s%s' % (scheme, host, path)
+                    r = request(d.port, raw(method, target, host, body=b'{}'))
+                    err = self.assertProxyError(r, 400, 'noncanonical_route', d)
+                    self.assertNotIn(SECRET, json.dumps(err))
+                    self.assertNothingFor('%s %s' % (method, target))
+        self.assertEqual(self.up.requests, [])
+        self.assertTrue(all(x['action'] == 'reject' and x['task'] is None for x in self.audit()))
+
+    def test_near_misses_refused_in_gateway_mode_and_as_later_heads(self):
+        d = self.daemon()
+        with HTTPClient(d.port) as c:
+            # ("//v1/..." matches no gateway prefix: 404, nothing sent)
+            for method, path in [x for x in NEAR if x[1].startswith('/v1/')][:8]:
+                c.send(raw('GET', '/v1/models', '127.0.0.1'))
+                self.assertEqual(c.read_response().status, 200)
+                c.send(raw(method, path, '127.0.0.1', body=b'{}'))
+                self.assertProxyError(c.read_response(), 400, 'noncanonical_route', d)
+                c.close()
+                c.__init__(d.port)
+        self.assertEqual({q.target for q in self.up.requests}, {'/v1/models'})
+
+    def test_neighbouring_routes_pass_through_untouched(self):
+        d = self.daemon()
+        for method, path in NEIGHBOURS:
+            target = 'https://api.openai.com' + path
+            r = request(d.port, raw(method, target, 'api.openai.com',
+                                    body=b'{}' if method == 'POST' else b''))
+            self.assertEqual(r.status, 200, '%s %s: %r' % (method, path, r))
+            req = self.got('%s %s' % (method, target))
+            self.assertIsNotNone(req, target)
+            self.assertEqual(req.target, path)
+            self.assertEqual(req.header_all('Authorization'), ['Bearer ' + SECRET], path)
+
+    def test_other_providers_are_not_touched(self):
+        d = self.daemon()
+        for method, path in NEAR[:8]:
+            target = 'http://api.anthropic.com' + path
+            r = request(d.port, raw(method, target, 'api.anthropic.com', body=b'{}'))
+            self.assertEqual(r.status, 200, '%s: %r' % (target, r))
+            req = self.got('%s %s' % (method, target))
+            self.assertEqual(req.target, path)
+            self.assertEqual(req.header_all('Authorization'), ['Bearer ' + SECRET])
+
+    def test_canonical_routes_still_credentialed(self):
+        d = self.daemon()
+        for path in ('/v1/responses', '/v1/responses/compact', '/v1/responses?x=%2F'):
+            target = 'https://api.openai.com' + path
+            r = request(d.port, raw('POST', target, 'api.openai.com', body=b'{}'))
+            self.assertEqual(r.status, 200, r)
+            self.assertOverTLS(self.got('POST ' + target), 'api.openai.com', path)
+
+    def test_classify_agrees(self):
+        cases = [(m, 'https://api.openai.com' + p, 'reject') for m, p in NEAR[:5]]
+        cases += [(m, 'https://api.openai.com' + p, 'passthrough') for m, p in NEIGHBOURS[:4]]
+        cases += [('POST', 'https://api.openai.com/v1/responses', 'assert')]
+        for method, url, action in cases:
+            r = run_cmd([scopeproxy_bin(), 'classify', method, url, '--auth-file', self.auth],
+                        env=clean_env())
+            self.assertEqual(r.returncode, 0, r)
+            doc = json.loads(r.stdout)
+            self.assertEqual(doc['action'], action, '%s %s: %r' % (method, url, doc))
+
 
 if __name__ == '__main__':
     main()

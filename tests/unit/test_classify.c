@@ -316,8 +316,10 @@ static const struct route_case assert_cases[] = {
 	{ "HEAD", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "OPTIONS", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "CONNECT", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "post", "/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "Post", "/responses/compact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	/* a method in another case: refused, never forwarded with the
+	 * client's own key */
+	{ "post", "/responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "Post", "/responses/compact", 0, ROUTE_COMPACTION, ACTION_REJECT },
 	{ "get", "/responses", 1, ROUTE_OTHER, ACTION_REJECT },
 	{ "PUT", "/responses/compact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 
@@ -334,31 +336,44 @@ static const struct route_case assert_cases[] = {
 	{ "POST", "", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "POST", "/", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 
-	/* no prefix matching: trailing slash, extra segments */
-	{ "POST", "/responses/", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "GET", "/responses/", 1, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses/compact/", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	/* no prefix matching: longer paths are other routes */
 	{ "POST", "/responses/compact/x", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "POST", "/responsesx", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses//compact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-
-	/* non-canonical spellings: never credentialed */
-	{ "POST", "/%72esponses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/RESPONSES", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/Responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses%2Fcompact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses%2fcompact", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/x/../responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/./responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "//responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses/.", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses/compact/..", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses%00", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "/responses;x=1", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 	{ "POST", "/responses?stream=true", 0, ROUTE_OTHER,
 	    ACTION_PASSTHROUGH },
 	{ "POST", "/responses#x", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
-	{ "POST", "\\responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/responses%3Fx", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/responses/compact/../x", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/%2572esponses/x", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+
+	/* near-misses: a spelling a server or a later hop may normalise into
+	 * the credentialed route is refused, never forwarded with the
+	 * client's own key (and never credentialed either) */
+	{ "POST", "/responses/", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "GET", "/responses/", 1, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "GET", "/responses/", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "DELETE", "/responses/", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/responses/compact/", 0, ROUTE_COMPACTION, ACTION_REJECT },
+	{ "POST", "/responses//compact", 0, ROUTE_COMPACTION, ACTION_REJECT },
+	{ "POST", "/%72esponses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/%2572esponses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/RESPONSES", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/Responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses%2Fcompact", 0, ROUTE_COMPACTION, ACTION_REJECT },
+	{ "POST", "/responses%2fcompact", 0, ROUTE_COMPACTION, ACTION_REJECT },
+	{ "POST", "/x/../responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/x/%2e%2e/responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/%2e%2e/responses", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/./responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "//responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses/.", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses/compact/..", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses%00", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses;x=1", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses/compact;v=2", 0, ROUTE_COMPACTION, ACTION_REJECT },
+	{ "POST", "\\responses", 0, ROUTE_INFERENCE, ACTION_REJECT },
+	{ "POST", "/responses%", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
+	{ "POST", "/responses%2", 0, ROUTE_OTHER, ACTION_PASSTHROUGH },
 };
 
 static void
@@ -389,12 +404,18 @@ START_TEST(test_openai_routes)
 	    "openai", ROUTE_OTHER, ACTION_PASSTHROUGH);
 	EXPECT(tab, "POST", "https", "api.openai.com", 443, "/v2/responses", 0,
 	    "openai", ROUTE_OTHER, ACTION_PASSTHROUGH);
+	/* ... and its near-misses are refused */
 	EXPECT(tab, "POST", "https", "api.openai.com", 443, "/V1/responses", 0,
-	    "openai", ROUTE_OTHER, ACTION_PASSTHROUGH);
+	    "openai", ROUTE_INFERENCE, ACTION_REJECT);
 	EXPECT(tab, "POST", "https", "api.openai.com", 443, "/%761/responses",
-	    0, "openai", ROUTE_OTHER, ACTION_PASSTHROUGH);
+	    0, "openai", ROUTE_INFERENCE, ACTION_REJECT);
 	EXPECT(tab, "POST", "https", "api.openai.com", 443, "v1/responses", 0,
-	    "openai", ROUTE_OTHER, ACTION_PASSTHROUGH);
+	    "openai", ROUTE_INFERENCE, ACTION_REJECT);
+	EXPECT(tab, "POST", "https", "api.openai.com", 443,
+	    "/v1/x/y/../../responses", 0, "openai", ROUTE_INFERENCE,
+	    ACTION_REJECT);
+	EXPECT(tab, "POST", "https", "api.openai.com", 443, "/v1/../responses",
+	    0, "openai", ROUTE_OTHER, ACTION_PASSTHROUGH);
 	EXPECT(tab, "POST", "https", "api.openai.com", 443,
 	    "/backend-api/codex/responses", 0, "openai", ROUTE_OTHER,
 	    ACTION_PASSTHROUGH);
@@ -427,10 +448,10 @@ START_TEST(test_chatgpt_routes)
 	    ACTION_PASSTHROUGH);
 	EXPECT(tab, "POST", "https", "chatgpt.com", 443,
 	    "/backend-api/codex/../codex/responses", 0, "chatgpt",
-	    ROUTE_OTHER, ACTION_PASSTHROUGH);
+	    ROUTE_INFERENCE, ACTION_REJECT);
 	EXPECT(tab, "POST", "https", "chatgpt.com", 443,
-	    "/backend-api//codex/responses", 0, "chatgpt", ROUTE_OTHER,
-	    ACTION_PASSTHROUGH);
+	    "/backend-api//codex/responses", 0, "chatgpt", ROUTE_INFERENCE,
+	    ACTION_REJECT);
 	EXPECT(tab, "POST", "https", "api.openai.com", 443,
 	    "/backend-api/codex/responses", 0, "openai", ROUTE_OTHER,
 	    ACTION_PASSTHROUGH);
