@@ -17,20 +17,20 @@
 #include <sys/stat.h>
 #include <poll.h>
 
-#include "access.h"
-#include "ca.h"
-#include "classify.h"
-#include "config.h"
-#include "idstore.h"
-#include "log.h"
-#include "metrics.h"
-#include "providers.h"
-#include "registrar.h"
-#include "secmem.h"
+#include "core/access.h"
+#include "cred/ca.h"
+#include "core/classify.h"
+#include "core/config.h"
+#include "cred/idstore.h"
+#include "core/log.h"
+#include "net/metrics.h"
+#include "core/providers.h"
+#include "cred/registrar.h"
+#include "cred/secmem.h"
 #include "server_info.h"
-#include "target.h"
-#include "tunnel.h"
-#include "worker.h"
+#include "core/target.h"
+#include "net/tunnel.h"
+#include "net/worker.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0.0.0"
@@ -388,7 +388,7 @@ idstore_logger(const char *level, const char *msg)
 {
 	int l = log_level_parse(level);
 
-	log_msg(l < 0 ? LOG_WARN : l, "%s", msg);
+	log_msg(l < 0 ? LL_WARN : l, "%s", msg);
 }
 
 /* The command line, kept for SIGHUP: a reload re-reads the file and
@@ -450,7 +450,7 @@ warn_fixed(const struct config *a, const struct config *b)
 	    a->max_connections != b->max_connections ||
 	    a->client_idle_timeout != b->client_idle_timeout ||
 	    (a->audit_log == NULL) != (b->audit_log == NULL))
-		log_msg(LOG_WARN, "reload: %s take effect at the next restart",
+		log_msg(LL_WARN, "reload: %s take effect at the next restart",
 		    fixed);
 }
 
@@ -472,7 +472,7 @@ reload(struct proxy *px, struct worker *ws, int n)
 	free(cl.pos);
 	free(cl.headers);
 	if (r != 0 || (rc = runconf_new(nc, 1, err, sizeof(err))) == NULL) {
-		log_json(LOG_ERROR, "reload rejected; keeping the running "
+		log_json(LL_ERROR, "reload rejected; keeping the running "
 		    "configuration", json_pack("{s:s}", "reason", err));
 		config_free(nc);
 		free(nc);
@@ -486,7 +486,7 @@ reload(struct proxy *px, struct worker *ws, int n)
 	for (i = 0; i < n; i++)
 		worker_wake(&ws[i]);
 	metrics_reload(1);
-	log_msg(LOG_INFO, "configuration reloaded");
+	log_msg(LL_INFO, "configuration reloaded");
 }
 
 static int
@@ -556,11 +556,40 @@ kick_registration(void)
 		(void)registrar_need_task(why, sizeof(why), &retry);
 }
 
+/* The registrar's view of the daemon: the settings in force and a way
+ * to wake every worker when a registration ends. */
+struct wake_all {
+	struct worker	*ws;
+	int		 n;
+	struct proxy	*px;
+};
+
+static struct config *
+current_settings(void *arg)
+{
+	struct wake_all *wa = arg;
+
+	return proxy_runconf(wa->px)->cfg;
+}
+
+static void
+wake_workers(void *arg)
+{
+	struct wake_all *wa = arg;
+	int i;
+
+	for (i = 0; i < wa->n; i++)
+		worker_wake(&wa->ws[i]);
+}
+
 static int
 run(struct config *c)
 {
 	struct proxy px;
 	struct worker *ws = NULL;
+	struct wake_all wake = { NULL, 0, &px };
+	struct registrar_hooks hooks = { current_settings, NULL, wake_workers,
+	    NULL };
 	struct signalfd_siginfo si;
 	sigset_t set;
 	char err[512];
@@ -572,26 +601,26 @@ run(struct config *c)
 	px.audit_fd = -1;
 	px.listen_fd = -1;
 	if (secmem_harden_process(err, sizeof(err)) != 0)
-		log_msg(LOG_WARN, "%s", err);
+		log_msg(LL_WARN, "%s", err);
 	if ((px.rc = runconf_new(c, 0, err, sizeof(err))) == NULL) {
-		log_msg(LOG_ERROR, "%s", err);
+		log_msg(LL_ERROR, "%s", err);
 		goto out;
 	}
 	if (c->audit_log != NULL && (px.audit_fd = open(c->audit_log,
 	    O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0) {
-		log_msg(LOG_ERROR, "audit log %s: %s", c->audit_log, strerror(errno));
+		log_msg(LL_ERROR, "audit log %s: %s", c->audit_log, strerror(errno));
 		goto out;
 	}
 	if (tunnel_tls_init(&px, err, sizeof(err)) != 0) {
-		log_msg(LOG_ERROR, "%s", err);
+		log_msg(LL_ERROR, "%s", err);
 		goto out;
 	}
 	if (px.ca != NULL)
-		log_json(LOG_INFO, "interception CA ready", json_pack("{s:s}",
+		log_json(LL_INFO, "interception CA ready", json_pack("{s:s}",
 		    "certificate", ca_cert_path(px.ca)));
 	idstore_log = idstore_logger;
 	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
-		log_msg(LOG_ERROR, "cannot watch the auth file %s", c->auth_file);
+		log_msg(LL_ERROR, "cannot watch the auth file %s", c->auth_file);
 		goto out;
 	}
 	for (r = 0; r < c->nresolve; r++) {
@@ -609,12 +638,12 @@ run(struct config *c)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if ((sfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0) {
-		log_msg(LOG_ERROR, "signalfd: %s", strerror(errno));
+		log_msg(LL_ERROR, "signalfd: %s", strerror(errno));
 		goto out;
 	}
 	raise_fd_limit();
 	if ((px.listen_fd = open_listener(c, &port, err, sizeof(err))) < 0) {
-		log_msg(LOG_ERROR, "%s", err);
+		log_msg(LL_ERROR, "%s", err);
 		goto out;
 	}
 	n = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -624,25 +653,29 @@ run(struct config *c)
 		goto out;
 	for (i = 0; i < n; i++) {
 		if (worker_init(&ws[i], &px, i, err, sizeof(err)) != 0) {
-			log_msg(LOG_ERROR, "%s", err);
+			log_msg(LL_ERROR, "%s", err);
 			started = i + 1;
 			goto stop;
 		}
 		started = i + 1;
 		if (worker_start(&ws[i]) != 0) {
-			log_msg(LOG_ERROR, "cannot start worker thread %d", i);
+			log_msg(LL_ERROR, "cannot start worker thread %d", i);
 			goto stop;
 		}
 	}
-	if (registrar_start(&px, ws, n, err, sizeof(err)) != 0) {
-		log_msg(LOG_ERROR, "%s", err);
+	wake.ws = ws;
+	wake.n = n;
+	hooks.arg = &wake;
+	hooks.connect_to = px.connect_to;
+	if (registrar_start(&hooks, err, sizeof(err)) != 0) {
+		log_msg(LL_ERROR, "%s", err);
 		goto stop;
 	}
 	kick_registration();
 	/* The pid file first: server-info is the "ready" signal. */
 	if (c->pid_file != NULL) {
 		if (pid_file_write(c->pid_file, err, sizeof(err)) != 0) {
-			log_msg(LOG_ERROR, "pid-file: %s", err);
+			log_msg(LL_ERROR, "pid-file: %s", err);
 			goto stop;
 		}
 		pid_written = 1;
@@ -650,10 +683,10 @@ run(struct config *c)
 	if (c->server_info != NULL &&
 	    server_info_write(c->server_info, c->listen_host, port, err,
 	    sizeof(err)) != 0) {
-		log_msg(LOG_ERROR, "server-info: %s", err);
+		log_msg(LL_ERROR, "server-info: %s", err);
 		goto stop;
 	}
-	log_json(LOG_INFO, "listening", json_pack("{s:s, s:i, s:i}",
+	log_json(LL_INFO, "listening", json_pack("{s:s, s:i, s:i}",
 	    "address", c->listen_host, "port", port, "threads", n));
 	for (;;) {
 		struct pollfd pf[2] = { { .fd = sfd, .events = POLLIN },
@@ -684,7 +717,7 @@ run(struct config *c)
 			/* Finish what is in flight, accept nothing new; the
 			 * workers stop by themselves. A second signal stops
 			 * at once. */
-			log_json(LOG_INFO, "draining", json_pack("{s:f}",
+			log_json(LL_INFO, "draining", json_pack("{s:f}",
 			    "timeout_s", proxy_runconf(&px)->cfg->drain_timeout));
 			px.drain_deadline = now_ms() +
 			    (long long)(proxy_runconf(&px)->cfg->drain_timeout * 1000);
@@ -693,7 +726,7 @@ run(struct config *c)
 				worker_wake(&ws[i]);
 			wait_drained(&px, ws, n, sfd);
 		}
-		log_json(LOG_INFO, "stopping", json_pack("{s:s}", "signal",
+		log_json(LL_INFO, "stopping", json_pack("{s:s}", "signal",
 		    si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM"));
 		rc = 0;
 		break;

@@ -6,7 +6,7 @@
 #     const size_t SYMBOL_len;      their length, without the NUL
 # so a JSON file can be compiled in as a built-in default.  SYMBOL defaults
 # to providers_builtin_json, HEADER (included for the declarations) to
-# providers.h.  POSIX sh and sed only: it runs at build time on any host.
+# core/providers.h.  POSIX sh and sed only: it runs at build time on any host.
 set -eu
 
 usage() {
@@ -17,7 +17,7 @@ usage() {
 [ $# -ge 1 ] && [ $# -le 3 ] || usage
 input=$1
 symbol=${2:-providers_builtin_json}
-header=${3:-providers.h}
+header=${3:-core/providers.h}
 
 case $symbol in
 ''|[0-9]*|*[!A-Za-z0-9_]*)

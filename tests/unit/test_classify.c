@@ -12,8 +12,8 @@
 #include <check.h>
 #include <jansson.h>
 
-#include "classify.h"
-#include "providers.h"
+#include "core/classify.h"
+#include "core/providers.h"
 
 #ifndef SCOPEPROXY_SRCDIR_DEFAULT
 #define SCOPEPROXY_SRCDIR_DEFAULT "."

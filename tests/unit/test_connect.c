@@ -7,10 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "access.h"
-#include "ca.h"
-#include "config.h"
-#include "connect.h"
+#include "core/access.h"
+#include "cred/ca.h"
+#include "core/config.h"
+#include "core/connect.h"
 
 static int
 parse(const char *head, struct connect_req *r, enum perr *code)

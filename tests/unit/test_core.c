@@ -6,12 +6,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "buf.h"
-#include "config.h"
-#include "errors.h"
-#include "gateway.h"
-#include "headers.h"
-#include "target.h"
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/errors.h"
+#include "core/gateway.h"
+#include "core/headers.h"
+#include "core/target.h"
 
 /* --- target ------------------------------------------------------------- */
 

@@ -3,10 +3,6 @@
  * identity parsing and the reloading identity store.  Every vector from
  * spec/agent-identity.md section 7 is reproduced byte for byte.
  */
-#ifdef HAVE_CONFIG_H
-#include "config.h"
-#endif
-
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -25,12 +21,12 @@
 
 #include <openssl/evp.h>
 
-#include "assertion.h"
-#include "b64.h"
-#include "identity.h"
-#include "idstore.h"
-#include "pkcs8.h"
-#include "secmem.h"
+#include "cred/assertion.h"
+#include "core/b64.h"
+#include "cred/identity.h"
+#include "cred/idstore.h"
+#include "cred/pkcs8.h"
+#include "cred/secmem.h"
 
 /* Section 7 vectors. */
 #define V_PUB_HEX	"ea4a6c63e29c520abef5507b132ec5f9" \

@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "credential.h"
-#include "headers.h"
-#include "identity.h"
+#include "cred/credential.h"
+#include "core/headers.h"
+#include "cred/identity.h"
 
 #define V_TIME	((time_t)1776902400)	/* 2026-04-23T00:00:00Z */
 #define V_KEY_V2 "MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="

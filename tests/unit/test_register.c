@@ -5,10 +5,6 @@
  * received requests are checked independently (OpenSSL verify of the
  * registration signature with the spec's public key).
  */
-#ifdef HAVE_CONFIG_H
-#include "config.h"
-#endif
-
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -37,13 +33,13 @@
 #include <openssl/evp.h>
 #include <sodium.h>
 
-#include "assertion.h"
-#include "authwrite.h"
-#include "b64.h"
-#include "identity.h"
-#include "register.h"
-#include "sealed.h"
-#include "secmem.h"
+#include "cred/assertion.h"
+#include "cred/authwrite.h"
+#include "core/b64.h"
+#include "cred/identity.h"
+#include "cred/register.h"
+#include "cred/sealed.h"
+#include "cred/secmem.h"
 
 /* Spec section 7 vectors. */
 #define V_PUB_HEX	"ea4a6c63e29c520abef5507b132ec5f9" \

@@ -1,0 +1,402 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/headers.h"
+
+static const char *hop_by_hop[] = {
+	"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+	"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
+	"expect", NULL
+};
+
+int
+hdr_vec_push(struct hdr_vec *hv, const char *name, const char *value)
+{
+	if (hv->n == hv->cap) {
+		size_t ncap = hv->cap ? hv->cap * 2 : 16;
+		struct hdr *nv = realloc(hv->v, ncap * sizeof(*nv));
+
+		if (nv == NULL)
+			return -1;
+		hv->v = nv;
+		hv->cap = ncap;
+	}
+	hv->v[hv->n].name = name;
+	hv->v[hv->n].value = value;
+	hv->n++;
+	return 0;
+}
+
+void
+hdr_vec_free(struct hdr_vec *hv)
+{
+	free(hv->v);
+	hv->v = NULL;
+	hv->n = hv->cap = 0;
+}
+
+const char *
+hdr_get(const struct hdr *h, size_t n, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcasecmp(h[i].name, name) == 0)
+			return h[i].value;
+	return NULL;
+}
+
+int
+hdr_name_valid(const char *s)
+{
+	/* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "."
+	 *       / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+	static const char extra[] = "!#$%&'*+-.^_`|~";
+
+	if (*s == '\0')
+		return 0;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || strchr(extra, c) != NULL))
+			return 0;
+	}
+	return 1;
+}
+
+int
+hdr_value_valid(const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '\r' || c == '\n' || (c < 0x20 && c != '\t') || c == 0x7f)
+			return 0;
+	}
+	return 1;
+}
+
+/* Does the comma-separated list contain token (case-insensitive)? */
+static int
+list_has_token(const char *list, const char *token)
+{
+	size_t tl = strlen(token);
+	const char *p = list;
+
+	while (*p) {
+		size_t n;
+
+		p += strspn(p, " \t,");
+		n = strcspn(p, ",");
+		while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+			n--;
+		if (n == tl && strncasecmp(p, token, n) == 0)
+			return 1;
+		p += strcspn(p, ",");
+	}
+	return 0;
+}
+
+int
+hdr_is_hop_by_hop(const char *name, const struct hdr *h, size_t n)
+{
+	size_t i;
+
+	for (i = 0; hop_by_hop[i] != NULL; i++)
+		if (strcasecmp(name, hop_by_hop[i]) == 0)
+			return 1;
+	for (i = 0; i < n; i++)
+		if (strcasecmp(h[i].name, "Connection") == 0 &&
+		    list_has_token(h[i].value, name))
+			return 1;
+	return 0;
+}
+
+static int
+parse_length(const char *v, long long *out)
+{
+	long long x = 0;
+
+	if (*v == '\0')
+		return -1;
+	for (; *v; v++) {
+		if (*v < '0' || *v > '9')
+			return -1;
+		if (x > (__LONG_LONG_MAX__ - 9) / 10)
+			return -1;
+		x = x * 10 + (*v - '0');
+	}
+	*out = x;
+	return 0;
+}
+
+static int
+fail(enum perr *code, enum perr c, char *err, size_t errlen, const char *fmt,
+    const char *arg) __attribute__((format(printf, 5, 0)));
+
+static int
+fail(enum perr *code, enum perr c, char *err, size_t errlen, const char *fmt,
+    const char *arg)
+{
+	*code = c;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+	snprintf(err, errlen, fmt, arg);	/* fmt: literals of this file */
+#pragma GCC diagnostic pop
+	return -1;
+}
+
+int
+request_check(const struct hdr *h, size_t n, int need_host,
+    size_t max_header_bytes, struct req_info *ri, enum perr *code, char *err,
+    size_t errlen)
+{
+	const char *te = NULL;
+	int have_host = 0, conn_upgrade = 0, upgrade_ws = 0;
+	size_t i;
+
+	memset(ri, 0, sizeof(*ri));
+	ri->content_length = -1;
+	for (i = 0; i < n; i++) {
+		const char *name = h[i].name, *val = h[i].value;
+
+		ri->header_bytes += strlen(name) + strlen(val) + 4;
+		/* Name first: a bad name is reported as itself, not as size. */
+		if (!hdr_name_valid(name))
+			return fail(code, PERR_BAD_REQUEST, err, errlen,
+			    "header name '%s' is not a valid token", name);
+		if (!hdr_value_valid(val))
+			return fail(code, PERR_BAD_REQUEST, err, errlen,
+			    "header '%s' has a control character in its value",
+			    name);
+		if (strcasecmp(name, "Content-Length") == 0) {
+			long long cl;
+
+			if (parse_length(val, &cl) != 0)
+				return fail(code, PERR_BAD_REQUEST, err, errlen,
+				    "header '%s' is not a valid length", name);
+			if (ri->content_length >= 0 && ri->content_length != cl)
+				return fail(code, PERR_BAD_REQUEST, err, errlen,
+				    "conflicting '%s' headers", name);
+			ri->content_length = cl;
+		} else if (strcasecmp(name, "Transfer-Encoding") == 0) {
+			if (te != NULL)
+				return fail(code, PERR_BAD_REQUEST, err, errlen,
+				    "duplicate '%s' header", name);
+			te = val;
+		} else if (strcasecmp(name, "Host") == 0) {
+			if (have_host)
+				return fail(code, PERR_BAD_REQUEST, err, errlen,
+				    "duplicate '%s' header", name);
+			have_host = 1;
+		} else if (strcasecmp(name, "Accept") == 0)
+			ri->has_accept = 1;
+		else if (strcasecmp(name, "Content-Type") == 0)
+			ri->has_content_type = 1;
+		else if (strcasecmp(name, "Connection") == 0 &&
+		    list_has_token(val, "upgrade"))
+			conn_upgrade = 1;
+		else if (strcasecmp(name, "Upgrade") == 0 &&
+		    list_has_token(val, "websocket"))
+			upgrade_ws = 1;
+	}
+	if (ri->header_bytes > max_header_bytes) {
+		*code = PERR_HEADERS_TOO_LARGE;
+		snprintf(err, errlen, "request headers exceed %zu bytes",
+		    max_header_bytes);
+		return -1;
+	}
+	if (te != NULL) {
+		if (ri->content_length >= 0)
+			return fail(code, PERR_BAD_REQUEST, err, errlen,
+			    "both Content-Length and %s are present",
+			    "Transfer-Encoding");
+		if (strcasecmp(te, "chunked") != 0)
+			return fail(code, PERR_BAD_REQUEST, err, errlen,
+			    "unsupported Transfer-Encoding '%s'", te);
+		ri->chunked = 1;
+	}
+	if (need_host && !have_host)
+		return fail(code, PERR_BAD_REQUEST, err, errlen,
+		    "missing '%s' header (required by HTTP/1.1)", "Host");
+	/* Content-Length: 0 is forwarded as sent, so it counts as a body. */
+	ri->has_body = ri->chunked || ri->content_length >= 0;
+	ri->websocket = conn_upgrade && upgrade_ws;
+	return 0;
+}
+
+static int
+in_list(const char *name, const char *const *list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcasecmp(name, list[i]) == 0)
+			return 1;
+	return 0;
+}
+
+int
+headers_outbound(const struct hdr *in, size_t n, const struct hdr_edits *edits,
+    struct hdr_vec *out)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		const char *name = in[i].name;
+
+		/* Host is rebuilt from the destination; framing is the
+		 * upstream leg's own. */
+		if (strcasecmp(name, "Host") == 0 ||
+		    strcasecmp(name, "Content-Length") == 0 ||
+		    hdr_is_hop_by_hop(name, in, n))
+			continue;
+		if (edits != NULL && in_list(name, edits->remove, edits->nremove))
+			continue;
+		if (hdr_vec_push(out, name, in[i].value) != 0)
+			return -1;
+	}
+	for (i = 0; edits != NULL && i < edits->nset; i++)
+		if (hdr_vec_push(out, edits->set[i].name, edits->set[i].value) != 0)
+			return -1;
+	return 0;
+}
+
+int
+hdr_response_drop(const char *name, const struct hdr *h, size_t n)
+{
+	return strcasecmp(name, "Content-Length") == 0 ||
+	    hdr_is_hop_by_hop(name, h, n);
+}
+
+static int
+is_tchar(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	    (c >= '0' && c <= '9') || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* One line of the head, without its line ending. */
+static int
+check_request_line(const char *l, size_t n, enum perr *code, char *err,
+    size_t errlen)
+{
+	size_t i = 0, t0;
+
+	while (i < n && is_tchar((unsigned char)l[i]))
+		i++;
+	if (i == 0 || i >= n || l[i] != ' ')
+		goto bad;
+	t0 = ++i;
+	while (i < n && l[i] > 0x20 && l[i] < 0x7f)
+		i++;
+	if (i == t0 || i >= n || l[i] != ' ')
+		goto bad;
+	i++;
+	if (n - i != 8 || (memcmp(l + i, "HTTP/1.1", 8) != 0 &&
+	    memcmp(l + i, "HTTP/1.0", 8) != 0))
+		goto bad;
+	return 0;
+bad:
+	*code = PERR_BAD_REQUEST;
+	snprintf(err, errlen, "malformed request line");
+	return -1;
+}
+
+static int
+check_field_line(const char *l, size_t n, const char **cl, size_t *cln,
+    int *te, enum perr *code, char *err, size_t errlen)
+{
+	size_t i = 0, v;
+
+	*code = PERR_BAD_REQUEST;
+	if (n > 0 && (l[0] == ' ' || l[0] == '\t')) {
+		snprintf(err, errlen,
+		    "obsolete line folding in the request head is not accepted");
+		return -1;
+	}
+	while (i < n && is_tchar((unsigned char)l[i]))
+		i++;
+	if (i == 0 || i >= n || l[i] != ':') {
+		snprintf(err, errlen, "malformed header line '%.*s'",
+		    (int)(i < 40 ? i : 40), l);
+		return -1;
+	}
+	for (v = i + 1; v < n; v++) {
+		unsigned char c = (unsigned char)l[v];
+
+		if ((c < 0x20 && c != '\t') || c == 0x7f) {
+			snprintf(err, errlen,
+			    "header '%.*s' has a control character in its value",
+			    (int)(i < 64 ? i : 64), l);
+			return -1;
+		}
+	}
+	if (i == 14 && strncasecmp(l, "Content-Length", 14) == 0) {
+		const char *p = l + i + 1, *e = l + n;
+
+		while (p < e && (*p == ' ' || *p == '\t'))
+			p++;
+		while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+			e--;
+		if (p == e || strspn(p, "0123456789") < (size_t)(e - p) ||
+		    (*cl != NULL && ((size_t)(e - p) != *cln ||
+		    memcmp(*cl, p, *cln) != 0))) {
+			snprintf(err, errlen, *cl != NULL && p != e &&
+			    strspn(p, "0123456789") >= (size_t)(e - p) ?
+			    "conflicting 'Content-Length' headers" :
+			    "header 'Content-Length' is not a valid length");
+			return -1;
+		}
+		*cl = p;
+		*cln = (size_t)(e - p);
+	} else if (i == 17 && strncasecmp(l, "Transfer-Encoding", 17) == 0)
+		*te = 1;
+	return 0;
+}
+
+int
+head_validate(const char *buf, size_t n, size_t max_head, enum perr *code,
+    char *err, size_t errlen)
+{
+	const char *cl = NULL;
+	size_t pos = 0, cln = 0;
+	int line = 0, te = 0;
+
+	while (pos < n) {
+		const char *nl = memchr(buf + pos, '\n', n - pos);
+		size_t len;
+
+		if (nl == NULL)
+			break;
+		len = (size_t)(nl - (buf + pos));
+		if (len > 0 && buf[pos + len - 1] == '\r')
+			len--;
+		if (len == 0 && line > 0) {
+			if (cl != NULL && te) {
+				*code = PERR_BAD_REQUEST;
+				snprintf(err, errlen, "both Content-Length and "
+				    "Transfer-Encoding are present");
+				return -1;
+			}
+			return 1;
+		}
+		if (line == 0 ? check_request_line(buf + pos, len, code, err,
+		    errlen) != 0 : check_field_line(buf + pos, len, &cl, &cln,
+		    &te, code, err, errlen) != 0)
+			return -1;
+		line++;
+		pos = (size_t)(nl - buf) + 1;
+		if (pos > max_head)
+			break;
+	}
+	if (n >= max_head) {
+		*code = PERR_HEADERS_TOO_LARGE;
+		snprintf(err, errlen, "request headers exceed %zu bytes", max_head);
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,75 @@
+/* Header validation and filtering. MHD 0.9.75 accepts things a proxy must
+ * not forward (see shared/spec/io-notes.md), so every request passes
+ * request_check() before anything is sent upstream. */
+#ifndef SP_HEADERS_H
+#define SP_HEADERS_H
+#include <stddef.h>
+
+#include "core/errors.h"
+
+struct hdr {
+	const char	*name;
+	const char	*value;
+};
+
+struct hdr_vec {
+	struct hdr	*v;
+	size_t		 n;
+	size_t		 cap;
+};
+
+int	 hdr_vec_push(struct hdr_vec *hv, const char *name, const char *value);
+void	 hdr_vec_free(struct hdr_vec *hv);
+const char *hdr_get(const struct hdr *h, size_t n, const char *name);
+
+/* What the proxy learns from a request's head. */
+struct req_info {
+	long long	 content_length;	/* -1 when absent */
+	int		 chunked;
+	int		 has_body;
+	int		 websocket;		/* Upgrade: websocket + Connection: upgrade */
+	int		 has_accept;
+	int		 has_content_type;
+	size_t		 header_bytes;
+};
+
+/* RFC 9110 token and field-value checks. */
+int	 hdr_name_valid(const char *s);
+int	 hdr_value_valid(const char *s);
+
+/* Validates framing and syntax. need_host: HTTP/1.1 requires Host.
+ * On failure sets *code and a message that names the header. */
+int	 request_check(const struct hdr *h, size_t n, int need_host,
+	    size_t max_header_bytes, struct req_info *ri, enum perr *code,
+	    char *err, size_t errlen);
+
+/* True when name is hop-by-hop: the fixed list or a token of any
+ * Connection header in h. */
+int	 hdr_is_hop_by_hop(const char *name, const struct hdr *h, size_t n);
+
+/* The one place where a request's headers are rewritten: drop what must
+ * not travel (hop-by-hop, Host, Content-Length), drop every header named
+ * in edits->remove, then append edits->set in order. */
+#define HDR_EDITS_MAX	4
+struct hdr_edits {
+	const char	*remove[HDR_EDITS_MAX];
+	size_t		 nremove;
+	struct hdr	 set[HDR_EDITS_MAX];
+	size_t		 nset;
+};
+
+int	 headers_outbound(const struct hdr *in, size_t n,
+	    const struct hdr_edits *edits, struct hdr_vec *out);
+
+/* Response headers the proxy must not copy back (framing and hop-by-hop). */
+int	 hdr_response_drop(const char *name, const struct hdr *h, size_t n);
+
+/* Raw check of a connection's first request head as it arrived, for what
+ * MHD 0.9.75 would rewrite (obs-fold, empty names) or answer with its own
+ * HTML page (malformed lines, bad lengths, oversize heads). Returns 1 when
+ * the head is complete and sound, 0 when more bytes are needed, -1 with
+ * *code and a message naming the fault. */
+int	 head_validate(const char *buf, size_t n, size_t max_head,
+	    enum perr *code, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,35 @@
+/* The local certificate authority for TLS interception of first-party
+ * hosts: an EC P-256 CA kept in a directory (created on first use,
+ * reused after), and short-lived EC P-256 leaves minted per host and kept
+ * in a bounded LRU cache. */
+#ifndef SP_CA_H
+#define SP_CA_H
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+
+#define CA_KEY_FILE	"ca.key"
+#define CA_CERT_FILE	"ca.crt"
+#define CA_LEAF_CACHE	1024
+#define CA_LEAF_DAYS	7
+
+struct ca;
+
+/* Loads dir/ca.key and dir/ca.crt, or creates them (key 0600, written
+ * atomically and create-only; cert 0644). A key readable by group or
+ * others is refused. */
+int	 ca_open(const char *dir, int create, struct ca **out, char *err,
+	    size_t errlen);
+void	 ca_free(struct ca *ca);
+X509	*ca_cert(const struct ca *ca);
+const char *ca_cert_path(const struct ca *ca);
+
+/* A leaf for host (a DNS name or an IP literal without brackets): new
+ * references to the cached certificate and the shared leaf key.
+ * Thread-safe. */
+int	 ca_leaf(struct ca *ca, const char *host, X509 **cert, EVP_PKEY **key,
+	    char *err, size_t errlen);
+size_t	 ca_cache_size(struct ca *ca);
+
+
+#endif

@@ -1,0 +1,304 @@
+#include <errno.h>
+#include <openssl/err.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "net/metrics.h"
+#include "net/relay.h"
+
+#define RELAY_WINDOW	(64 * 1024)
+#define RELAY_CHUNK	(16 * 1024)
+
+enum { IO_AGAIN = -1, IO_ERROR = -2 };
+
+struct relay *
+relay_new(struct worker *w, long long idle_ms)
+{
+	struct relay *r = calloc(1, sizeof(*r));
+
+	if (r == NULL)
+		return NULL;
+	r->w = w;
+	r->idle_ms = idle_ms;
+	r->start_ms = r->last_active = now_ms();
+	r->a.relay = r->b.relay = r;
+	r->a.src.kind = r->b.src.kind = EV_RELAY;
+	r->a.fd = r->b.fd = -1;
+	return r;
+}
+
+static ssize_t
+ep_read(struct endpoint *ep, char *p, size_t n)
+{
+	ssize_t k;
+
+	switch (ep->kind) {
+	case EP_FD:
+		k = recv(ep->fd, p, n, 0);
+		if (k < 0)
+			return errno == EAGAIN || errno == EINTR ? IO_AGAIN : IO_ERROR;
+		return k;
+	case EP_CURL: {
+		size_t got = 0;
+		CURLcode rc = curl_easy_recv(ep->easy, p, n, &got);
+
+		if (rc == CURLE_AGAIN)
+			return IO_AGAIN;
+		return rc == CURLE_OK ? (ssize_t)got : IO_ERROR;
+	}
+	case EP_SSL: {
+		int e;
+
+		ERR_clear_error();
+		ep->want_write = 0;
+		k = SSL_read(ep->ssl, p, (int)(n > 65536 ? 65536 : n));
+		if (k > 0)
+			return k;
+		e = SSL_get_error(ep->ssl, (int)k);
+		if (e == SSL_ERROR_WANT_READ)
+			return IO_AGAIN;
+		if (e == SSL_ERROR_WANT_WRITE) {
+			ep->want_write = 1;
+			return IO_AGAIN;
+		}
+		return e == SSL_ERROR_ZERO_RETURN ? 0 : IO_ERROR;
+	}
+	}
+	return IO_ERROR;
+}
+
+static ssize_t
+ep_write(struct endpoint *ep, const char *p, size_t n)
+{
+	ssize_t k;
+
+	switch (ep->kind) {
+	case EP_FD:
+		k = send(ep->fd, p, n, MSG_NOSIGNAL);
+		if (k < 0)
+			return errno == EAGAIN || errno == EINTR ? IO_AGAIN : IO_ERROR;
+		return k;
+	case EP_CURL: {
+		size_t sent = 0;
+		CURLcode rc = curl_easy_send(ep->easy, p, n, &sent);
+
+		if (rc == CURLE_AGAIN)
+			return IO_AGAIN;
+		return rc == CURLE_OK ? (ssize_t)sent : IO_ERROR;
+	}
+	case EP_SSL: {
+		int e;
+
+		ERR_clear_error();
+		k = SSL_write(ep->ssl, p, (int)(n > 65536 ? 65536 : n));
+		if (k > 0)
+			return k;
+		e = SSL_get_error(ep->ssl, (int)k);
+		return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ?
+		    IO_AGAIN : IO_ERROR;
+	}
+	}
+	return IO_ERROR;
+}
+
+static void
+ep_shutdown_write(struct endpoint *ep)
+{
+	if (ep->shut)
+		return;
+	ep->shut = 1;
+	if (ep->kind == EP_SSL)
+		(void)SSL_shutdown(ep->ssl);	/* close_notify, best effort */
+	shutdown(ep->fd, SHUT_WR);
+}
+
+/* Moves bytes from src into win and from win into dst. Returns 1 if
+ * anything moved, 0 if not, -1 on a hard error. */
+static int
+pump_dir(struct endpoint *src, struct buf *win, struct endpoint *dst,
+    long long *count)
+{
+	char tmp[RELAY_CHUNK];
+	int moved = 0;
+	ssize_t k;
+
+	while (!src->eof && buf_pending(win) < RELAY_WINDOW) {
+		k = ep_read(src, tmp, sizeof(tmp));
+		if (k == IO_AGAIN)
+			break;
+		if (k == IO_ERROR)
+			return -1;
+		if (k == 0) {
+			src->eof = 1;
+			moved = 1;
+			break;
+		}
+		if (buf_append(win, tmp, (size_t)k) != 0)
+			return -1;
+		moved = 1;
+	}
+	while (buf_pending(win) > 0 && !dst->shut) {
+		k = ep_write(dst, buf_head(win), buf_pending(win));
+		if (k == IO_AGAIN)
+			break;
+		if (k < 0)
+			return -1;
+		buf_consume(win, (size_t)k);
+		*count += k;
+		moved = 1;
+	}
+	if (buf_pending(win) == 0 && win->cap > RELAY_WINDOW)
+		buf_free(win);
+	if (src->eof && buf_pending(win) == 0 && !dst->shut) {
+		ep_shutdown_write(dst);
+		moved = 1;
+	}
+	return moved;
+}
+
+static void
+ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
+{
+	struct epoll_event ev = { .data.ptr = &ep->src };
+	uint32_t want = 0;
+
+	if ((!ep->eof && buf_pending(in) < RELAY_WINDOW) || ep->want_write)
+		want |= EPOLLIN;
+	if ((buf_pending(out) > 0 && !ep->shut) || ep->want_write)
+		want |= EPOLLOUT;
+	if (want == ep->events)
+		return;
+	ev.events = want;
+	if (epoll_ctl(r->w->epfd, EPOLL_CTL_MOD, ep->fd, &ev) == 0)
+		ep->events = want;
+}
+
+static void
+relay_finish(struct relay *r)
+{
+	struct worker *w = r->w;
+
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		w->relays = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	if (r->on_done)
+		r->on_done(r);
+	if (r->started)
+		metrics_tunnel_open((enum m_tunnel)r->kind, -1);
+	log_json(LL_INFO, "tunnel", json_pack("{s:s, s:s?, s:I, s:I, s:I, s:b}",
+	    "client", r->client, "what", r->what,
+	    "bytes_up", (json_int_t)r->bytes_ab, "bytes_down",
+	    (json_int_t)r->bytes_ba, "duration_ms",
+	    (json_int_t)(now_ms() - r->start_ms), "clean", !r->failed));
+	if (r->a.fd >= 0)
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->a.fd, NULL);
+	if (r->b.fd >= 0)
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->b.fd, NULL);
+	if (r->a.ssl)
+		SSL_free(r->a.ssl);
+	if (r->a.easy) {
+		curl_multi_remove_handle(w->multi, r->a.easy);
+		curl_easy_cleanup(r->a.easy);	/* closes its socket */
+	} else if (r->a.fd >= 0 && !r->a.no_close)
+		close(r->a.fd);
+	if (r->b.easy) {
+		curl_multi_remove_handle(w->multi, r->b.easy);
+		curl_easy_cleanup(r->b.easy);
+	} else if (r->b.fd >= 0 && !r->b.no_close)
+		close(r->b.fd);
+	if (r->counts_conn)
+		atomic_fetch_sub(&w->px->nconns, 1);
+	buf_free(&r->ab);
+	buf_free(&r->ba);
+	free(r->what);
+	r->a.src.dead = r->b.src.dead = 1;
+	worker_defer_free(w, r);
+}
+
+static void
+pump(struct relay *r)
+{
+	int m1, m2;
+
+	do {
+		m1 = pump_dir(&r->a, &r->ab, &r->b, &r->bytes_ab);
+		m2 = pump_dir(&r->b, &r->ba, &r->a, &r->bytes_ba);
+		if (m1 < 0 || m2 < 0) {
+			r->failed = 1;
+			relay_finish(r);
+			return;
+		}
+		if (m1 || m2)
+			r->last_active = now_ms();
+	} while (m1 || m2);
+	if ((r->a.eof && r->b.eof && buf_pending(&r->ab) == 0 &&
+	    buf_pending(&r->ba) == 0) ||
+	    (r->end_on_eof && ((r->a.eof && buf_pending(&r->ab) == 0) ||
+	    (r->b.eof && buf_pending(&r->ba) == 0)))) {
+		relay_finish(r);
+		return;
+	}
+	ep_watch(r, &r->a, &r->ab, &r->ba);
+	ep_watch(r, &r->b, &r->ba, &r->ab);
+}
+
+int
+relay_start(struct relay *r)
+{
+	struct worker *w = r->w;
+	struct epoll_event ev = { .events = EPOLLIN };
+
+	ev.data.ptr = &r->a.src;
+	r->a.src.fd = r->a.fd;
+	r->b.src.fd = r->b.fd;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, r->a.fd, &ev) != 0)
+		return -1;
+	ev.data.ptr = &r->b.src;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, r->b.fd, &ev) != 0) {
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->a.fd, NULL);
+		return -1;
+	}
+	r->a.events = r->b.events = EPOLLIN;
+	r->started = 1;
+	metrics_tunnel_open((enum m_tunnel)r->kind, 1);
+	r->next = w->relays;
+	if (w->relays)
+		w->relays->prev = r;
+	w->relays = r;
+	pump(r);	/* bytes may be waiting already */
+	return 0;
+}
+
+void
+relay_event(struct endpoint *ep)
+{
+	pump(ep->relay);
+}
+
+void
+relay_sweep(struct worker *w, long long now)
+{
+	struct relay *r, *next;
+
+	for (r = w->relays; r != NULL; r = next) {
+		next = r->next;
+		if (r->idle_ms > 0 && r->last_active + r->idle_ms <= now) {
+			r->failed = 1;
+			relay_finish(r);
+		}
+	}
+}
+
+void
+relay_close_all(struct worker *w)
+{
+	while (w->relays != NULL)
+		relay_finish(w->relays);
+}

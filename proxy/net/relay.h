@@ -1,0 +1,60 @@
+/* A bidirectional byte relay between two endpoints, driven by the worker's
+ * epoll loop: CONNECT tunnels (client <-> upstream), intercepted TLS
+ * (client TLS <-> the plain socket handed to MHD). Nothing in the stream
+ * is looked at. Each direction has a bounded window; a full window stops
+ * reading from the source (backpressure), EOF is passed on as a
+ * half-close once the window is drained. */
+#ifndef SP_RELAY_H
+#define SP_RELAY_H
+#include <curl/curl.h>
+#include <openssl/ssl.h>
+
+#include "core/buf.h"
+#include "net/worker.h"
+
+enum ep_kind { EP_FD, EP_CURL, EP_SSL };
+
+struct endpoint {
+	struct evsrc	 src;		/* kind EV_RELAY; first member */
+	struct relay	*relay;
+	enum ep_kind	 kind;
+	int		 fd;
+	CURL		*easy;		/* EP_CURL: owned by the relay */
+	SSL		*ssl;		/* EP_SSL: owned by the relay */
+	int		 eof;		/* nothing more to read */
+	int		 shut;		/* its write side is closed */
+	int		 want_write;	/* SSL needs the fd writable to read */
+	int		 no_close;	/* the fd is someone else's to close */
+	uint32_t	 events;	/* what epoll watches now */
+};
+
+struct relay {
+	struct worker	*w;
+	struct endpoint	 a, b;		/* a: the client side */
+	struct buf	 ab, ba;
+	long long	 bytes_ab, bytes_ba;
+	long long	 last_active;
+	long long	 idle_ms;
+	long long	 start_ms;
+	int		 failed;
+	int		 kind;		/* enum m_tunnel, for metrics */
+	int		 started;
+	int		 end_on_eof;	/* one side's EOF ends it (WebSocket) */
+	int		 counts_conn;	/* a is a client connection we count */
+	char		*what;		/* "tunnel host:port", for the log */
+	char		 client[64];
+	void		(*on_done)(struct relay *);
+	void		*ud;
+	struct relay	*next, *prev;
+};
+
+/* Takes ownership of both endpoints' handles and starts relaying. */
+struct relay *relay_new(struct worker *w, long long idle_ms);
+int	 relay_start(struct relay *r);
+/* Called for an epoll event on either endpoint. */
+void	 relay_event(struct endpoint *ep);
+/* Closes relays idle for longer than their idle_ms (run once a second). */
+void	 relay_sweep(struct worker *w, long long now);
+void	 relay_close_all(struct worker *w);
+
+#endif

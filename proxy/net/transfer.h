@@ -1,0 +1,125 @@
+/* One proxied request: the MHD side (client) and the libcurl side
+ * (upstream), joined by two bounded buffers. Everything here runs on the
+ * worker thread that owns the connection. */
+#ifndef SP_TRANSFER_H
+#define SP_TRANSFER_H
+#include <curl/curl.h>
+#include <microhttpd.h>
+
+#include "core/buf.h"
+#include "core/errors.h"
+#include "core/headers.h"
+
+struct worker;
+struct client;
+struct ws;
+
+/* Why the MHD connection is suspended. */
+enum t_wait { WAIT_NONE, WAIT_HEADERS, WAIT_UPLOAD, WAIT_DATA };
+
+enum t_phase { PH_NEW, PH_BODY, PH_RESPOND, PH_DONE };
+
+struct transfer {
+	int			 owner;		/* OWNER_TRANSFER: first member */
+	struct worker		*w;
+	struct client		*cl;
+	struct MHD_Connection	*con;
+	enum t_phase		 phase;
+	enum t_wait		 wait;
+	char			*raw_target;
+	const char		*method;
+	const char		*mode;		/* "forward", "gateway", "local" */
+	char			*log_host;	/* host[:port] of the destination */
+	char			*log_path;	/* path without query */
+	struct req_info		 ri;
+
+	/* the destination and what classification decided for it */
+	char			 scheme[6];
+	char			*dst_host;
+	char			*dst_path;	/* upstream path, no query */
+	int			 dst_port;
+	int			 dst_ipv6;
+	const char		*provider;	/* lives as long as the table */
+	int			 route_kind;	/* enum route_kind */
+	int			 action;	/* enum action */
+	char			 task_fp[9];	/* "" when no credential */
+
+	/* upstream side */
+	CURL			*easy;
+	struct curl_slist	*req_headers;
+	char			*url;
+	struct buf		 up;		/* client body -> upstream */
+	struct buf		 down;		/* upstream body -> client */
+	int			 upload_eof;
+	int			 send_paused;
+	int			 recv_paused;
+	int			 up_done;	/* curl finished */
+	CURLcode		 up_rc;
+	int			 reused;	/* -1 unknown */
+
+	/* response */
+	int			 resp_ready;
+	int			 headers_done;
+	int			 status;
+	struct hdr_vec		 resp_headers;	/* name owns "name\0value" */
+	long long		 resp_length;	/* -1 unknown */
+	int			 resp_bad;
+	enum perr		 err;
+	char			*err_msg;
+	int			 is_error;
+	char			*local_body;	/* the proxy's own answer */
+	int			 local_status;
+	const char		*local_ctype;	/* NULL: application/json */
+	const char		*err_header;	/* 407: the auth scheme */
+
+	int			 client_gone;
+	long long		 bytes_in;
+	long long		 bytes_out;
+	long long		 start_ms;
+	long long		 last_io;	/* last byte to or from upstream */
+
+	struct ws		*ws;		/* WebSocket handshake, or NULL */
+
+	/* waiting for a run-task registration */
+	int			 reg_wait;
+	/* invalid_task_id recovery: the body is kept for one replay */
+	struct buf		 replay;
+	int			 replay_ok;
+	int			 inspecting;	/* holding an error answer to read it */
+	int			 retried;
+	int			 reg_waited_out;
+	long long		 reg_deadline;
+	struct transfer		*reg_next;
+
+	int			 in_unpause;
+	struct transfer		*unpause_next;
+	struct transfer		*live_next, *live_prev;
+};
+
+void	*transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con);
+enum MHD_Result transfer_access(void *cls, struct MHD_Connection *con,
+	    const char *url, const char *method, const char *version,
+	    const char *upload_data, size_t *upload_data_size, void **con_cls);
+void	 transfer_completed(void *cls, struct MHD_Connection *con,
+	    void **con_cls, enum MHD_RequestTerminationCode toe);
+
+/* Shared with the WebSocket relay. */
+void	 transfer_resume(struct transfer *t);
+/* Records an error answer; it is queued when MHD lets us. */
+void	 set_error(struct transfer *t, enum perr e, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
+/* One line of an upstream response head, as curl's header callback gets
+ * it (with its line ending); the empty line ends the head. */
+size_t	 on_header(char *p, size_t size, size_t n, void *ud);
+
+/* Called by the worker loop. */
+void	 transfer_curl_done(struct transfer *t, CURLcode rc);
+void	 transfer_unpause(struct transfer *t);
+void	 transfer_client_gone(struct transfer *t);
+/* Re-decides requests parked for a registration that ended or took too
+ * long (the worker loop ticks at least every 250 ms while any is parked). */
+void	 transfer_reg_poll(struct worker *w, long long now);
+/* Ends upstream legs silent for longer than timeouts.upstream_idle. */
+void	 transfer_idle_sweep(struct worker *w, long long now);
+
+#endif

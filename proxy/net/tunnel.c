@@ -1,0 +1,440 @@
+#include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/access.h"
+#include "cred/ca.h"
+#include "core/classify.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "net/metrics.h"
+#include "net/relay.h"
+#include "net/tunnel.h"
+#include "net/worker.h"
+
+static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+
+/* A CONNECT between its head and the start of its relay. */
+struct tunnel {
+	int			 owner;		/* OWNER_TUNNEL: first member */
+	struct worker		*w;
+	int			 fd;
+	char			 client[64];
+	struct sockaddr_storage	 addr;
+	socklen_t		 addrlen;
+	struct connect_req	 req;
+	CURL			*easy;
+	const char		*provider;
+	long long		 start;
+	struct tunnel		*prev, *next;	/* w->connecting */
+};
+
+/* What the SNI callback checks the ClientHello against. */
+struct icpt {
+	char	*host;
+};
+
+static int icpt_index = -1;
+
+static void
+log_connect(struct tunnel *tn, int status, const char *action, const char *code)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:s?}",
+	    "client", tn->client, "method", "CONNECT",
+	    "host", tn->req.host ? tn->req.host : "",
+	    "port", tn->req.port, "status", status, "provider", tn->provider,
+	    "action", action, "error", code);
+
+	log_json(LL_INFO, "request", o);
+	metrics_connect(action);
+}
+
+static void
+tunnel_free(struct tunnel *tn)
+{
+	connect_req_free(&tn->req);
+	free(tn);
+}
+
+static void
+refuse(struct tunnel *tn, enum perr e, const char *msg, const char *extra)
+{
+	send_and_close(tn->fd, e, msg, extra);
+	atomic_fetch_sub(&tn->w->px->nconns, 1);
+	log_connect(tn, perr_status(e), "reject", perr_code(e));
+	tunnel_free(tn);
+}
+
+static int
+write_all(int fd, const char *p, size_t n)
+{
+	/* The socket is fresh and nearly empty: 39 bytes fit at once. */
+	ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+
+	return k == (ssize_t)n ? 0 : -1;
+}
+
+/* --- blind tunnels ------------------------------------------------------ */
+
+static void
+start_blind(struct tunnel *tn)
+{
+	struct worker *w = tn->w;
+	struct config *c = w->rc->cfg;
+	char url[300];
+	CURL *e;
+
+	snprintf(url, sizeof(url), tn->req.ipv6 ? "http://[%s]:%d/" :
+	    "http://%s:%d/", tn->req.host, tn->req.port);
+	if ((tn->easy = e = curl_easy_init()) == NULL) {
+		refuse(tn, PERR_INTERNAL, "cannot open an upstream connection", NULL);
+		return;
+	}
+	/* curl resolves and connects without blocking the loop; the socket
+	 * is then relayed as raw bytes. */
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, tn);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROXY, "");
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+	    (long)(c->connect_timeout * 1000));
+	if (w->px->connect_to != NULL)
+		curl_easy_setopt(e, CURLOPT_CONNECT_TO, w->px->connect_to);
+	if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
+		curl_easy_cleanup(e);
+		refuse(tn, PERR_INTERNAL, "cannot open an upstream connection", NULL);
+		return;
+	}
+	tn->next = w->connecting;
+	if (w->connecting)
+		w->connecting->prev = tn;
+	w->connecting = tn;
+}
+
+static void
+connecting_unlink(struct tunnel *tn)
+{
+	if (tn->prev)
+		tn->prev->next = tn->next;
+	else
+		tn->w->connecting = tn->next;
+	if (tn->next)
+		tn->next->prev = tn->prev;
+}
+
+void
+tunnel_abort_all(struct worker *w)
+{
+	while (w->connecting != NULL) {
+		struct tunnel *tn = w->connecting;
+
+		connecting_unlink(tn);
+		curl_multi_remove_handle(w->multi, tn->easy);
+		curl_easy_cleanup(tn->easy);
+		close(tn->fd);
+		atomic_fetch_sub(&w->px->nconns, 1);
+		tunnel_free(tn);
+	}
+}
+
+void
+tunnel_curl_done(void *arg, CURLcode rc)
+{
+	struct tunnel *tn = arg;
+	struct worker *w = tn->w;
+	struct relay *r;
+	curl_socket_t s = CURL_SOCKET_BAD;
+
+	connecting_unlink(tn);
+	if (rc == CURLE_OK)
+		curl_easy_getinfo(tn->easy, CURLINFO_ACTIVESOCKET, &s);
+	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
+		char msg[300];
+
+		snprintf(msg, sizeof(msg), "upstream %s:%d: %s", tn->req.host,
+		    tn->req.port, curl_easy_strerror(rc));
+		curl_multi_remove_handle(w->multi, tn->easy);
+		curl_easy_cleanup(tn->easy);
+		refuse(tn, rc == CURLE_OPERATION_TIMEDOUT ? PERR_UPSTREAM_TIMEOUT :
+		    PERR_UPSTREAM_UNREACHABLE, msg, NULL);
+		return;
+	}
+	/* The answer goes out only now that the upstream is there. */
+	if (write_all(tn->fd, established, sizeof(established) - 1) != 0 ||
+	    (r = relay_new(w, (long long)(w->rc->cfg->tunnel_idle_timeout * 1000))) == NULL) {
+		curl_multi_remove_handle(w->multi, tn->easy);
+		curl_easy_cleanup(tn->easy);
+		close(tn->fd);
+		atomic_fetch_sub(&w->px->nconns, 1);
+		tunnel_free(tn);
+		return;
+	}
+	r->kind = MT_TUNNEL;
+	r->counts_conn = 1;
+	r->a.kind = EP_FD;
+	r->a.fd = tn->fd;
+	r->b.kind = EP_CURL;
+	r->b.easy = tn->easy;
+	r->b.fd = (int)s;
+	memcpy(r->client, tn->client, sizeof(r->client));
+	if (asprintf(&r->what, "tunnel %s:%d", tn->req.host, tn->req.port) < 0)
+		r->what = NULL;
+	log_connect(tn, 200, "tunnel", NULL);
+	tunnel_free(tn);
+	if (relay_start(r) != 0) {
+		log_msg(LL_WARN, "cannot start a tunnel relay");
+		curl_multi_remove_handle(w->multi, r->b.easy);
+		curl_easy_cleanup(r->b.easy);
+		close(r->a.fd);
+		free(r->what);
+		free(r);
+	}
+}
+
+/* --- interception ------------------------------------------------------- */
+
+static void
+icpt_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+    void *argp)
+{
+	struct icpt *ic = ptr;
+
+	(void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+	if (ic != NULL) {
+		free(ic->host);
+		free(ic);
+	}
+}
+
+static int
+sni_cb(SSL *ssl, int *alert, void *arg)
+{
+	const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	struct icpt *ic = SSL_get_ex_data(ssl, icpt_index);
+	size_t n;
+
+	(void)arg;
+	if (sni == NULL || ic == NULL)
+		return SSL_TLSEXT_ERR_OK;	/* no SNI: the CONNECT host's leaf */
+	n = strlen(sni);
+	if (n > 0 && sni[n - 1] == '.')
+		n--;
+	/* A client that tunnels to one host and names another is refused:
+	 * the leaf and the upstream are the CONNECT target's. */
+	if (n != strlen(ic->host) || strncasecmp(sni, ic->host, n) != 0) {
+		*alert = SSL_AD_UNRECOGNIZED_NAME;
+		return SSL_TLSEXT_ERR_ALERT_FATAL;
+	}
+	return SSL_TLSEXT_ERR_OK;
+}
+
+static int
+alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+    const unsigned char *in, unsigned int inlen, void *arg)
+{
+	static const unsigned char h11[] = "\x08http/1.1";
+	unsigned char *sel;
+
+	(void)ssl; (void)arg;
+	/* MHD speaks HTTP/1.1 only. */
+	if (SSL_select_next_proto(&sel, outlen, h11, sizeof(h11) - 1, in,
+	    inlen) != OPENSSL_NPN_NEGOTIATED)
+		return SSL_TLSEXT_ERR_NOACK;
+	*out = sel;
+	return SSL_TLSEXT_ERR_OK;
+}
+
+int
+tunnel_tls_init(struct proxy *px, char *err, size_t errlen)
+{
+	SSL_CTX *ctx;
+
+	if (!px->cfg->intercept)
+		return 0;
+	if (ca_open(px->cfg->ca_dir, 1, &px->ca, err, errlen) != 0)
+		return -1;
+	if (icpt_index < 0)
+		icpt_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, icpt_free);
+	if ((ctx = SSL_CTX_new(TLS_server_method())) == NULL) {
+		snprintf(err, errlen, "cannot create the TLS context");
+		return -1;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
+	SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+	px->tls_ctx = ctx;
+	return 0;
+}
+
+void
+tunnel_tls_free(struct proxy *px)
+{
+	SSL_CTX_free(px->tls_ctx);
+	ca_free(px->ca);
+	px->tls_ctx = NULL;
+	px->ca = NULL;
+}
+
+static void
+start_intercept(struct tunnel *tn)
+{
+	struct worker *w = tn->w;
+	struct relay *r = NULL;
+	struct icpt *ic = NULL;
+	X509 *leaf = NULL;
+	EVP_PKEY *key = NULL;
+	SSL *ssl = NULL;
+	char err[256];
+	int sp[2] = { -1, -1 };
+
+	if (ca_leaf(w->px->ca, tn->req.host, &leaf, &key, err, sizeof(err)) != 0) {
+		refuse(tn, PERR_INTERNAL, err, NULL);
+		return;
+	}
+	if ((ic = calloc(1, sizeof(*ic))) != NULL &&
+	    (ic->host = strdup(tn->req.host)) != NULL &&
+	    (ssl = SSL_new(w->px->tls_ctx)) != NULL &&
+	    SSL_set_ex_data(ssl, icpt_index, ic) == 1)
+		ic = NULL;	/* the SSL owns it now */
+	if (ssl == NULL || ic != NULL ||
+	    SSL_use_certificate(ssl, leaf) != 1 ||
+	    SSL_use_PrivateKey(ssl, key) != 1 ||
+	    SSL_add1_chain_cert(ssl, ca_cert(w->px->ca)) != 1 ||
+	    SSL_set_fd(ssl, tn->fd) != 1 ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0 ||
+	    (r = relay_new(w, (long long)(w->rc->cfg->client_idle_timeout * 1000))) == NULL) {
+		if (ic != NULL) {
+			free(ic->host);
+			free(ic);
+		}
+		SSL_free(ssl);
+		X509_free(leaf);
+		EVP_PKEY_free(key);
+		if (sp[0] >= 0) {
+			close(sp[0]);
+			close(sp[1]);
+		}
+		refuse(tn, PERR_INTERNAL, "cannot set up TLS interception", NULL);
+		return;
+	}
+	X509_free(leaf);
+	EVP_PKEY_free(key);
+	SSL_set_accept_state(ssl);
+	if (write_all(tn->fd, established, sizeof(established) - 1) != 0) {
+		SSL_free(ssl);
+		close(sp[0]);
+		close(sp[1]);
+		free(r);
+		close(tn->fd);
+		atomic_fetch_sub(&w->px->nconns, 1);
+		tunnel_free(tn);
+		return;
+	}
+	/* The plain end goes to MHD, tagged with the CONNECT target so
+	 * requests on it go there (mhd_notify_connection picks it up). */
+	w->adding_host = tn->req.host;
+	w->adding_port = tn->req.port;
+	w->adding_ipv6 = tn->req.ipv6;
+	w->adding_client = tn->client;
+	if (MHD_add_connection(w->mhd, sp[1], (struct sockaddr *)&tn->addr,
+	    tn->addrlen) != MHD_YES) {
+		w->adding_host = NULL;
+		SSL_free(ssl);
+		close(sp[0]);	/* MHD closed sp[1] */
+		free(r);
+		close(tn->fd);
+		atomic_fetch_sub(&w->px->nconns, 1);
+		log_connect(tn, 503, "reject", "too_many_connections");
+		tunnel_free(tn);
+		return;
+	}
+	w->adding_host = NULL;
+	/* The MHD connection counts itself; this one is the TLS side. */
+	atomic_fetch_add(&w->px->nconns, 1);
+	r->kind = MT_INTERCEPT;
+	r->counts_conn = 1;
+	r->a.kind = EP_SSL;
+	r->a.ssl = ssl;
+	r->a.fd = tn->fd;
+	r->b.kind = EP_FD;
+	r->b.fd = sp[0];
+	memcpy(r->client, tn->client, sizeof(r->client));
+	if (asprintf(&r->what, "intercept %s:%d", tn->req.host, tn->req.port) < 0)
+		r->what = NULL;
+	log_connect(tn, 200, "intercept", NULL);
+	tunnel_free(tn);
+	if (relay_start(r) != 0) {
+		SSL_free(ssl);
+		close(r->a.fd);
+		close(r->b.fd);
+		free(r->what);
+		free(r);
+	}
+}
+
+/* --- entry -------------------------------------------------------------- */
+
+void
+tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
+    socklen_t sl, struct connect_req *req)
+{
+	struct proxy *px = w->px;
+	struct tunnel *tn = calloc(1, sizeof(*tn));
+	struct decision d;
+	char msg[300];
+
+	if (tn == NULL) {
+		connect_req_free(req);
+		send_and_close(fd, PERR_INTERNAL, "out of memory", NULL);
+		atomic_fetch_sub(&px->nconns, 1);
+		return;
+	}
+	tn->owner = OWNER_TUNNEL;
+	tn->w = w;
+	tn->fd = fd;
+	tn->req = *req;
+	memset(req, 0, sizeof(*req));
+	memcpy(&tn->addr, ss, sl);
+	tn->addrlen = sl;
+	tn->start = now_ms();
+	sockaddr_name((const struct sockaddr *)ss, tn->client);
+	if (!access_auth_ok(&w->rc->access, tn->req.proxy_auth)) {
+		char hdr[80];
+
+		snprintf(hdr, sizeof(hdr), "Proxy-Authenticate: %s realm=\"scopeproxy\"",
+		    w->rc->access.scheme);
+		refuse(tn, PERR_PROXY_AUTH_REQUIRED,
+		    "proxy authentication required", hdr);
+		return;
+	}
+	if (!access_connect_port_ok(&w->rc->access, tn->req.port)) {
+		snprintf(msg, sizeof(msg), "CONNECT to port %d is not allowed "
+		    "(connect_ports)", tn->req.port);
+		refuse(tn, PERR_CONNECT_PORT_FORBIDDEN, msg, NULL);
+		return;
+	}
+	if (!access_host_allowed(&w->rc->access, tn->req.host)) {
+		snprintf(msg, sizeof(msg), "destination %.200s is not in "
+		    "allowed_hosts", tn->req.host);
+		refuse(tn, PERR_DESTINATION_FORBIDDEN, msg, NULL);
+		return;
+	}
+	classify(w->rc->providers, "CONNECT", "https", tn->req.host, tn->req.port,
+	    NULL, 0, &d);
+	tn->provider = d.provider;
+	if (d.intercept && px->tls_ctx != NULL)
+		start_intercept(tn);
+	else
+		start_blind(tn);
+}

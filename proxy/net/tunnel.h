@@ -1,0 +1,28 @@
+/* HTTPS_PROXY: CONNECT requests, answered by the proxy itself. Blind
+ * tunnels for every destination the provider table does not mark for
+ * interception; TLS termination with a local-CA leaf for those it does,
+ * the decrypted stream handed to MHD like any plain connection. */
+#ifndef SP_TUNNEL_H
+#define SP_TUNNEL_H
+#include <curl/curl.h>
+#include <sys/socket.h>
+
+#include "core/connect.h"
+
+struct worker;
+struct proxy;
+
+/* Creates px->tls_ctx (and opens or creates the CA) when interception
+ * is enabled. */
+int	 tunnel_tls_init(struct proxy *px, char *err, size_t errlen);
+void	 tunnel_tls_free(struct proxy *px);
+
+/* fd has sent a complete CONNECT head, parsed into req (ownership
+ * moves), and its bytes were consumed. */
+void	 tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
+	    socklen_t sl, struct connect_req *req);
+void	 tunnel_curl_done(void *tunnel, CURLcode rc);
+/* Drops CONNECTs still waiting for their upstream (shutdown). */
+void	 tunnel_abort_all(struct worker *w);
+
+#endif

@@ -1,0 +1,145 @@
+/* One event loop per core: it accepts from the shared listening socket,
+ * drives its own libmicrohttpd daemon (external epoll mode) and its own
+ * libcurl multi handle from a single epoll set, so a request never hops
+ * threads between the client side and the upstream side. */
+#ifndef SP_WORKER_H
+#define SP_WORKER_H
+#include <curl/curl.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include <openssl/ssl.h>
+
+#include "core/access.h"
+#include "cred/credential.h"
+#include "core/errors.h"
+
+struct config;
+struct transfer;
+struct relay;
+struct tunnel;
+struct ca;
+
+/* What an epoll event points at. */
+enum ev_kind { EV_LISTEN, EV_WAKE, EV_MHD, EV_CURL, EV_PEEK, EV_CLIENT,
+	EV_RELAY, EV_WS };
+
+/* What a curl handle's CURLOPT_PRIVATE points at (its first member). */
+enum { OWNER_TRANSFER = 1, OWNER_TUNNEL = 2 };
+
+struct evsrc {
+	enum ev_kind	 kind;
+	int		 fd;
+	int		 dead;	/* freed at the end of this loop turn */
+};
+
+/* One generation of reloadable settings. SIGHUP builds a new one; each
+ * worker adopts it at the top of its loop, and old generations stay
+ * allocated until exit because requests in flight point into them. */
+struct runconf {
+	struct config		*cfg;
+	struct provider_table	*providers;
+	struct access		 access;
+	struct runconf		*older;
+	int			 owns_cfg;
+};
+
+/* Process-wide state shared by the workers; read-only once they run,
+ * but for rc, which is swapped atomically by the main thread. */
+struct proxy {
+	struct config		*cfg;		/* as started: listen, MHD, CA */
+	struct runconf		*rc;
+	int			 listen_fd;
+	atomic_long		 nconns;
+	atomic_int		 stopping;
+	atomic_int		 draining;	/* SIGTERM: finish, accept nothing */
+	long long		 drain_deadline;
+	struct curl_slist	*connect_to;	/* from --resolve */
+	int			 audit_fd;	/* -1: no audit log */
+	struct ca		*ca;		/* NULL: no interception */
+	SSL_CTX			*tls_ctx;
+};
+
+/* A client connection owned by MHD; watched for hang-ups so that an
+ * upstream is released even while the connection is suspended. */
+struct client {
+	struct evsrc		 src;
+	struct worker		*w;
+	struct transfer		*t;	/* request in progress, or NULL */
+	char			 addr[64];
+	char			*icpt_host;	/* intercepted CONNECT target */
+	int			 icpt_port;
+	int			 icpt_ipv6;
+};
+
+struct peek;
+
+struct worker {
+	struct proxy		*px;
+	struct runconf		*rc;		/* the generation this loop uses */
+	int			 id;
+	pthread_t		 thread;
+	int			 epfd;
+	struct evsrc		 listen_src;
+	struct evsrc		 wake_src;
+	struct evsrc		 mhd_src;
+	struct MHD_Daemon	*mhd;
+	CURLM			*multi;
+	long long		 curl_deadline;	/* monotonic ms, -1: none */
+	struct peek		*peek_head, *peek_tail;
+	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
+	struct transfer		*reg_waiters;	/* parked for a registration */
+	struct transfer		*live;		/* every transfer, for shutdown */
+	char			*secbuf;	/* locked scratch for minting */
+	struct assertion_cache	 acache;	/* holds a ref on acache.id */
+	char			*peekbuf;	/* first request head, peeked */
+	struct relay		*relays;	/* tunnels and intercepted TLS */
+	long long		 next_sweep;
+	atomic_int		 listening;
+	atomic_int		 finished;	/* the loop has ended */
+	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
+	void			**graveyard;	/* freed after the event batch */
+	size_t			 ngrave, capgrave;
+	CURL			*easy_pool[64];	/* reset handles, reused */
+	int			 neasy_pool;
+	/* set around MHD_add_connection for an intercepted stream */
+	const char		*adding_host;
+	int			 adding_port;
+	int			 adding_ipv6;
+	const char		*adding_client;
+};
+
+int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
+	    size_t errlen);
+int	 worker_start(struct worker *w);
+void	 worker_wake(struct worker *w);
+void	 worker_join(struct worker *w);	/* then worker_free() */
+void	 worker_free(struct worker *w);
+
+/* Asks the loop to unpause t's curl transfer once outside callbacks. */
+void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
+
+long long now_ms(void);
+
+/* "1.2.3.4:5" or "[::1]:5", for logs. */
+void	 sockaddr_name(const struct sockaddr *sa, char out[64]);
+
+/* The current settings generation, for threads other than workers. */
+struct runconf *proxy_runconf(struct proxy *px);
+
+/* A curl easy handle: creating one costs an 80 KiB zeroed allocation,
+ * so finished ones are reset and reused. */
+CURL	*worker_easy_get(struct worker *w);
+/* Frees p once the current batch of epoll events is handled: a later
+ * event in the batch may still point at it (it sees src->dead). */
+void	 worker_defer_free(struct worker *w, void *p);
+void	 worker_easy_put(struct worker *w, CURL *e);
+
+/* Answers e in JSON on a socket the proxy owns (not MHD's) and closes
+ * it. extra: one more header line without CRLF, or NULL. */
+void	 send_and_close(int fd, enum perr e, const char *message,
+	    const char *extra);
+
+#endif
