@@ -593,17 +593,22 @@ class MetricsTest(LifecycleCase):
             self.assertEqual(labels, DOCUMENTED[fam][1], 'label names of %s in README' % fam)
 
     def test_metrics_parse_and_move_with_traffic(self):
-        up = self.start_upstream()
+        # dual: the credentialed routes written as http:// go upstream over
+        # TLS to api.openai.com:443 (a minted credential never travels on
+        # plaintext); the pass-through ones stay plain, as the client wrote.
+        tls = tls_material()
+        up = self.start_upstream(dual=True)
         up.route('/stream', SSE(n=2, handshake=True, ack_timeout=10))
         auth = self.path('auth.json')
         write_auth(auth)
         cfg = self.path('config.json')
         with open(cfg, 'w') as f:
             json.dump({'connect_ports': [443, up.port]}, f)
-        d = self.start_daemon('--config', cfg, '--auth-file', auth,
+        d = self.start_daemon('--config', cfg, '--auth-file', auth, '--upstream-ca', tls.ca,
                               '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port,
+                              '--resolve', 'api.openai.com:443:127.0.0.1:%d' % up.port,
                               '--gateway', '/oa/=http://api.openai.com/v1/',
-                              '--gateway', '/up/=%s/' % up.origin())
+                              '--gateway', '/up/=http://127.0.0.1:%d/' % up.port)
         m0 = self.scrape(d)
         self.check_documented(m0)
         self.assertEqual(m0.value('scopeproxy_registration_state'), 1)
@@ -644,6 +649,12 @@ class MetricsTest(LifecycleCase):
         self.assertTrue(auth_seen.startswith('AgentAssertion '), 'upstream got %r' % auth_seen)
         r = request(d.port, b'GET /oa/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')
         self.assertEqual(r.status, 200, r)
+        ways = sorted((q.target, q.tls, q.sni) for q in up.requests)
+        self.assertEqual(ways, [('/plain', False, None),
+                                ('/v1/models', False, None),
+                                ('/v1/responses', True, 'api.openai.com'),
+                                ('/v1/responses/compact', True, 'api.openai.com')],
+                         'credentialed routes over TLS to api.openai.com, pass-through as written')
 
         want = {('forward', 'custom', 'other', 'passthrough', '2xx'): 1,
                 ('forward', 'openai', 'inference', 'assert', '2xx'): 1,
@@ -789,14 +800,18 @@ class MetricsTest(LifecycleCase):
         self.assertEqual(r.status, 200, 'after 5 finished tunnels with --max-connections 4: %r' % r)
 
     def test_labels_stay_bounded_with_odd_requests(self):
-        up = self.start_upstream()
+        # dual: the credentialed POST written as http:// goes upstream over
+        # TLS to api.openai.com:443; the pass-through ones stay plain.
+        tls = tls_material()
+        up = self.start_upstream(dual=True)
         oddhost = 'zz-oddhost-label-q7.test'
         auth = self.path('auth.json')
         write_auth(auth)
-        d = self.start_daemon('--auth-file', auth,
+        d = self.start_daemon('--auth-file', auth, '--upstream-ca', tls.ca,
                               '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port,
+                              '--resolve', 'api.openai.com:443:127.0.0.1:%d' % up.port,
                               '--resolve', '%s:80:127.0.0.1:%d' % (oddhost, up.port),
-                              '--gateway', '/up/=%s/' % up.origin())
+                              '--gateway', '/up/=http://127.0.0.1:%d/' % up.port)
         odd = ['OddLabelQ1', 'OddLabelQ2', 'OddLabelQ3', 'OddLabelQ4', 'OddLabelQ5', 'OddLabelQ6',
                'OddLabelQ7', 'OddLabelQ8', 'ODDMETHODQ9', oddhost, 'zq-unknown-prefix']
         key_in_query = SPEC_V2_B64.replace('+', '%2B').replace('/', '%2F').replace('=', '%3D')
