@@ -616,9 +616,15 @@ config_load_file(struct config *c, const char *path, char *err, size_t errlen)
 
 	root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
 	if (root == NULL) {
+		/* jansson's text ends in "near '<token>'", which may be a
+		 * piece of a secret (proxy_auth): keep what precedes it. */
+		char *near = strstr(je.text, " near ");
+
+		if (near != NULL)
+			*near = '\0';
 		if (je.line > 0)
-			snprintf(err, errlen, "%s:%d:%d: %s", path, je.line,
-			    je.column, je.text);
+			snprintf(err, errlen, "%s:%d:%d: invalid JSON: %s", path,
+			    je.line, je.column, je.text);
 		else
 			snprintf(err, errlen, "%s: %s", path, je.text);
 		return -1;
@@ -681,6 +687,30 @@ static json_t *
 str_or_null(const char *s)
 {
 	return s ? json_string(s) : json_null();
+}
+
+/* A URL as it may be printed: userinfo (a password, a token) becomes
+ * "<redacted>". */
+static json_t *
+url_redacted(const char *url)
+{
+	const char *auth, *end, *at;
+	json_t *o;
+	char *s;
+
+	if (url == NULL)
+		return json_null();
+	auth = strstr(url, "://");
+	auth = auth ? auth + 3 : url;
+	end = auth + strcspn(auth, "/?#");
+	at = memchr(auth, '@', (size_t)(end - auth));
+	if (at == NULL)
+		return json_string(url);
+	if (asprintf(&s, "%.*s<redacted>%s", (int)(auth - url), url, at) < 0)
+		return json_null();
+	o = json_string(s);
+	free(s);
+	return o;
 }
 
 json_t *
@@ -749,7 +779,7 @@ config_to_json(const struct config *c)
 	json_object_set_new(root, "task_registration", json_pack(
 	    "{s:o, s:o, s:f, s:f, s:f, s:i, s:f}",
 	    "enabled", c->reg_enabled < 0 ? json_null() : json_boolean(c->reg_enabled),
-	    "base_url", str_or_null(c->reg_base_url),
+	    "base_url", url_redacted(c->reg_base_url),
 	    "cooldown", c->reg_cooldown, "wait", c->reg_wait,
 	    "timeout", c->reg_timeout, "attempts", c->reg_attempts,
 	    "backoff", c->reg_backoff));

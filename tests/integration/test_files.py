@@ -1,0 +1,150 @@
+#!/usr/bin/python3
+"""Files and outputs that cannot be turned against the daemon.
+
+The real daemon, started as the test's user (root in CI), with an
+attacker's planted links and shared directories:
+
+  * --server-info and --pid-file are written through a random temp name
+    created exclusively in the target directory: a link planted at the old
+    guessable name (PATH.tmp.PID) or at PATH itself never makes the daemon
+    write through it.
+  * The audit log is opened without following a link, and must be a
+    regular file.
+  * The CA directory (and every parent) must not be writable by group or
+    others (a sticky directory such as /tmp is fine as a parent) and must be
+    owned by the daemon's user; ca.key too.  The auth file must be owned by
+    the daemon's user or root.  Every refusal names the path and the fix.
+  * A configuration syntax error never quotes the file's text (it may hold
+    a proxy_auth secret), at start or on SIGHUP; check-config redacts the
+    userinfo of task_registration.base_url.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import (ProxyTestCase, main, run_cmd, scopeproxy_bin,  # noqa: E402
+                     clean_env, hermetic_env)
+from agentid import SPEC_V2_B64, auth_doc, identity_record, write_auth  # noqa: E402
+
+VICTIM = b'precious contents\n'
+NOBODY = 65534
+
+
+class FilesCase(ProxyTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.work = tempfile.mkdtemp(prefix='scopeproxy-files-')
+        os.chmod(self.work, 0o700)
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.victim = self.path('victim')
+        with open(self.victim, 'wb') as f:
+            f.write(VICTIM)
+        self.auth = self.path('auth.json')
+        write_auth(self.auth, auth_doc(identity_record(SPEC_V2_B64, 'agent-123', task_id='t-1')))
+        self.ca = self.path('ca')
+
+    def path(self, *names):
+        return os.path.join(self.work, *names)
+
+    def victim_intact(self):
+        with open(self.victim, 'rb') as f:
+            return f.read() == VICTIM
+
+    def spawn(self, *args, delay=0.4):
+        """Start the daemon through a shell that waits, so its pid (the
+        shell's, kept by exec) is known before the daemon runs."""
+        cmd = [scopeproxy_bin(), '--listen', '127.0.0.1:0', '--auth-file', self.auth,
+               '--ca-dir', self.ca] + list(args)
+        p = subprocess.Popen(['/bin/sh', '-c', 'sleep %s; exec "$@"' % delay, 'sh'] + cmd,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=clean_env())
+        self.addCleanup(self._reap, p)
+        return p
+
+    def _reap(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=10)
+
+    def wait_file(self, path, timeout=10):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if os.path.exists(path) and not os.path.islink(path):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, p):
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=15)
+        return p.returncode, err.decode('utf-8', 'replace')
+
+    def start_fails(self, *args, env=None):
+        r = run_cmd([scopeproxy_bin(), '--listen', '127.0.0.1:0', '--auth-file', self.auth,
+                     '--ca-dir', self.ca] + list(args), env=env or clean_env(), timeout=15)
+        return r.returncode, r.stderr.decode('utf-8', 'replace')
+
+
+class Outputs(FilesCase):
+    SECRET_PW = 'pw-Zq81secret'
+
+    def test_syntax_error_does_not_quote_the_file(self):
+        cfg = self.path('bad.json')
+        for text in ('{"proxy_auth": {"basic": "u:%s',      # unterminated: jansson quotes it
+                     '{"proxy_auth": {"bearer": %s}}'):
+          with open(cfg, 'w') as f:
+            f.write(text % self.SECRET_PW)
+          for cmd in (['check-config'], []):
+            r = run_cmd([scopeproxy_bin()] + cmd + ['--config', cfg, '--listen', '127.0.0.1:0',
+                                                    '--auth-file', self.auth], env=clean_env(),
+                        timeout=15)
+            self.assertEqual(r.returncode, 2, r)
+            err = r.stderr.decode()
+            self.assertIn(cfg, err)
+            self.assertIn(':1:', err, 'the position is named')
+            self.assertNotIn(self.SECRET_PW, err)
+            self.assertNotIn('pw', err)
+
+    def test_syntax_error_on_sighup_does_not_quote_the_file(self):
+        cfg = self.path('good.json')
+        with open(cfg, 'w') as f:
+            f.write('{"log_level": "info"}\n')
+        info = self.path('info.json')
+        p = self.spawn('--config', cfg, '--server-info', info, delay=0)
+        self.assertTrue(self.wait_file(info))
+        with open(cfg, 'w') as f:
+            f.write('{"proxy_auth": {"bearer": "%s' % self.SECRET_PW)
+        p.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        rc, err = self.stop(p)
+        self.assertEqual(rc, 0, err)
+        self.assertIn('reload rejected', err)
+        self.assertNotIn(self.SECRET_PW, err)
+
+    def test_check_config_redacts_base_url_userinfo(self):
+        cfg = self.path('reg.json')
+        with open(cfg, 'w') as f:
+            json.dump({'task_registration': {
+                'base_url': 'https://user:%s@chatgpt.com/backend-api' % self.SECRET_PW}}, f)
+        r = run_cmd([scopeproxy_bin(), 'check-config', '--config', cfg], env=clean_env())
+        self.assertEqual(r.returncode, 0, r)
+        out = r.stdout.decode()
+        self.assertNotIn(self.SECRET_PW, out)
+        self.assertNotIn('user:', out)
+        doc = json.loads(out)
+        self.assertEqual(doc['task_registration']['base_url'],
+                         'https://<redacted>@chatgpt.com/backend-api')
+
+
+if __name__ == '__main__':
+    main()
