@@ -28,7 +28,11 @@ Checked independently of the daemon:
     the reason);
   * the credentialed request (forward `POST http://api.openai.com/v1/responses`)
     reaches a mock upstream with an AgentAssertion that is decoded and
-    verified here and carries the new task id;
+    verified here and carries the new task id; a minted credential never
+    travels on plaintext, so the daemon sends that http:// request over
+    TLS to api.openai.com:443 (the mock answers plain HTTP and TLS on one
+    port and stands in for both :80 and :443; each credentialed request
+    must arrive over TLS with SNI api.openai.com);
   * record form: auth.json gets the task, stays mode 0600, keeps every
     other field (known and unknown, top level and nested), leaves no temp
     file behind; JWT form: auth.json is byte-identical (same inode) and
@@ -345,7 +349,10 @@ class RegCase(ProxyTestCase):
         self.pub = public_key(SPEC_SEED)
         self.forbidden = {SECRET, 'AgentAssertion'} | key_secrets(SPEC_SEED)
         self.tls = tls_material()
-        self.up = self.start_upstream()                 # api.openai.com:80 (Echo)
+        # api.openai.com:80 and :443 (Echo).  Credentialed requests written
+        # as http:// go upstream over TLS to :443; plain :80 stays resolvable
+        # so a regression would land here on plaintext and be caught.
+        self.up = self.start_upstream(dual=True)
         self.regsrv = self.start_upstream(tls=True)     # chatgpt.com:443
         self.script = self.regsrv.route('/', RegScript(answer_json(500, {'error': 'unscripted'})))
         # Registered after start_upstream: runs before the server closes.
@@ -372,6 +379,7 @@ class RegCase(ProxyTestCase):
                               *(('--upstream-ca', self.tls.ca) if upstream_ca else ()),
                               '--resolve', '%s:443:127.0.0.1:%d' % (REG_HOST, self.regsrv.port),
                               '--resolve', 'api.openai.com:80:127.0.0.1:%d' % self.up.port,
+                              '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port,
                               *extra)
         d.audit_path = audit
         # Runs before the harness's own daemon cleanup: stop, then grep.
@@ -435,10 +443,19 @@ class RegCase(ProxyTestCase):
             resp.got = self.up.wait_request(lambda r: r.header('X-Req') == tag, timeout=3)
         return resp
 
+    def assertOverTLS(self, got):
+        """A credentialed request reached the upstream over TLS verified for
+        api.openai.com (the http:// it was written as is upgraded)."""
+        ctx = repr(got.raw_head)
+        self.assertTrue(got.tls, 'credentialed request arrived over plaintext: ' + ctx)
+        self.assertEqual(got.sni, 'api.openai.com', 'TLS name: ' + ctx)
+        self.assertEqual(got.header_all('Host'), ['api.openai.com'], 'Host: ' + ctx)
+
     def assertCredentialed(self, resp, task, d, runtime=RUNTIME):
         self.assertEqual(resp.status, 200, 'credentialed request: %r\n%s' % (resp, d.tail(2000)))
         got = resp.got
         self.assertIsNotNone(got, 'the upstream never saw the request')
+        self.assertOverTLS(got)
         auths = got.header_all('Authorization')
         self.assertEqual(len(auths), 1, 'exactly one Authorization upstream: %r' % got.raw_head)
         self.assertNotIn(SECRET, got.raw_head.decode('latin-1'), 'client credential forwarded')
@@ -591,6 +608,8 @@ class Success(RegCase):
         self.assertEqual(len(reqs), 1, 'exactly one registration')
         lines = [a for a in self.audit(d) if a.get('action') == 'assert']
         self.assertEqual([a.get('task') for a in lines], [fingerprint(task)] * 2, 'audit task fingerprints')
+        self.assertEqual([a.get('host') for a in lines], ['api.openai.com:443'] * 2,
+                         'audit host: the http:// request went upstream over TLS to :443')
         self.assertIn('auth.json', d.stderr_text(), 'the write-back should be logged, naming the file')
         return d
 
@@ -1063,6 +1082,14 @@ class Recovery(RegCase):
         write_auth(self.auth, record_doc('task-old-rej'))
         self.forbid('task-old-rej', 'task-new-ok')
 
+    def assertUpstreamOverTLS(self, count):
+        """The first request and any replay: each over TLS to api.openai.com."""
+        reqs = self.up.requests
+        self.assertEqual(len(reqs), count, [r.raw_head for r in reqs])
+        for r in reqs:
+            self.assertTrue(self.up.wait_done(r, 5), r.raw_head)
+            self.assertOverTLS(r)
+
     def test_invalid_task_id_reregisters_once_and_replays(self):
         tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej'}))
         self.script.queue.append(answer_json(200, {'task_id': 'task-new-ok'}))
@@ -1074,12 +1101,14 @@ class Recovery(RegCase):
         self.assertEqual([t for t, _ in tc.seen], ['task-old-rej', 'task-new-ok'],
                          'one rejected request, one replay with the new task')
         self.assertEqual(tc.seen[0][1], tc.seen[1][1], 'the replay carries the same body')
+        self.assertUpstreamOverTLS(2)
         self.assertEqual(self.wait_auth_task()['agent_identity']['task_id'], 'task-new-ok')
         lines = [l for l in self.audit(d) if l.get('path') == '/v1/responses']
         self.assertEqual(len(lines), 1, lines)
         self.assertTrue(lines[0].get('retried'), lines)
         self.assertEqual(lines[0]['task'], fingerprint('task-new-ok'))
         self.assertEqual(lines[0]['status'], 200)
+        self.assertEqual(lines[0]['host'], 'api.openai.com:443', lines)
 
     def test_second_rejection_goes_back_without_a_loop(self):
         tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej', 'task-new-ok'}))
@@ -1091,6 +1120,7 @@ class Recovery(RegCase):
         time.sleep(0.5)
         self.assertEqual(len(self.reg_requests()), 1, 'never more than one re-registration')
         self.assertEqual(len(tc.seen), 2, 'never more than one replay')
+        self.assertUpstreamOverTLS(2)
 
     def test_body_too_large_to_keep_is_not_replayed(self):
         tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej'}))
@@ -1100,6 +1130,7 @@ class Recovery(RegCase):
         time.sleep(0.5)
         self.assertEqual(len(self.reg_requests()), 0, 'no registration without a replay')
         self.assertEqual(len(tc.seen), 1)
+        self.assertUpstreamOverTLS(1)
 
 
 if __name__ == '__main__':
