@@ -142,7 +142,7 @@ write_bundle(const struct ca *ca, const char *path, char *err, size_t errlen)
 	char *tmp = NULL, buf[8192];
 	FILE *in, *out;
 	size_t n;
-	int rc = -1;
+	int rc = -1, ok;
 
 	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
 		return -1;
@@ -157,9 +157,11 @@ write_bundle(const struct ca *ca, const char *path, char *err, size_t errlen)
 		fclose(in);
 	}
 	if (PEM_write_X509(out, ca_cert(ca)) == 1 && fflush(out) == 0 &&
-	    fchmod(fileno(out), 0644) == 0 && fclose(out) == 0) {
+	    fchmod(fileno(out), 0644) == 0) {
+		/* fclose frees out even when it fails: never close it twice */
+		ok = fclose(out) == 0;
 		out = NULL;
-		if (rename(tmp, path) == 0)
+		if (ok && rename(tmp, path) == 0)
 			rc = 0;
 	}
 	if (out != NULL)

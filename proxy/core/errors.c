@@ -16,7 +16,6 @@ static const struct {
 	[PERR_UPSTREAM_TLS] = { 502, "upstream_tls_error", "proxy_error" },
 	[PERR_UPSTREAM_TIMEOUT] = { 504, "upstream_timeout", "proxy_error" },
 	[PERR_UPSTREAM_PROTOCOL] = { 502, "upstream_protocol_error", "proxy_error" },
-	[PERR_CONNECT_NOT_SUPPORTED] = { 501, "connect_not_supported", "proxy_error" },
 	[PERR_TOO_MANY_CONNECTIONS] = { 503, "too_many_connections", "proxy_error" },
 	[PERR_AGENT_TASK_MISSING] = { 503, "agent_task_missing", "agent_identity_error" },
 	[PERR_AGENT_IDENTITY_MISSING] = { 503, "agent_identity_missing", "agent_identity_error" },
@@ -43,12 +42,6 @@ const char *
 perr_code(enum perr e)
 {
 	return perr_table[e].code;
-}
-
-const char *
-perr_type(enum perr e)
-{
-	return perr_table[e].type;
 }
 
 char *

@@ -12,7 +12,6 @@ enum perr {
 	PERR_UPSTREAM_TLS,
 	PERR_UPSTREAM_TIMEOUT,
 	PERR_UPSTREAM_PROTOCOL,
-	PERR_CONNECT_NOT_SUPPORTED,
 	PERR_TOO_MANY_CONNECTIONS,
 	PERR_AGENT_TASK_MISSING,
 	PERR_AGENT_IDENTITY_MISSING,
@@ -32,7 +31,6 @@ enum perr {
 
 int		 perr_status(enum perr e);
 const char	*perr_code(enum perr e);
-const char	*perr_type(enum perr e);
 
 /* Returns a malloc'd JSON body {"error":{"message","type","code","param"}}
  * or NULL on allocation failure. The message must hold no secret. */

@@ -690,8 +690,6 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	struct config *c = px->cfg;
 	size_t mem;
 
-	w->rc = proxy_runconf(px);
-
 	memset(w, 0, sizeof(*w));
 	w->px = px;
 	w->rc = proxy_runconf(px);
