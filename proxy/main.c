@@ -21,6 +21,7 @@
 #include "net/metrics.h"
 #include "cred/registrar.h"
 #include "cred/secmem.h"
+#include "safefile.h"
 #include "server_info.h"
 #include "net/tunnel.h"
 #include "net/worker.h"
@@ -147,20 +148,11 @@ reload(struct proxy *px, struct worker *ws, int n)
 static int
 pid_file_write(const char *path, char *err, size_t errlen)
 {
-	char tmp[4096], buf[32];
-	int fd, len;
+	char buf[32];
+	int len;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
 	len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
-	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0 ||
-	    write(fd, buf, (size_t)len) != len || close(fd) != 0 ||
-	    rename(tmp, path) != 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		if (fd >= 0)
-			unlink(tmp);
-		return -1;
-	}
-	return 0;
+	return safefile_write(path, buf, (size_t)len, 0644, err, errlen);
 }
 
 /* After SIGTERM: wait for the workers to finish their drain, still
@@ -261,9 +253,9 @@ run(struct config *c)
 		log_msg(LL_ERROR, "%s", err);
 		goto out;
 	}
-	if (c->audit_log != NULL && (px.audit_fd = open(c->audit_log,
-	    O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0) {
-		log_msg(LL_ERROR, "audit log %s: %s", c->audit_log, strerror(errno));
+	if (c->audit_log != NULL && (px.audit_fd = safefile_open_append(
+	    c->audit_log, err, sizeof(err))) < 0) {
+		log_msg(LL_ERROR, "audit_log: %s", err);
 		goto out;
 	}
 	if (tunnel_tls_init(&px, err, sizeof(err)) != 0) {

@@ -95,6 +95,55 @@ class FilesCase(ProxyTestCase):
         return r.returncode, r.stderr.decode('utf-8', 'replace')
 
 
+class PlantedLinks(FilesCase):
+
+    def test_guessable_temp_names_are_not_followed(self):
+        info, pidf = self.path('server.json'), self.path('scopeproxy.pid')
+        p = self.spawn('--server-info', info, '--pid-file', pidf)
+        for target in (info, pidf):
+            os.symlink(self.victim, '%s.tmp.%d' % (target, p.pid))
+        self.assertTrue(self.wait_file(info), 'server-info never appeared')
+        self.assertTrue(self.victim_intact(), 'the daemon wrote through a planted link')
+        with open(info) as f:
+            self.assertEqual(json.load(f)['pid'], p.pid)
+        with open(pidf) as f:
+            self.assertEqual(int(f.read()), p.pid)
+        rc, err = self.stop(p)
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(self.victim_intact())
+        leftovers = [n for n in os.listdir(self.work) if '.tmp' in n and not os.path.islink(self.path(n))]
+        self.assertEqual(leftovers, [], 'temp files left behind')
+
+    def test_link_at_the_path_itself_is_replaced_not_followed(self):
+        info, pidf = self.path('server.json'), self.path('scopeproxy.pid')
+        os.symlink(self.victim, info)
+        os.symlink(self.victim, pidf)
+        p = self.spawn('--server-info', info, '--pid-file', pidf, delay=0)
+        self.assertTrue(self.wait_file(info), 'server-info never replaced the link')
+        self.assertTrue(self.victim_intact())
+        self.assertFalse(os.path.islink(pidf))
+        rc, err = self.stop(p)
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(self.victim_intact())
+
+    def test_audit_log_link_is_refused(self):
+        audit = self.path('audit.jsonl')
+        os.symlink(self.victim, audit)
+        rc, err = self.start_fails('--audit-log', audit)
+        self.assertEqual(rc, 1, err)
+        self.assertIn(audit, err)
+        self.assertIn('symbolic link', err)
+        self.assertTrue(self.victim_intact())
+
+    def test_audit_log_must_be_a_regular_file(self):
+        audit = self.path('audit.fifo')
+        os.mkfifo(audit)
+        rc, err = self.start_fails('--audit-log', audit)
+        self.assertEqual(rc, 1, err)
+        self.assertIn(audit, err)
+        self.assertIn('regular file', err)
+
+
 class Outputs(FilesCase):
     SECRET_PW = 'pw-Zq81secret'
 
