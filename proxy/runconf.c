@@ -2,6 +2,7 @@
  * flags applied over the configuration file, and what a SIGHUP re-reads. */
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,89 +138,130 @@ struct flag {
 	const char	*arg;
 };
 
+/* How a flag's value reaches the configuration. */
+enum flag_type {
+	FT_STRING,	/* a JSON string at key[.sub] */
+	FT_REAL,	/* a JSON number (timeouts: seconds, fractions allowed) */
+	FT_INT,		/* a JSON integer (sizes, counts) */
+	FT_SETTER,	/* config_* parses the value itself */
+	FT_OFF,		/* no value: sets an int field */
+};
+
+typedef int flag_setter(struct config *, const char *, const char *, char *,
+    size_t);
+
+static const struct flag_def {
+	int		 opt;
+	const char	*name;
+	enum flag_type	 type;
+	const char	*key, *sub;	/* FT_STRING, FT_REAL, FT_INT */
+	flag_setter	*set;		/* FT_SETTER */
+	size_t		 field;		/* FT_OFF: offsetof(struct config) */
+	int		 value;		/* FT_OFF */
+} flag_defs[] = {
+	{ 'l', "--listen", FT_SETTER, NULL, NULL, config_set_listen, 0, 0 },
+	{ OPT_RESOLVE, "--resolve", FT_SETTER, NULL, NULL, config_add_resolve, 0, 0 },
+	{ OPT_GATEWAY, "--gateway", FT_SETTER, NULL, NULL, config_add_gateway, 0, 0 },
+	{ OPT_ALLOW_REMOTE, "--allow-remote-listen", FT_OFF, NULL, NULL, NULL,
+	    offsetof(struct config, allow_remote_listen), 1 },
+	{ OPT_ALLOW_INSECURE, "--allow-insecure-auth-file", FT_OFF, NULL, NULL,
+	    NULL, offsetof(struct config, allow_insecure_auth_file), 1 },
+	{ OPT_NO_INTERCEPT, "--no-intercept", FT_OFF, NULL, NULL, NULL,
+	    offsetof(struct config, intercept), 0 },
+	{ OPT_AUTH_FILE, "--auth-file", FT_STRING, "auth_file", NULL, NULL, 0, 0 },
+	{ OPT_CA_DIR, "--ca-dir", FT_STRING, "ca_dir", NULL, NULL, 0, 0 },
+	{ OPT_WEBSOCKET, "--websocket", FT_STRING, "websocket", NULL, NULL, 0, 0 },
+	{ OPT_PLAINTEXT, "--plaintext-credentials", FT_STRING,
+	    "plaintext_credentials", NULL, NULL, 0, 0 },
+	{ OPT_PID_FILE, "--pid-file", FT_STRING, "pid_file", NULL, NULL, 0, 0 },
+	{ OPT_AUDIT_LOG, "--audit-log", FT_STRING, "audit_log", NULL, NULL, 0, 0 },
+	{ OPT_SERVER_INFO, "--server-info", FT_STRING, "server_info", NULL, NULL,
+	    0, 0 },
+	{ OPT_UPSTREAM_CA, "--upstream-ca", FT_STRING, "upstream_ca", NULL, NULL,
+	    0, 0 },
+	{ OPT_LOG_LEVEL, "--log-level", FT_STRING, "log_level", NULL, NULL, 0, 0 },
+	{ OPT_THREADS, "--threads", FT_INT, "threads", NULL, NULL, 0, 0 },
+	{ OPT_MAX_BODY, "--max-body-size", FT_INT, "limits", "max_body_size",
+	    NULL, 0, 0 },
+	{ OPT_MAX_HEADER, "--max-header-size", FT_INT, "limits",
+	    "max_header_size", NULL, 0, 0 },
+	{ OPT_MAX_CONN, "--max-connections", FT_INT, "limits", "max_connections",
+	    NULL, 0, 0 },
+	{ OPT_DRAIN_TIMEOUT, "--drain-timeout", FT_REAL, "timeouts", "drain",
+	    NULL, 0, 0 },
+	{ OPT_TUNNEL_IDLE_TIMEOUT, "--tunnel-idle-timeout", FT_REAL, "timeouts",
+	    "tunnel_idle", NULL, 0, 0 },
+	{ OPT_CONNECT_TIMEOUT, "--connect-timeout", FT_REAL, "timeouts",
+	    "connect", NULL, 0, 0 },
+	{ OPT_IDLE_TIMEOUT, "--idle-timeout", FT_REAL, "timeouts",
+	    "upstream_idle", NULL, 0, 0 },
+	{ OPT_CLIENT_IDLE_TIMEOUT, "--client-idle-timeout", FT_REAL, "timeouts",
+	    "client_idle", NULL, 0, 0 },
+	{ OPT_TOTAL_TIMEOUT, "--total-timeout", FT_REAL, "timeouts", "total",
+	    NULL, 0, 0 },
+};
+
+/* The flag's value as the JSON the configuration file would hold. */
+static json_t *
+flag_value(const struct flag_def *fd, const char *arg, char *err,
+    size_t errlen)
+{
+	char *end;
+	double d;
+	json_t *v;
+
+	if (fd->type == FT_STRING) {
+		if ((v = json_string(arg)) == NULL)
+			snprintf(err, errlen, "%s: not valid UTF-8", fd->name);
+		return v;
+	}
+	errno = 0;
+	d = strtod(arg, &end);
+	if (errno != 0 || end == arg || *end != '\0') {
+		snprintf(err, errlen, "%s: '%s' is not a number", fd->name, arg);
+		return NULL;
+	}
+	if (fd->type == FT_REAL)
+		return json_real(d);
+	if (d != (double)(json_int_t)d) {
+		snprintf(err, errlen, "%s: '%s' is not a whole number", fd->name,
+		    arg);
+		return NULL;
+	}
+	return json_integer((json_int_t)d);
+}
+
 /* Flags override the file, so they are applied after it: a JSON
  * fragment per flag keeps one validation path for both. */
 static int
 apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 {
-	const char *key = NULL, *sub = NULL, *name = NULL;
+	const struct flag_def *fd = NULL;
 	json_t *doc, *v;
-	char *end, where[64];
-	double d;
+	size_t i;
 	int rc;
 
-	switch (f->opt) {
-	case 'l':
-		return config_set_listen(c, f->arg, "--listen", err, errlen);
-	case OPT_RESOLVE:
-		return config_add_resolve(c, f->arg, "--resolve", err, errlen);
-	case OPT_GATEWAY:
-		return config_add_gateway(c, f->arg, "--gateway", err, errlen);
-	case OPT_ALLOW_REMOTE:
-		c->allow_remote_listen = 1;
-		return 0;
-	case OPT_ALLOW_INSECURE:
-		c->allow_insecure_auth_file = 1;
-		return 0;
-	case OPT_NO_INTERCEPT:
-		c->intercept = 0;
-		return 0;
-	case OPT_AUTH_FILE: key = "auth_file"; name = "--auth-file"; break;
-	case OPT_CA_DIR: key = "ca_dir"; name = "--ca-dir"; break;
-	case OPT_WEBSOCKET: key = "websocket"; name = "--websocket"; break;
-	case OPT_PLAINTEXT: key = "plaintext_credentials"; name = "--plaintext-credentials"; break;
-	case OPT_PID_FILE: key = "pid_file"; name = "--pid-file"; break;
-	case OPT_DRAIN_TIMEOUT: key = "timeouts"; sub = "drain"; name = "--drain-timeout"; break;
-	case OPT_TUNNEL_IDLE_TIMEOUT: key = "timeouts"; sub = "tunnel_idle"; name = "--tunnel-idle-timeout"; break;
-	case OPT_AUDIT_LOG: key = "audit_log"; name = "--audit-log"; break;
-	case OPT_SERVER_INFO: key = "server_info"; name = "--server-info"; break;
-	case OPT_UPSTREAM_CA: key = "upstream_ca"; name = "--upstream-ca"; break;
-	case OPT_LOG_LEVEL: key = "log_level"; name = "--log-level"; break;
-	case OPT_THREADS: key = "threads"; name = "--threads"; break;
-	case OPT_MAX_BODY: key = "limits"; sub = "max_body_size"; name = "--max-body-size"; break;
-	case OPT_MAX_HEADER: key = "limits"; sub = "max_header_size"; name = "--max-header-size"; break;
-	case OPT_MAX_CONN: key = "limits"; sub = "max_connections"; name = "--max-connections"; break;
-	case OPT_CONNECT_TIMEOUT: key = "timeouts"; sub = "connect"; name = "--connect-timeout"; break;
-	case OPT_IDLE_TIMEOUT: key = "timeouts"; sub = "upstream_idle"; name = "--idle-timeout"; break;
-	case OPT_CLIENT_IDLE_TIMEOUT: key = "timeouts"; sub = "client_idle"; name = "--client-idle-timeout"; break;
-	case OPT_TOTAL_TIMEOUT: key = "timeouts"; sub = "total"; name = "--total-timeout"; break;
-	default:
+	for (i = 0; i < sizeof(flag_defs) / sizeof(flag_defs[0]); i++)
+		if (flag_defs[i].opt == f->opt)
+			fd = &flag_defs[i];
+	if (fd == NULL) {
 		snprintf(err, errlen, "internal: unhandled option %d", f->opt);
 		return -1;
 	}
-	if (f->opt == OPT_SERVER_INFO || f->opt == OPT_UPSTREAM_CA ||
-	    f->opt == OPT_LOG_LEVEL || f->opt == OPT_AUTH_FILE ||
-	    f->opt == OPT_AUDIT_LOG || f->opt == OPT_CA_DIR ||
-	    f->opt == OPT_WEBSOCKET || f->opt == OPT_PID_FILE ||
-	    f->opt == OPT_PLAINTEXT)
-		v = json_string(f->arg);
-	else {
-		errno = 0;
-		d = strtod(f->arg, &end);
-		if (errno != 0 || end == f->arg || *end != '\0') {
-			snprintf(err, errlen, "%s: '%s' is not a number", name, f->arg);
-			return -1;
-		}
-		/* Sizes and counts are integers in the schema. */
-		if (f->opt == OPT_CONNECT_TIMEOUT || f->opt == OPT_IDLE_TIMEOUT ||
-		    f->opt == OPT_CLIENT_IDLE_TIMEOUT || f->opt == OPT_TOTAL_TIMEOUT ||
-		    f->opt == OPT_TUNNEL_IDLE_TIMEOUT || f->opt == OPT_DRAIN_TIMEOUT)
-			v = json_real(d);
-		else if (d != (double)(json_int_t)d) {
-			snprintf(err, errlen, "%s: '%s' is not a whole number",
-			    name, f->arg);
-			return -1;
-		} else
-			v = json_integer((json_int_t)d);
+	if (fd->type == FT_SETTER)
+		return fd->set(c, f->arg, fd->name, err, errlen);
+	if (fd->type == FT_OFF) {
+		*(int *)(void *)((char *)c + fd->field) = fd->value;
+		return 0;
 	}
-	doc = sub ? json_pack("{s:{s:o}}", key, sub, v) :
-	    json_pack("{s:o}", key, v);
-	snprintf(where, sizeof(where), "%s", name);
-	rc = config_apply_json(c, doc, where, err, errlen);
+	if ((v = flag_value(fd, f->arg, err, errlen)) == NULL)
+		return -1;
+	doc = fd->sub ? json_pack("{s:{s:o}}", fd->key, fd->sub, v) :
+	    json_pack("{s:o}", fd->key, v);
+	rc = config_apply_json(c, doc, fd->name, err, errlen);
 	json_decref(doc);
 	return rc;
 }
-
 
 static int
 parse_args(int argc, char **argv, struct config *c, struct cmdline *cl,
