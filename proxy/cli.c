@@ -19,6 +19,7 @@
 #include "cred/identity.h"
 #include "cred/secmem.h"
 #include "runconf.h"
+#include "safefile.h"
 
 int
 cli_check_config(struct config *c)
@@ -139,38 +140,30 @@ static int
 write_bundle(const struct ca *ca, const char *path, char *err, size_t errlen)
 {
 	static const char *roots = "/etc/ssl/certs/ca-certificates.crt";
-	char *tmp = NULL, buf[8192];
-	FILE *in, *out;
+	BIO *mem;
+	FILE *in;
+	char buf[8192], *data;
 	size_t n;
-	int rc = -1, ok;
+	long len;
+	int rc = -1;
 
-	if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
-		return -1;
-	if ((out = fopen(tmp, "w")) == NULL) {
-		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-		free(tmp);
+	/* Built in memory, written through safefile: no guessable temp
+	 * name beside the target for a planted link. */
+	if ((mem = BIO_new(BIO_s_mem())) == NULL) {
+		snprintf(err, errlen, "%s: out of memory", path);
 		return -1;
 	}
 	if ((in = fopen(roots, "r")) != NULL) {
 		while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-			fwrite(buf, 1, n, out);
+			BIO_write(mem, buf, (int)n);
 		fclose(in);
 	}
-	if (PEM_write_X509(out, ca_cert(ca)) == 1 && fflush(out) == 0 &&
-	    fchmod(fileno(out), 0644) == 0) {
-		/* fclose frees out even when it fails: never close it twice */
-		ok = fclose(out) == 0;
-		out = NULL;
-		if (ok && rename(tmp, path) == 0)
-			rc = 0;
-	}
-	if (out != NULL)
-		fclose(out);
-	if (rc != 0) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
-		unlink(tmp);
-	}
-	free(tmp);
+	if (PEM_write_bio_X509(mem, ca_cert(ca)) != 1 ||
+	    (len = BIO_get_mem_data(mem, &data)) <= 0)
+		snprintf(err, errlen, "%s: cannot encode the CA certificate", path);
+	else
+		rc = safefile_write(path, data, (size_t)len, 0644, err, errlen);
+	BIO_free(mem);
 	return rc;
 }
 

@@ -126,6 +126,21 @@ class PlantedLinks(FilesCase):
         self.assertEqual(rc, 0, err)
         self.assertTrue(self.victim_intact())
 
+    def test_ca_env_bundle_is_not_written_through_links(self):
+        os.makedirs(self.ca, mode=0o700)
+        bundle = os.path.join(self.ca, 'bundle.pem')
+        os.symlink(self.victim, bundle)
+        p = subprocess.Popen(['/bin/sh', '-c', 'sleep 0.4; exec "$@"', 'sh', scopeproxy_bin(),
+                              'ca', 'env', '--ca-dir', self.ca],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+        os.symlink(self.victim, '%s.tmp.%d' % (bundle, p.pid))
+        out, err = p.communicate(timeout=20)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertTrue(self.victim_intact(), 'ca env wrote through a planted link')
+        self.assertFalse(os.path.islink(bundle))
+        with open(bundle) as f:
+            self.assertIn('BEGIN CERTIFICATE', f.read())
+
     def test_audit_log_link_is_refused(self):
         audit = self.path('audit.jsonl')
         os.symlink(self.victim, audit)
