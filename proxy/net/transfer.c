@@ -15,6 +15,7 @@
 #include "cred/registrar.h"
 #include "core/gateway.h"
 #include "core/log.h"
+#include "core/resp_head.h"
 #include "net/metrics.h"
 #include "core/target.h"
 #include "net/transfer.h"
@@ -108,7 +109,7 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	t->w = w;
 	t->con = con;
 	t->raw_target = strdup(uri);
-	t->resp_length = -1;
+	t->head.length = -1;
 	t->reused = -1;
 	t->start_ms = now_ms();
 	t->mode = "local";
@@ -194,8 +195,8 @@ queue_upstream_response(struct transfer *t)
 	enum MHD_Result rc;
 	size_t i;
 
-	if (t->resp_length >= 0)
-		size = (uint64_t)t->resp_length;
+	if (t->head.length >= 0)
+		size = (uint64_t)t->head.length;
 	if (t->status == 204 || t->status == 304 || t->status < 200)
 		size = 0;
 	if (t->up_done && t->up_rc == CURLE_OK && size != MHD_SIZE_UNKNOWN &&
@@ -211,11 +212,11 @@ queue_upstream_response(struct transfer *t)
 		    response_reader, t, NULL);
 	if (r == NULL)
 		return MHD_NO;
-	for (i = 0; i < t->resp_headers.n; i++) {
-		const struct hdr *h = &t->resp_headers.v[i];
+	for (i = 0; i < t->head.headers.n; i++) {
+		const struct hdr *h = &t->head.headers.v[i];
 
-		if (hdr_response_drop(h->name, t->resp_headers.v,
-		    t->resp_headers.n))
+		if (hdr_response_drop(h->name, t->head.headers.v,
+		    t->head.headers.n))
 			continue;
 		if (MHD_add_response_header(r, h->name, h->value) != MHD_YES)
 			log_json(LL_WARN, "response header not relayed",
@@ -249,88 +250,49 @@ queue_local(struct transfer *t, unsigned status, const char *json)
 
 /* --- curl side ---------------------------------------------------------- */
 
-size_t
-on_header(char *p, size_t size, size_t n, void *ud)
+/* One line of the upstream head, from curl or the WebSocket leg.
+ * Returns -1 when the transfer must stop (t carries the answer). */
+int
+transfer_head_line(struct transfer *t, const char *p, size_t len)
 {
-	struct transfer *t = ud;
-	size_t len = size * n, l = len;
-	char *line, *colon;
+	enum resp_head_rc rc;
 
 	t->last_io = now_ms();
-	if (t->headers_done)
-		return len;	/* trailers: not relayed */
-	while (l > 0 && (p[l - 1] == '\n' || p[l - 1] == '\r'))
-		l--;
-	if (l == 0) {
-		/* End of a head. Interim 1xx heads are not relayed. */
-		if (t->status >= 100 && t->status < 200 && t->status != 101) {
-			size_t i;
-
-			for (i = 0; i < t->resp_headers.n; i++)
-				free((char *)t->resp_headers.v[i].name);
-			t->resp_headers.n = 0;
-			t->status = 0;
-			return len;
-		}
-		t->headers_done = 1;
-		if (t->resp_bad || t->status == 0) {
-			set_error(t, PERR_UPSTREAM_PROTOCOL,
-			    "upstream %s sent a malformed response head",
-			    t->log_host);
-			return 0;	/* abort the transfer */
-		}
-		/* A client error on a credentialed request may say the task
-		 * is no longer valid: hold it until its body is read. */
-		if (t->action == ACTION_ASSERT && t->replay_ok && !t->retried &&
-		    t->status >= 400 && t->status < 500 && t->ws == NULL) {
-			t->inspecting = 1;
-			return len;
-		}
-		t->resp_ready = 1;
-		metrics_upstream_head((double)(now_ms() - t->start_ms) / 1000.0);
-		if (t->wait == WAIT_HEADERS)
-			transfer_resume(t);
-		return len;
-	}
-	if (t->status == 0) {
-		int st;
-
-		/* "HTTP/1.1 200 ..." */
-		if (l < 12 || strncmp(p, "HTTP/", 5) != 0 || p[8] != ' ' ||
-		    p[9] < '1' || p[9] > '9' || p[10] < '0' || p[10] > '9' ||
-		    p[11] < '0' || p[11] > '9' || (l > 12 && p[12] != ' '))
-			t->resp_bad = 1;
-		else {
-			st = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-			t->status = st;
-		}
-		return len;
-	}
-	if (p[0] == ' ' || p[0] == '\t' || (colon = memchr(p, ':', l)) == NULL) {
-		t->resp_bad = 1;	/* obs-fold or garbage: never relayed */
-		return len;
-	}
-	if ((line = strndup(p, l)) == NULL)
+	rc = resp_head_line(&t->head, p, len);
+	t->status = t->head.status;
+	switch (rc) {
+	case RESP_HEAD_NOMEM:
+		return -1;
+	case RESP_HEAD_MORE:
+	case RESP_HEAD_INTERIM:
 		return 0;
-	colon = line + (colon - p);
-	*colon++ = '\0';
-	while (*colon == ' ' || *colon == '\t')
-		colon++;
-	if (!hdr_name_valid(line) ||
-	    hdr_vec_push(&t->resp_headers, line, colon) != 0) {
-		free(line);
-		t->resp_bad = 1;
-		return len;
+	case RESP_HEAD_MALFORMED:
+		set_error(t, PERR_UPSTREAM_PROTOCOL,
+		    "upstream %s sent a malformed response head", t->log_host);
+		return -1;
+	case RESP_HEAD_DONE:
+		break;
 	}
-	if (strcasecmp(line, "Content-Length") == 0) {
-		char *end;
-		long long cl = strtoll(colon, &end, 10);
+	/* A client error on a credentialed request may say the task is no
+	 * longer valid: hold it until its body is read. */
+	if (t->action == ACTION_ASSERT && t->replay_ok && !t->retried &&
+	    t->status >= 400 && t->status < 500 && t->ws == NULL) {
+		t->inspecting = 1;
+		return 0;
+	}
+	t->resp_ready = 1;
+	metrics_upstream_head((double)(now_ms() - t->start_ms) / 1000.0);
+	if (t->wait == WAIT_HEADERS)
+		transfer_resume(t);
+	return 0;
+}
 
-		if (end != colon && cl >= 0)
-			t->resp_length = cl;
-	} else if (strcasecmp(line, "Transfer-Encoding") == 0)
-		t->resp_length = -1;	/* chunked wins (RFC 9112 6.3) */
-	return len;
+static size_t
+on_header(char *p, size_t size, size_t n, void *ud)
+{
+	size_t len = size * n;
+
+	return transfer_head_line(ud, p, len) == 0 ? len : 0;
 }
 
 static size_t
@@ -452,8 +414,6 @@ says_invalid_task(struct transfer *t)
 static int
 try_recover(struct transfer *t)
 {
-	size_t i;
-
 	if (!t->upload_eof || !t->replay_ok || t->retried ||
 	    !says_invalid_task(t) || registrar_renew(t->task_fp) != REG_RUNNING)
 		return 0;
@@ -461,13 +421,8 @@ try_recover(struct transfer *t)
 	    json_pack("{s:s, s:s, s:i}", "host", t->log_host, "path",
 	    t->log_path, "status", t->status));
 	t->retried = 1;
-	for (i = 0; i < t->resp_headers.n; i++)
-		free((char *)t->resp_headers.v[i].name);
-	t->resp_headers.n = 0;
+	resp_head_clear(&t->head);
 	t->status = 0;
-	t->headers_done = 0;
-	t->resp_length = -1;
-	t->resp_bad = 0;
 	buf_free(&t->down);
 	release_upstream(t);
 	park(t);
@@ -1328,7 +1283,6 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 {
 	struct worker *w = cls;
 	struct transfer *t = *con_cls;
-	size_t i;
 
 	(void)con;
 	if (t == NULL)
@@ -1359,9 +1313,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 		w->live = t->live_next;
 	if (t->live_next)
 		t->live_next->live_prev = t->live_prev;
-	for (i = 0; i < t->resp_headers.n; i++)
-		free((char *)t->resp_headers.v[i].name);
-	hdr_vec_free(&t->resp_headers);
+	resp_head_clear(&t->head);
 	buf_free(&t->up);
 	buf_free(&t->down);
 	buf_free(&t->replay);

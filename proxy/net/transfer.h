@@ -9,6 +9,7 @@
 #include "core/buf.h"
 #include "core/errors.h"
 #include "core/headers.h"
+#include "core/resp_head.h"
 
 struct worker;
 struct client;
@@ -59,11 +60,8 @@ struct transfer {
 
 	/* response */
 	int			 resp_ready;
-	int			 headers_done;
-	int			 status;
-	struct hdr_vec		 resp_headers;	/* name owns "name\0value" */
-	long long		 resp_length;	/* -1 unknown */
-	int			 resp_bad;
+	int			 status;	/* what the client is answered */
+	struct resp_head	 head;		/* the upstream's head */
 	enum perr		 err;
 	char			*err_msg;
 	int			 is_error;
@@ -108,9 +106,9 @@ void	 transfer_resume(struct transfer *t);
 /* Records an error answer; it is queued when MHD lets us. */
 void	 set_error(struct transfer *t, enum perr e, const char *fmt, ...)
 	    __attribute__((format(printf, 3, 4)));
-/* One line of an upstream response head, as curl's header callback gets
- * it (with its line ending); the empty line ends the head. */
-size_t	 on_header(char *p, size_t size, size_t n, void *ud);
+/* One line of an upstream response head (with or without its line
+ * ending); the empty line ends the head. -1: stop, t carries the answer. */
+int	 transfer_head_line(struct transfer *t, const char *p, size_t len);
 
 /* Called by the worker loop. */
 void	 transfer_curl_done(struct transfer *t, CURLcode rc);

@@ -189,7 +189,7 @@ parse_head(struct ws *ws, size_t end)
 		char *nl = memchr(ws->head + pos, '\n', end - pos);
 		size_t l = (size_t)(nl - (ws->head + pos)) + 1;
 
-		if (on_header(ws->head + pos, 1, l, t) != l)
+		if (transfer_head_line(t, ws->head + pos, l) != 0)
 			return -1;
 		pos += l;
 	}
@@ -207,12 +207,13 @@ body_done(struct ws *ws)
 	transfer_resume(t);
 }
 
-/* A non-101 answer's body: length, chunked or until close. */
+/* A non-101 answer's body: length, chunked or until close. Returns 1
+ * when it is complete, 0 for more, -1 when malformed or too large. */
 static int
 take_body(struct ws *ws, const char *p, size_t n)
 {
 	struct transfer *t = ws->t;
-	size_t i;
+	int r;
 
 	if (!ws->chunked) {
 		if (ws->remaining >= 0 && (long long)n > ws->remaining)
@@ -223,58 +224,8 @@ take_body(struct ws *ws, const char *p, size_t n)
 			return 1;
 		return buf_pending(&t->down) > WS_BODY_MAX ? -1 : 0;
 	}
-	/* states: 0 size, 1 size-ext, 2 data, 3 data CRLF, 4 trailers */
-	for (i = 0; i < n; i++) {
-		char ch = p[i];
-
-		switch (ws->cstate) {
-		case 0:
-			if (ch == '\n') {
-				ws->cstate = ws->csize == 0 ? 4 : 2;
-				break;
-			}
-			if (ch == ';' || ch == '\r' || ch == ' ') {
-				ws->cstate = 1;
-				break;
-			}
-			if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') ||
-			    (ch >= 'A' && ch <= 'F')) || ws->csize > WS_BODY_MAX)
-				return -1;
-			ws->csize = ws->csize * 16 + (ch <= '9' ? ch - '0' :
-			    (ch | 0x20) - 'a' + 10);
-			break;
-		case 1:
-			if (ch == '\n')
-				ws->cstate = ws->csize == 0 ? 4 : 2;
-			break;
-		case 2: {
-			size_t k = n - i;
-
-			if ((long long)k > ws->csize)
-				k = (size_t)ws->csize;
-			if (buf_append(&t->down, p + i, k) != 0)
-				return -1;
-			ws->csize -= (long long)k;
-			i += k - 1;
-			if (ws->csize == 0)
-				ws->cstate = 3;
-			break;
-		}
-		case 3:
-			if (ch == '\n')
-				ws->cstate = 0;
-			break;
-		case 4:
-			/* trailers end with an empty line; we keep none */
-			if (ch == '\n') {
-				if (ws->csize == 0)
-					return 1;
-				ws->csize = 0;
-			} else if (ch != '\r')
-				ws->csize = 1;
-			break;
-		}
-	}
+	if ((r = chunk_feed(&ws->chunk, p, n, &t->down, NULL)) != 0)
+		return r;
 	return buf_pending(&t->down) > WS_BODY_MAX ? -1 : 0;
 }
 
@@ -290,7 +241,7 @@ head_complete(struct ws *ws, size_t end)
 		ws_fail(t, PERR_UPSTREAM_PROTOCOL, "malformed response head");
 		return;
 	}
-	if (!t->headers_done) {
+	if (!t->head.done) {
 		/* an interim 1xx: the real head follows */
 		memmove(ws->head, ws->head + end, rest);
 		ws->headlen = rest;
@@ -307,13 +258,14 @@ head_complete(struct ws *ws, size_t end)
 		return;
 	}
 	ws->state = WS_BODY;
-	te = hdr_get(t->resp_headers.v, t->resp_headers.n, "Transfer-Encoding");
+	te = hdr_get(t->head.headers.v, t->head.headers.n, "Transfer-Encoding");
 	ws->chunked = te != NULL && strcasecmp(te, "chunked") == 0;
-	ws->remaining = ws->chunked ? -1 : t->resp_length;
+	chunk_init(&ws->chunk, WS_BODY_MAX);
+	ws->remaining = ws->chunked ? -1 : t->head.length;
 	if (t->status == 204 || t->status == 304 || t->status < 200)
 		ws->remaining = 0;
 	if (!ws->chunked && ws->remaining == 0) {
-		t->resp_length = 0;
+		t->head.length = 0;
 		body_done(ws);
 		return;
 	}
@@ -322,7 +274,7 @@ head_complete(struct ws *ws, size_t end)
 		return;
 	}
 	if (r == 1) {
-		t->resp_length = (long long)buf_pending(&t->down);
+		t->head.length = (long long)buf_pending(&t->down);
 		body_done(ws);
 	}
 }
@@ -366,7 +318,7 @@ ws_event(struct ws *ws, uint32_t events)
 		}
 		if (rc != CURLE_OK || got == 0) {
 			if (ws->state == WS_BODY && !ws->chunked && ws->remaining < 0) {
-				t->resp_length = (long long)buf_pending(&t->down);
+				t->head.length = (long long)buf_pending(&t->down);
 				body_done(ws);
 			} else
 				ws_fail(t, PERR_UPSTREAM_UNREACHABLE,
@@ -381,7 +333,7 @@ ws_event(struct ws *ws, uint32_t events)
 				return;
 			}
 			if (r == 1) {
-				t->resp_length = (long long)buf_pending(&t->down);
+				t->head.length = (long long)buf_pending(&t->down);
 				body_done(ws);
 				return;
 			}
@@ -482,13 +434,13 @@ ws_queue_upgrade(struct transfer *t)
 	resp = MHD_create_response_for_upgrade(on_upgraded, t);
 	if (resp == NULL)
 		return MHD_NO;
-	for (i = 0; i < t->resp_headers.n; i++) {
-		const struct hdr *h = &t->resp_headers.v[i];
+	for (i = 0; i < t->head.headers.n; i++) {
+		const struct hdr *h = &t->head.headers.v[i];
 
 		if (strcasecmp(h->name, "Upgrade") == 0)
 			upg = h->value;
-		else if (!hdr_response_drop(h->name, t->resp_headers.v,
-		    t->resp_headers.n))
+		else if (!hdr_response_drop(h->name, t->head.headers.v,
+		    t->head.headers.n))
 			MHD_add_response_header(resp, h->name, h->value);
 	}
 	/* MHD adds "Connection: Upgrade" and needs the Upgrade value. */

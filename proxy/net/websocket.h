@@ -10,6 +10,7 @@
 
 #include "core/buf.h"
 #include "core/headers.h"
+#include "core/resp_head.h"
 #include "net/worker.h"
 
 struct transfer;
@@ -31,8 +32,7 @@ struct ws {
 	/* body of a non-101 answer */
 	int		 chunked;
 	long long	 remaining;	/* -1: until the upstream closes */
-	int		 cstate;	/* chunk decoder */
-	long long	 csize;
+	struct chunk_dec chunk;
 };
 
 /* Starts the upstream leg for t's upgrade request; on failure t carries
