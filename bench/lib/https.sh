@@ -34,9 +34,10 @@ MITM_INSTALL_HINT="apt-get install -y mitmproxy"
 
 https_note() { printf '%s\n' "$*" >>"$HTTPS_NOTES"; log "https: $*"; }
 
-# make_test_pki DIR: CA + one server leaf, EC P-256, valid for 2 days.
+# make_test_pki DIR [SAN]: CA + one server leaf, EC P-256, valid for 2 days.
+# SAN defaults to the names the HTTPS part uses.
 make_test_pki() {
-    local d=$1
+    local d=$1 san=${2:-DNS:api.openai.com,DNS:*.api.openai.com,DNS:blind.bench.test}
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
         -keyout "$d/testca.key" -out "$d/testca.pem" -days 2 \
         -subj "/CN=scopeproxy bench test CA" \
@@ -46,7 +47,7 @@ make_test_pki() {
             -keyout "$d/upstream.key" -out "$d/upstream.csr" \
             -subj "/CN=api.openai.com" 2>>"$d/openssl.err" &&
         printf '%s\n' \
-            "subjectAltName=DNS:api.openai.com,DNS:*.api.openai.com,DNS:blind.bench.test" \
+            "subjectAltName=$san" \
             "basicConstraints=critical,CA:FALSE" \
             "keyUsage=critical,digitalSignature" \
             "extendedKeyUsage=serverAuth" \
