@@ -3,10 +3,13 @@
 
 NOT a proxy to measure or use: a few-line asyncio relay that accepts the
 command line bench/run gives scopeproxy (--listen ADDR:PORT, --server-info
-FILE, --gateway PREFIX=URL (repeatable), --log-level X) and handles GET in
-forward (absolute-form) and gateway (origin-form, prefix table) mode with
-client keep-alive and an upstream connection pool.  Bodies are relayed as
-they arrive (Content-Length or chunked framing passed through as is).
+FILE, --gateway PREFIX=URL (repeatable; http:// or https://), --resolve
+HOST:PORT:ADDR:APORT (repeatable), --upstream-ca FILE, --log-level X) and
+handles requests in forward (absolute-form) and gateway (origin-form,
+prefix table) mode with client keep-alive and an upstream connection pool.
+Bodies, both ways, are relayed as they arrive (Content-Length or chunked
+framing passed through as is).  It mints no credential: the sp-assert
+target fails its check through it.
 
     SCOPEPROXY_BIN=bench/lib/standin_proxy.py bench/run
 """
@@ -14,12 +17,14 @@ import asyncio
 import json
 import os
 import resource
+import ssl
 import sys
 from urllib.parse import urlsplit
 
 
 def parse_args(argv):
-    opts = {"listen": "127.0.0.1:0", "server_info": None, "gateway": []}
+    opts = {"listen": "127.0.0.1:0", "server_info": None, "gateway": [], "resolve": {},
+            "upstream_ca": None}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -31,6 +36,11 @@ def parse_args(argv):
         elif a == "--gateway":
             prefix, _, url = val.partition("=")
             opts["gateway"].append((prefix, url))
+        elif a == "--resolve":
+            host, port, addr, aport = val.rsplit(":", 3)
+            opts["resolve"][(host, int(port))] = (addr, int(aport))
+        elif a == "--upstream-ca":
+            opts["upstream_ca"] = val
         i += 2 if a.startswith("--") and not a.startswith("--no-") else 1
     opts["gateway"].sort(key=lambda p: -len(p[0]))
     return opts
@@ -85,13 +95,14 @@ async def handle(creader, cwriter, opts):
             method, target, _ = reqline.split(" ", 2)
             if target.startswith("http://"):
                 u = urlsplit(target)
-                host, port = u.hostname, u.port or 80
+                host, port, tls = u.hostname, u.port or 80, False
                 path = target[len(f"http://{u.netloc}"):] or "/"
             else:
                 for prefix, url in opts["gateway"]:
                     if target.startswith(prefix):
                         u = urlsplit(url)
-                        host, port = u.hostname, u.port or 80
+                        tls = u.scheme == "https"
+                        host, port = u.hostname, u.port or (443 if tls else 80)
                         path = u.path + target[len(prefix):]
                         break
                 else:
@@ -105,12 +116,20 @@ async def handle(creader, cwriter, opts):
             if conns:
                 ureader, uwriter = conns.pop()
             else:
-                ureader, uwriter = await asyncio.open_connection(host, port)
+                addr, aport = opts["resolve"].get(key, key)
+                ctx = None
+                if tls:
+                    ctx = ssl.create_default_context(cafile=opts["upstream_ca"])
+                ureader, uwriter = await asyncio.open_connection(
+                    addr, aport, ssl=ctx, server_hostname=host if tls else None)
             out = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
             for k, v in headers:
                 if k.strip().lower() not in ("host", "connection", "proxy-connection", "keep-alive"):
                     out.append(f"{k}:{v}")
             uwriter.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+            names = {k.strip().lower() for k, _ in headers}
+            if "content-length" in names or "transfer-encoding" in names:
+                await relay_body(creader, uwriter, headers)   # a request body
             status, rheaders = await read_head(ureader)
             resp = [status] + [f"{k}:{v}" for k, v in rheaders
                                if k.strip().lower() not in ("connection", "keep-alive")]
