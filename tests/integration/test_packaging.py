@@ -663,6 +663,23 @@ def dockerfile_env():
     return env
 
 
+def duration(s):
+    """Seconds in a Go/compose duration ("40s", "1m30s", "500ms") or an int."""
+    if isinstance(s, (int, float)):
+        return float(s)
+    parts = re.findall(r'([0-9]+(?:\.[0-9]+)?)(ms|us|ns|h|m|s)', s)
+    if not parts or ''.join(a + b for a, b in parts) != s:
+        raise ValueError('not a duration: %r' % s)
+    unit = {'h': 3600, 'm': 60, 's': 1, 'ms': 1e-3, 'us': 1e-6, 'ns': 1e-9}
+    return sum(float(a) * unit[b] for a, b in parts)
+
+
+def unit_stop_timeout():
+    """TimeoutStopSec= of config/scopeproxy.service, in seconds."""
+    stop = parse_unit(read('config', 'scopeproxy.service'))['Service']['TimeoutStopSec'][-1]
+    return duration(stop if re.search(r'[a-z]$', stop) else stop + 's')
+
+
 def image_paths():
     """auth_file and ca_dir as the daemon computes them inside the image."""
     env = dockerfile_env()
@@ -856,6 +873,30 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         self.assertEqual(np.get('ingress') or [], [])
         r = self.dry_run_with(env(proxy))
         self.assertEqual(r.returncode, 0, r.stderr.decode())
+
+    def test_stop_grace_above_drain(self):
+        """On SIGTERM the daemon drains for timeouts.drain seconds; a stop
+        timeout below that (Docker's default is 10 s, Kubernetes' 30 s)
+        SIGKILLs requests in flight. compose, the Pod and the systemd unit
+        give it the same time, above the drain."""
+        drain = effective_defaults()['timeouts']['drain']
+        r = sp('check-config', '--config', self.config())      # the file the image ships
+        self.assertEqual(r.returncode, 0, r.stderr)
+        drain = max(drain, json.loads(r.stdout)['timeouts']['drain'])
+        unit = unit_stop_timeout()
+        self.assertGreater(unit, drain, 'TimeoutStopSec= cuts the drain short')
+        proxy = self.compose[0]['services']['scopeproxy']
+        self.assertIn('stop_grace_period', proxy, "compose: Docker's default 10 s cuts the drain short")
+        self.assertEqual(proxy.get('stop_signal', 'SIGTERM'), 'SIGTERM')
+        self.assertGreater(duration(proxy['stop_grace_period']), drain)
+        self.assertEqual(duration(proxy['stop_grace_period']), unit,
+                         'compose and the systemd unit disagree on the stop timeout')
+        spec = [d for d in self.k8s if d['kind'] == 'Pod'][0]['spec']
+        self.assertIn('terminationGracePeriodSeconds', spec,
+                      "the Pod: Kubernetes' default 30 s is not above the drain")
+        self.assertGreater(spec['terminationGracePeriodSeconds'], drain)
+        self.assertEqual(spec['terminationGracePeriodSeconds'], unit,
+                         'the Pod and the systemd unit disagree on the stop timeout')
 
 
 # ---------------------------------------------------------------------------
