@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cred/ca.h"
+#include "cred/fileperm.h"
 
 struct leaf {
 	char		*host;
@@ -241,6 +242,8 @@ load_ca(struct ca *ca, const char *keypath, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: %s", keypath, strerror(errno));
 		return -1;
 	}
+	if (fileperm_check_owner(keypath, &st, false, err, errlen) != 0)
+		return -1;
 	if (st.st_mode & 077) {
 		snprintf(err, errlen, "%s: mode %03o lets others read the CA "
 		    "key; chmod 600 it", keypath, (unsigned)(st.st_mode & 0777));
@@ -284,6 +287,10 @@ ca_open(const char *dir, int create, struct ca **out, char *err, size_t errlen)
 		goto out;
 	}
 	for (tries = 0; tries < 2; tries++) {
+		/* A planted CA in a shared directory would issue our leaves. */
+		if (access(dir, F_OK) == 0 &&
+		    fileperm_check_dir(dir, err, errlen) != 0)
+			break;
 		if (access(keypath, F_OK) == 0) {
 			rc = load_ca(ca, keypath, err, errlen);
 			break;
@@ -293,7 +300,8 @@ ca_open(const char *dir, int create, struct ca **out, char *err, size_t errlen)
 			    "the proxy first starts)", keypath);
 			break;
 		}
-		if (mkdirs(dir, err, errlen) != 0)
+		if (mkdirs(dir, err, errlen) != 0 ||
+		    fileperm_check_dir(dir, err, errlen) != 0)
 			break;
 		if ((rc = create_ca(ca, keypath, err, errlen)) <= 0)
 			break;

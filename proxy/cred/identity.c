@@ -19,6 +19,7 @@
 #include <openssl/crypto.h>
 
 #include "core/b64.h"
+#include "cred/fileperm.h"
 #include "cred/identity.h"
 #include "cred/pkcs8.h"
 #include "cred/secmem.h"
@@ -456,6 +457,9 @@ open_checked(const char *path, bool allow_insecure_perms, struct stat *st,
 		snprintf(err, errlen, "%s: fstat: %s", path, strerror(errno));
 	} else if (!S_ISREG(st->st_mode)) {
 		snprintf(err, errlen, "%s: not a regular file", path);
+	} else if (!allow_insecure_perms &&
+	    fileperm_check_owner(path, st, true, err, errlen) != 0) {
+		/* root-owned is fine: a Kubernetes Secret volume is root's */
 	} else if ((st->st_mode & 077) != 0 && !allow_insecure_perms) {
 		snprintf(err, errlen, "%s: mode %04o gives group/other access "
 		    "to a secret; refusing it (chmod 600)", path,

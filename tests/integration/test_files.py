@@ -159,6 +159,75 @@ class PlantedLinks(FilesCase):
         self.assertIn('regular file', err)
 
 
+class Ownership(FilesCase):
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('needs root to give files to another user')
+
+    def test_group_or_other_writable_ca_dir_is_refused(self):
+        os.makedirs(self.ca)
+        for mode in (0o770, 0o707, 0o777):
+            os.chmod(self.ca, mode)
+            rc, err = self.start_fails()
+            self.assertEqual(rc, 1, err)
+            self.assertIn(self.ca, err)
+            self.assertIn('chmod', err)
+            self.assertFalse(os.path.exists(os.path.join(self.ca, 'ca.key')))
+
+    def test_writable_parent_is_refused_but_sticky_tmp_is_fine(self):
+        parent = self.path('shared')
+        os.makedirs(parent)
+        os.chmod(parent, 0o777)
+        self.ca = os.path.join(parent, 'ca')
+        rc, err = self.start_fails()
+        self.assertEqual(rc, 1, err)
+        self.assertIn(parent, err)
+        os.chmod(parent, 0o1777)         # sticky, like /tmp: fine
+        p = self.spawn('--server-info', self.path('info.json'), delay=0)
+        self.assertTrue(self.wait_file(self.path('info.json')), p.stderr.peek() if hasattr(p.stderr, 'peek') else '')
+        self.assertEqual(self.stop(p)[0], 0)
+
+    def test_ca_dir_owned_by_another_user_is_refused(self):
+        os.makedirs(self.ca, mode=0o700)
+        os.chown(self.ca, NOBODY, NOBODY)
+        rc, err = self.start_fails()
+        self.assertEqual(rc, 1, err)
+        self.assertIn(self.ca, err)
+        self.assertIn('owned by', err)
+
+    def test_planted_ca_key_of_another_user_is_refused(self):
+        # a working CA first, then its key handed to another user
+        p = self.spawn('--server-info', self.path('info.json'), delay=0)
+        self.assertTrue(self.wait_file(self.path('info.json')))
+        self.assertEqual(self.stop(p)[0], 0)
+        key = os.path.join(self.ca, 'ca.key')
+        os.chown(key, NOBODY, NOBODY)
+        rc, err = self.start_fails()
+        self.assertEqual(rc, 1, err)
+        self.assertIn(key, err)
+        self.assertIn('owned by', err)
+        r = run_cmd([scopeproxy_bin(), 'ca', 'export', '--ca-dir', self.ca], env=clean_env())
+        self.assertNotEqual(r.returncode, 0)
+
+    def test_auth_file_of_another_user_is_refused(self):
+        os.chown(self.auth, NOBODY, NOBODY)
+        r = run_cmd([scopeproxy_bin(), 'classify', 'POST', 'https://api.openai.com/v1/responses',
+                     '--auth-file', self.auth], env=clean_env())
+        self.assertEqual(json.loads(r.stdout)['action'], 'reject', r)
+        p = self.spawn('--server-info', self.path('info.json'), '--log-level', 'debug', delay=0)
+        self.assertTrue(self.wait_file(self.path('info.json')))
+        rc, err = self.stop(p)
+        self.assertIn('owned by', err)
+        self.assertIn(self.auth, err)
+        # root-owned is fine (a Kubernetes Secret volume is root's)
+        os.chown(self.auth, 0, 0)
+        r = run_cmd([scopeproxy_bin(), 'classify', 'POST', 'https://api.openai.com/v1/responses',
+                     '--auth-file', self.auth], env=clean_env())
+        self.assertEqual(json.loads(r.stdout)['action'], 'assert', r)
+
+
 class Outputs(FilesCase):
     SECRET_PW = 'pw-Zq81secret'
 
