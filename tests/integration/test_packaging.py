@@ -370,7 +370,7 @@ class Dockerfile(ProxyTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         eff = json.loads(r.stdout)
         volumes = set(json.loads(self.stage(rt, 'VOLUME')[0]))
-        self.assertEqual(volumes, {'/etc/scopeproxy', os.path.dirname(eff['auth_file']), eff['ca_dir']})
+        self.assertEqual(volumes, {os.path.dirname(eff['auth_file']), eff['ca_dir']})
         self.assertEqual(eff['auth_file'], '/var/lib/scopeproxy/codex/auth.json')
         self.assertEqual(eff['ca_dir'], '/var/lib/scopeproxy/ca')
         self.assertEqual(env['SCOPEPROXY_CONFIG'], '/etc/scopeproxy/scopeproxy.json')
@@ -385,6 +385,19 @@ class Dockerfile(ProxyTestCase):
         copies = [a.split() for a in self.stage(rt, 'COPY')]
         self.assertIn(entry[0], [c[-1] for c in copies])
         self.assertTrue(all(c[0] == '--from=build' for c in copies))
+
+    def test_no_config_volume(self):
+        """A VOLUME at /etc/scopeproxy makes a named volume copy the image's
+        configuration once and keep it across upgrades: a key renamed later
+        then stops the new daemon (exit 2) in a restart loop. The image
+        ships the default file; a user's own is a read-only bind mount."""
+        rt = self.runtime
+        for v in self.stage(rt, 'VOLUME'):
+            for path in json.loads(v):
+                self.assertFalse(path == '/etc' or path.startswith('/etc/'),
+                                 'VOLUME %s outlives image upgrades' % path)
+        copies = [a.split() for a in self.stage(rt, 'COPY')]
+        self.assertIn('/etc/scopeproxy/', [c[-1] for c in copies], 'the default configuration is not shipped')
 
 
 class DockerBuild(ProxyTestCase):
@@ -674,6 +687,21 @@ def duration(s):
     return sum(float(a) * unit[b] for a, b in parts)
 
 
+def uncommented(text, pattern):
+    """text with the commented-out lines whose content matches pattern
+    turned on ("    # - x" -> "    - x"): the examples a user is told to
+    uncomment must work when they do."""
+    out, n = [], 0
+    for line in text.splitlines():
+        m = re.fullmatch(r'(\s*)# ?(.*)', line)
+        if m and re.fullmatch(pattern, m.group(2)):
+            line = m.group(1) + m.group(2)
+            n += 1
+        out.append(line)
+    assert n, 'no commented-out line matches %r' % pattern
+    return '\n'.join(out) + '\n'
+
+
 def unit_stop_timeout():
     """TimeoutStopSec= of config/scopeproxy.service, in seconds."""
     stop = parse_unit(read('config', 'scopeproxy.service'))['Service']['TimeoutStopSec'][-1]
@@ -768,7 +796,6 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         am = {t: (s, ro) for s, t, ro in compose_mounts(agent)}
         self.assertIn(codex, pm, 'the identity volume is not mounted at CODEX_HOME')
         self.assertIn(ca_dir, pm, 'the CA volume is not mounted at the CA dir')
-        self.assertIn('/etc/scopeproxy', pm)
         private = {pm[codex][0], pm[ca_dir][0]}
         for t, (s, ro) in am.items():
             self.assertNotIn(s, private, 'the agent mounts %s (%s)' % (s, t))
@@ -897,6 +924,34 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         self.assertGreater(spec['terminationGracePeriodSeconds'], drain)
         self.assertEqual(spec['terminationGracePeriodSeconds'], unit,
                          'the Pod and the systemd unit disagree on the stop timeout')
+
+    def test_compose_config_mount(self):
+        """No named volume at /etc/scopeproxy (it would keep an old image's
+        configuration across upgrades); a user's own configuration is a
+        read-only bind mount, given as a commented example."""
+        c = self.compose[0]
+        named = set(c.get('volumes') or {})
+
+        def config_mounts(proxy):
+            return [(s, ro) for s, t, ro in compose_mounts(proxy)
+                    if t == '/etc/scopeproxy' or t.startswith('/etc/scopeproxy/')]
+
+        for s, ro in config_mounts(c['services']['scopeproxy']):
+            self.assertNotIn(s, named, 'a named volume at /etc/scopeproxy outlives upgrades')
+            self.assertTrue(ro and s.startswith(('.', '/')), s)
+        text = uncommented(read('docker', 'compose.yaml'), r'- \S+:/etc/scopeproxy(/\S*)?:ro')
+        ex = yaml_load_all(text, 'docker/compose.yaml (example uncommented)')[0]
+        ms = config_mounts(ex['services']['scopeproxy'])
+        self.assertEqual(len(ms), 1, ms)
+        src_, ro = ms[0]
+        self.assertTrue(ro)
+        self.assertTrue(src_.startswith(('./', '/')), 'the example is not a bind mount: %s' % src_)
+        self.assertNotIn(src_, set(ex.get('volumes') or {}))
+        readme = read('docker', 'README.md')
+        line = [l.split('#', 1)[1].strip() for l in read('docker', 'compose.yaml').splitlines()
+                if re.fullmatch(r'\s*# ?- \S+:/etc/scopeproxy(/\S*)?:ro', l)][0]
+        self.assertIn(line[2:], readme, 'docker/README.md does not show the configuration mount')
+        self.assertIn('docker volume rm', readme, 'docker/README.md does not say how to drop the old volume')
 
 
 # ---------------------------------------------------------------------------
