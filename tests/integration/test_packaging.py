@@ -953,6 +953,20 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         self.assertIn(line[2:], readme, 'docker/README.md does not show the configuration mount')
         self.assertIn('docker volume rm', readme, 'docker/README.md does not say how to drop the old volume')
 
+    def test_compose_memlock_optional(self):
+        """ulimits.memlock above the hard limit fails container creation
+        under rootless Docker: it is a commented option, documented."""
+        proxy = self.compose[0]['services']['scopeproxy']
+        self.assertNotIn('memlock', proxy.get('ulimits') or {},
+                         'memlock fails container creation on rootless hosts')
+        self.assertEqual((proxy.get('ulimits') or {}).get('core'), 0)
+        ex = yaml_load_all(uncommented(read('docker', 'compose.yaml'), r'memlock: .*'))[0]
+        self.assertGreaterEqual(ex['services']['scopeproxy']['ulimits']['memlock'], 8 << 20)
+        self.assertEqual(ex['services']['scopeproxy']['ulimits']['core'], 0)
+        readme = read('docker', 'README.md')
+        self.assertRegex(readme, r'(?s)memlock.{0,600}rootless|rootless.{0,600}memlock',
+                         'docker/README.md does not explain the memlock option')
+
 
 # ---------------------------------------------------------------------------
 # systemd unit
