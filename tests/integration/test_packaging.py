@@ -399,6 +399,17 @@ class Dockerfile(ProxyTestCase):
         copies = [a.split() for a in self.stage(rt, 'COPY')]
         self.assertIn('/etc/scopeproxy/', [c[-1] for c in copies], 'the default configuration is not shipped')
 
+    def test_healthcheck_start_interval(self):
+        """Without --start-interval the first probe comes one --interval
+        (30 s) after start, and `depends_on: service_healthy` waits that
+        long on every `up`."""
+        opts, _ = dockerfile_healthcheck()
+        for k in ('interval', 'timeout', 'start-period', 'start-interval', 'retries'):
+            self.assertIn(k, opts, 'HEALTHCHECK has no --%s' % k)
+        self.assertLessEqual(duration(opts['start-interval']), 2)
+        self.assertGreaterEqual(duration(opts['start-period']), 10)
+        self.assertLess(duration(opts['start-interval']), duration(opts['interval']))
+
 
 class DockerBuild(ProxyTestCase):
     TIMEOUT = 300
@@ -702,6 +713,16 @@ def uncommented(text, pattern):
     return '\n'.join(out) + '\n'
 
 
+def dockerfile_healthcheck():
+    """({option: value}, CMD) of the runtime stage's HEALTHCHECK."""
+    ins = dockerfile_instructions(read('docker', 'Dockerfile'))
+    last = max(s for s, _, _ in ins)
+    hc = [a for s, w, a in ins if s == last and w == 'HEALTHCHECK']
+    assert len(hc) == 1, hc
+    opts, cmd = hc[0].split(' CMD ', 1)
+    return dict(o[2:].split('=', 1) for o in opts.split()), json.loads(cmd)
+
+
 def unit_stop_timeout():
     """TimeoutStopSec= of config/scopeproxy.service, in seconds."""
     stop = parse_unit(read('config', 'scopeproxy.service'))['Service']['TimeoutStopSec'][-1]
@@ -966,6 +987,23 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         readme = read('docker', 'README.md')
         self.assertRegex(readme, r'(?s)memlock.{0,600}rootless|rootless.{0,600}memlock',
                          'docker/README.md does not explain the memlock option')
+
+    def test_compose_healthcheck(self):
+        """A start interval lets `depends_on: service_healthy` go on as
+        soon as the proxy serves instead of one full interval later; the
+        values are the image's, spelled out for engines that got an older
+        image."""
+        proxy = self.compose[0]['services']['scopeproxy']
+        self.assertIn('healthcheck', proxy)
+        hc = proxy['healthcheck']
+        opts, cmd = dockerfile_healthcheck()
+        self.assertEqual(hc['test'], ['CMD'] + cmd)
+        for k in ('interval', 'timeout', 'start_period', 'start_interval'):
+            self.assertIn(k, hc)
+            self.assertEqual(duration(hc[k]), duration(opts[k.replace('_', '-')]), k)
+        self.assertEqual(hc['retries'], int(opts['retries']))
+        self.assertLessEqual(duration(hc['start_interval']), 2)
+        self.assertGreater(duration(hc['start_period']), duration(hc['start_interval']))
 
 
 # ---------------------------------------------------------------------------
