@@ -856,10 +856,11 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         port = default_port()
         codex, ca_dir = image_paths()
         containers = {c['name']: c for c in spec['containers']}
-        self.assertEqual(set(containers), {'agent', 'scopeproxy'})
+        inits = {c['name']: c for c in spec.get('initContainers', [])}
+        self.assertEqual(set(containers) | set(inits), {'agent', 'scopeproxy'})
         everyone = spec['containers'] + spec.get('initContainers', [])
         volumes = {v['name']: v for v in spec['volumes']}
-        proxy, agent = containers['scopeproxy'], containers['agent']
+        proxy, agent = inits['scopeproxy'], containers['agent']
 
         def mounts(c):
             return {m['name']: m for m in c.get('volumeMounts', [])}
@@ -1004,6 +1005,38 @@ class Manifests(EntrypointMixin, ProxyTestCase):
         self.assertEqual(hc['retries'], int(opts['retries']))
         self.assertLessEqual(duration(hc['start_interval']), 2)
         self.assertGreater(duration(hc['start_period']), duration(hc['start_interval']))
+
+    def test_k8s_native_sidecar(self):
+        """The proxy is an init container with restartPolicy: Always (a
+        native sidecar): the kubelet starts the agent only once its startup
+        probe passes, and the entrypoint exports the CA before the daemon
+        serves, so the agent needs no wait loop."""
+        spec = [d for d in self.k8s if d['kind'] == 'Pod'][0]['spec']
+        port = default_port()
+        containers = {c['name']: c for c in spec['containers']}
+        self.assertNotIn('scopeproxy', containers,
+                         'as a regular container the proxy may start after the agent')
+        inits = [c['name'] for c in spec.get('initContainers') or []]
+        self.assertIn('scopeproxy', inits)
+        proxy = spec['initContainers'][inits.index('scopeproxy')]
+        self.assertEqual(proxy.get('restartPolicy'), 'Always',
+                         'a plain init container has to exit before the agent starts')
+        probe = proxy.get('startupProbe')
+        self.assertIsNotNone(probe, 'without a startupProbe the agent starts as soon as the proxy runs')
+        self.assertEqual(probe['httpGet'], {'path': '/healthz', 'port': port})
+        self.assertLessEqual(probe.get('periodSeconds', 10), 2)
+        self.assertGreaterEqual(probe.get('periodSeconds', 10) * probe.get('failureThreshold', 3), 20)
+        self.assertEqual(proxy['readinessProbe']['httpGet'], {'path': '/readyz', 'port': port})
+        self.assertEqual(proxy['livenessProbe']['httpGet'], {'path': '/healthz', 'port': port})
+        self.assertNotIn('initialDelaySeconds', proxy['livenessProbe'],
+                         'the startup probe already holds liveness back')
+        agent = containers['agent']
+        cmd = ' '.join(agent.get('command', []) + agent.get('args', []))
+        self.assertNotRegex(cmd, r'ca\.crt|\buntil\b|\bwhile\b', 'the agent still polls for the CA')
+        self.assertNotIn('startupProbe', agent)
+        readme = read('docker', 'README.md')
+        self.assertIn('restartPolicy: Always', readme)
+        self.assertIn('startupProbe', readme)
 
 
 # ---------------------------------------------------------------------------
