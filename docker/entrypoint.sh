@@ -23,6 +23,10 @@
 # Environment:
 #   SCOPEPROXY_LISTEN            ADDR:PORT (default 127.0.0.1:8788)
 #   SCOPEPROXY_NETWORK_BOUNDARY  1: allow a non-loopback listener without proxy_auth
+#   SCOPEPROXY_IN_CONTAINER      1 or 0: whether this runs in a container (default:
+#                                detected). In one, a loopback listener gets a
+#                                warning that a published port cannot reach it;
+#                                0 silences it (e.g. --network container:...)
 #   SCOPEPROXY_CONFIG            configuration file, used when it exists
 #                                (default /etc/scopeproxy/scopeproxy.json; empty: none)
 #   SCOPEPROXY_AUTH_SOURCE       copy this file (e.g. a mounted Secret) to the
@@ -42,6 +46,7 @@ config=${SCOPEPROXY_CONFIG-/etc/scopeproxy/scopeproxy.json}
 listen=${SCOPEPROXY_LISTEN:-127.0.0.1:8788}
 boundary=${SCOPEPROXY_NETWORK_BOUNDARY:-0}
 dry_run=${SCOPEPROXY_DRY_RUN:-0}
+in_container=${SCOPEPROXY_IN_CONTAINER:-}
 
 die() {		# die STATUS MESSAGE
 	echo "$prog: error: $2" >&2
@@ -65,6 +70,19 @@ effective_string() {	# effective_string JSON KEY
 case $boundary in
 0|1) ;;
 *) die 2 "SCOPEPROXY_NETWORK_BOUNDARY must be 0 or 1, not '$boundary'" ;;
+esac
+
+case $in_container in
+0|1) ;;
+'')
+	# Docker, Podman, a container manager that sets $container, Kubernetes.
+	if [ -e /.dockerenv ] || [ -e /run/.containerenv ] ||
+	    [ -n "${container:-}" ] || [ -n "${KUBERNETES_SERVICE_HOST:-}" ]; then
+		in_container=1
+	else
+		in_container=0
+	fi ;;
+*) die 2 "SCOPEPROXY_IN_CONTAINER must be 0 or 1, not '$in_container'" ;;
 esac
 
 loopback=0
@@ -152,6 +170,14 @@ internal network shared with the agent alone)"
 		fi
 		note warn "listening on $listen without proxy authentication: SCOPEPROXY_NETWORK_BOUNDARY=1 says only the agent can reach this port"
 	fi
+elif [ "$in_container" = 1 ]; then
+	# docker run -p 8788:8788 forwards to the container's own address,
+	# where nothing listens: say so once instead of refusing connections.
+	note warn "listening on $listen, a loopback address inside a container: \
+a published port (docker run -p) or another container cannot reach it, only \
+processes sharing this container's network namespace can; to accept them set \
+SCOPEPROXY_LISTEN=0.0.0.0:${listen##*:} and either configure \"proxy_auth\" or \
+set SCOPEPROXY_NETWORK_BOUNDARY=1 (docker/README.md)"
 fi
 
 # A Secret mounted read-only is owned by root (group-readable with fsGroup);

@@ -1242,6 +1242,42 @@ class Entrypoint(EntrypointMixin, ProxyTestCase):
         self.assertTrue(r.stdout.startswith(b'-----BEGIN CERTIFICATE-----'))
         self.assertTrue(os.path.exists(os.path.join(state, 'scopeproxy', 'ca', 'ca.key')))
 
+    def test_loopback_in_container_says_so(self):
+        """`docker run -p 8788:8788` reaches nothing on a loopback
+        listener: in a container the entrypoint says so in one line, with
+        what to set."""
+        port = default_port()
+        dry = {'SCOPEPROXY_DRY_RUN': '1'}
+        for env in ({'SCOPEPROXY_IN_CONTAINER': '1'}, {'container': 'podman'}):
+            r = self.entrypoint(env=dict(env, **dry))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertTrue(r.stdout.startswith(b'exec '), r.stdout)
+            lines = r.stderr.decode().splitlines()
+            self.assertEqual(len(lines), 1, (env, r.stderr))
+            note = json.loads(lines[0])
+            self.assertEqual((note['level'], note['component']), ('warn', 'entrypoint'))
+            msg = note['msg']
+            self.assertIn('127.0.0.1:%d' % port, msg)
+            self.assertIn('loopback', msg)
+            self.assertIn('published', msg)
+            self.assertIn('SCOPEPROXY_LISTEN=0.0.0.0:%d' % port, msg)
+            self.assertIn('proxy_auth', msg)
+            self.assertIn('SCOPEPROXY_NETWORK_BOUNDARY=1', msg)
+        r = self.entrypoint(env=dict(dry, SCOPEPROXY_IN_CONTAINER='1', SCOPEPROXY_LISTEN='127.0.0.1:9999'))
+        self.assertIn('SCOPEPROXY_LISTEN=0.0.0.0:9999', r.stderr.decode())
+        # outside a container, or not on loopback, or not starting the daemon: nothing
+        r = self.entrypoint(env=dict(dry, SCOPEPROXY_IN_CONTAINER='0', container='podman'))
+        self.assertEqual((r.returncode, r.stderr), (0, b''))
+        r = self.entrypoint(env=dict(dry, SCOPEPROXY_IN_CONTAINER='1', SCOPEPROXY_LISTEN='0.0.0.0:8788',
+                                     SCOPEPROXY_NETWORK_BOUNDARY='1'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn(b'loopback', r.stderr)
+        r = self.entrypoint('check-config', env={'SCOPEPROXY_IN_CONTAINER': '1'})
+        self.assertEqual((r.returncode, r.stderr), (0, b''))
+        r = self.entrypoint(env=dict(dry, SCOPEPROXY_IN_CONTAINER='yes'))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b'SCOPEPROXY_IN_CONTAINER', r.stderr)
+
     def test_healthcheck_without_daemon_fails(self):
         r = self.entrypoint('healthcheck', env={'SCOPEPROXY_LISTEN': '127.0.0.1:%d' % free_port()})
         self.assertEqual(r.returncode, 1)
