@@ -245,6 +245,7 @@ run(struct config *c)
 
 	memset(&px, 0, sizeof(px));
 	px.cfg = c;
+	conn_limit_init(&px.conns, c->max_connections);
 	px.audit_fd = -1;
 	px.listen_fd = -1;
 	if (secmem_harden_process(err, sizeof(err)) != 0)
@@ -439,6 +440,14 @@ main(int argc, char **argv)
 		goto out;
 	}
 	log_min_level = cfg.log_level;
+	/* classify reads the agent's key, ca the CA's: the same hardening
+	 * as the daemon (no core dump, no ptrace by the same user). */
+	if ((sub == 2 || sub == 3) && secmem_harden_process(err,
+	    sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: %s\n", err);
+		rc = 1;
+		goto out;
+	}
 	if (sub == 1)
 		rc = cli_check_config(&cfg);
 	else if (sub == 2)

@@ -228,6 +228,31 @@ class Ownership(FilesCase):
         self.assertEqual(json.loads(r.stdout)['action'], 'assert', r)
 
 
+class Hardening(FilesCase):
+
+    def test_commands_that_load_keys_are_hardened_first(self):
+        if shutil.which('strace') is None:
+            self.skipTest('strace is not installed (scripts/install-deps installs it)')
+        for cmd in (['classify', 'POST', 'https://api.openai.com/v1/responses',
+                     '--auth-file', self.auth],
+                    ['ca', 'export', '--ca-dir', self.ca],
+                    ['ca', 'env', '--ca-dir', self.ca]):
+            log = self.path('strace.log')
+            r = run_cmd(['strace', '-f', '-o', log, '-e', 'trace=prctl,setrlimit,prlimit64,openat',
+                         scopeproxy_bin()] + cmd, env=clean_env(), timeout=30)
+            self.assertEqual(r.returncode, 0, r)
+            with open(log) as f:
+                lines = f.read().splitlines()
+            key = self.auth if cmd[0] == 'classify' else os.path.join(self.ca, 'ca')
+            dumpable = [i for i, l in enumerate(lines) if 'PR_SET_DUMPABLE' in l and
+                        ('SUID_DUMP_DISABLE' in l or 'DUMPABLE, 0' in l)]
+            core = [i for i, l in enumerate(lines) if 'RLIMIT_CORE' in l and '{rlim_cur=0' in l]
+            opened = [i for i, l in enumerate(lines) if 'openat(' in l and key in l]
+            self.assertTrue(dumpable and core and opened, '%s:\n%s' % (cmd, '\n'.join(lines[-40:])))
+            self.assertLess(dumpable[0], opened[0], '%s: key read before PR_SET_DUMPABLE' % cmd)
+            self.assertLess(core[0], opened[0], '%s: key read before RLIMIT_CORE 0' % cmd)
+
+
 class Outputs(FilesCase):
     SECRET_PW = 'pw-Zq81secret'
 
