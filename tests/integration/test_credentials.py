@@ -11,9 +11,15 @@ What is checked, and how the test checks it independently of the daemon:
   * Header edits: client Authorization (and duplicates) gone, ChatGPT-Account-ID
     / X-OpenAI-Fedramp from the record, every other header line byte-identical
     and in order, body byte-identical.
+  * Confinement: every credentialed request arrives over TLS verified for
+    the provider's host (SNI = Host), also when the client wrote http://
+    (then sent to HOST:443; the stand-ins answer plain HTTP and TLS on one
+    port); pass-through routes keep the client's scheme.
   * The matrix providers x routes x methods (forward and gateway): every
     non-credentialed cell arrives byte-identical (but Host) with the client's
-    own Authorization; the audit log classifies each cell.
+    own Authorization; near-miss spellings of a credentialed route on an
+    asserting host are refused (400 noncanonical_route, nothing upstream);
+    the audit log classifies each cell.
   * Fail closed: missing / no-task / blank-task / malformed / bad key /
     insecure-mode / JWT identities give the 503 JSON, and the upstream sees
     not even a TCP connection; pass-through keeps working; /readyz follows.
@@ -221,9 +227,16 @@ class CredCase(ProxyTestCase):
         self.assertNotIn('?', line['path'], 'the query string must not be logged: %r' % line)
 
     # -- credentialed request checks -------------------------------------
-    def check_credentialed(self, sent, got, ident, pub, account='acct-test-001', fedramp=False):
-        """`sent`: raw client request; `got`: UpstreamRequest.  ident: (runtime, task)."""
+    def check_credentialed(self, sent, got, ident, pub, account='acct-test-001', fedramp=False, *,
+                           host):
+        """`sent`: raw client request; `got`: UpstreamRequest.  ident: (runtime, task).
+        host: the provider host the request is for; a minted credential travels
+        only on TLS verified for it, whatever scheme the client wrote."""
+        self.assertIsNotNone(got, 'upstream never saw the credentialed request %r' % sent[:300])
         ctx = '\nsent: %r\nupstream got: %r' % (sent[:600], got.raw_head)
+        self.assertTrue(got.tls, 'credentialed request arrived over plaintext' + ctx)
+        self.assertEqual(got.sni, host, 'TLS server name' + ctx)
+        self.assertEqual(got.header_all('Host'), [host], 'Host' + ctx)
         auths = got.header_all('Authorization')
         self.assertEqual(len(auths), 1, 'exactly one Authorization upstream' + ctx)
         self.assertNotIn(SECRET, got.raw_head.decode('latin-1'), 'client credential forwarded' + ctx)
@@ -296,20 +309,18 @@ class Credentialed(CredCase):
         self.forbid_key(self.key)
         self.forbid_task(self.TASK)
         self.tls = tls_material()
-        self.up = self.start_upstream()
-        self.tup = self.start_upstream(tls=True)
+        # One stand-in answering plain HTTP and TLS on one port for every
+        # host on :80 and :443; each request says which way it came.
+        self.up = self.start_upstream(dual=True)
         self.auth = self.auth_file(record(self.key.v2, self.TASK))
 
     def daemon(self, auth=None):
-        up, tup = self.up.port, self.tup.port
+        args = []
+        for h in ('api.openai.com', 'eu.api.openai.com', 'chatgpt.com', 'chat.openai.com'):
+            for port in (80, 443):
+                args += ['--resolve', '%s:%d:127.0.0.1:%d' % (h, port, self.up.port)]
         return self.start_cred(
-            auth or self.auth, '--upstream-ca', self.tls.ca,
-            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up,
-            '--resolve', 'eu.api.openai.com:80:127.0.0.1:%d' % up,
-            '--resolve', 'chatgpt.com:80:127.0.0.1:%d' % up,
-            '--resolve', 'chat.openai.com:80:127.0.0.1:%d' % up,
-            '--resolve', 'api.openai.com:443:127.0.0.1:%d' % tup,
-            '--resolve', 'chatgpt.com:443:127.0.0.1:%d' % tup,
+            auth or self.auth, '--upstream-ca', self.tls.ca, *args,
             '--gateway', '/v1/=http://api.openai.com/v1/')
 
     def send(self, d, up, method, target, host, headers=CODEX_HEADERS, body=ZSTD_BODY, tag=None):
@@ -333,52 +344,59 @@ class Credentialed(CredCase):
         raw, got = self.send(d, self.up, 'POST', 'http://api.openai.com/v1/responses', 'api.openai.com')
         self.assertEqual(got.request_line(), b'POST /v1/responses HTTP/1.1')
         self.assertEqual(got.header_all('Host'), ['api.openai.com'])
-        env = self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub)
+        # written as http://, sent over TLS to api.openai.com:443
+        env = self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub,
+                                      host='api.openai.com')
         self.assertEqual(got.header_all('Content-Length'), [str(len(ZSTD_BODY))])
         a = self.next_audit(d)[0]
         self.assertAudit(a, method='POST', provider='openai', route='inference', action='assert',
-                         task=fingerprint(self.TASK), status=200, mode='forward', path='/v1/responses')
+                         task=fingerprint(self.TASK), status=200, mode='forward', path='/v1/responses',
+                         host='api.openai.com:443')
         self.assertNotIn(env['_token'], json.dumps(a))
 
     def test_forward_https_compaction_and_chatgpt(self):
         d = self.daemon()
-        cases = [('https://api.openai.com/v1/responses/compact', 'api.openai.com', self.tup,
+        # https:// and http:// alike arrive over TLS at HOST:443
+        cases = [('https://api.openai.com/v1/responses/compact', 'api.openai.com',
                   'openai', 'compaction', '/v1/responses/compact'),
-                 ('https://chatgpt.com/backend-api/codex/responses', 'chatgpt.com', self.tup,
+                 ('https://chatgpt.com/backend-api/codex/responses', 'chatgpt.com',
                   'chatgpt', 'inference', '/backend-api/codex/responses'),
-                 ('http://chat.openai.com/backend-api/codex/responses/compact', 'chat.openai.com', self.up,
+                 ('http://chat.openai.com/backend-api/codex/responses/compact', 'chat.openai.com',
                   'chatgpt', 'compaction', '/backend-api/codex/responses/compact'),
-                 ('http://eu.api.openai.com/v1/responses', 'eu.api.openai.com', self.up,
+                 ('http://eu.api.openai.com/v1/responses', 'eu.api.openai.com',
                   'openai', 'inference', '/v1/responses')]
-        for target, host, up, provider, kind, path in cases:
+        for target, host, provider, kind, path in cases:
             with self.subTest(target=target):
-                raw, got = self.send(d, up, 'POST', target, host)
+                raw, got = self.send(d, self.up, 'POST', target, host)
                 self.assertEqual(got.request_line(), b'POST ' + path.encode() + b' HTTP/1.1')
                 self.assertEqual(got.header_all('Host'), [host])
-                if up is self.tup:
-                    self.assertTrue(got.tls)
-                    self.assertEqual(got.sni, host)
-                self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub)
+                self.assertTrue(got.tls)
+                self.assertEqual(got.sni, host)
+                self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub, host=host)
                 self.assertAudit(self.next_audit(d)[0], provider=provider, route=kind, action='assert',
-                                 task=fingerprint(self.TASK), status=200, method='POST')
+                                 task=fingerprint(self.TASK), status=200, method='POST',
+                                 host=host + ':443')
 
     def test_gateway_mode(self):
         d = self.daemon()
         host = '127.0.0.1:%d' % d.port
-        # --gateway /v1/=http://api.openai.com/v1/ (plain, resolved), and the
+        # --gateway /v1/=http://api.openai.com/v1/ (written plain: a credentialed
+        # route is still sent over TLS to api.openai.com:443, resolved), and the
         # built-in /backend-api/codex/ -> https://chatgpt.com (TLS, resolved).
-        for target, up, upath, provider, kind in (
-                ('/v1/responses', self.up, '/v1/responses', 'openai', 'inference'),
-                ('/v1/responses/compact', self.up, '/v1/responses/compact', 'openai', 'compaction'),
-                ('/backend-api/codex/responses', self.tup, '/backend-api/codex/responses',
+        for target, up_host, upath, provider, kind in (
+                ('/v1/responses', 'api.openai.com', '/v1/responses', 'openai', 'inference'),
+                ('/v1/responses/compact', 'api.openai.com', '/v1/responses/compact', 'openai',
+                 'compaction'),
+                ('/backend-api/codex/responses', 'chatgpt.com', '/backend-api/codex/responses',
                  'chatgpt', 'inference')):
             with self.subTest(target=target):
-                raw, got = self.send(d, up, 'POST', target, host, tag='gw ' + target)
+                raw, got = self.send(d, self.up, 'POST', target, host, tag='gw ' + target)
                 self.assertEqual(got.request_line(), b'POST ' + upath.encode() + b' HTTP/1.1')
-                self.assertEqual(got.header_all('Host'), ['chatgpt.com' if up is self.tup else 'api.openai.com'])
-                self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub)
+                self.assertEqual(got.header_all('Host'), [up_host])
+                self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub, host=up_host)
                 self.assertAudit(self.next_audit(d)[0], provider=provider, route=kind, action='assert',
-                                 task=fingerprint(self.TASK), status=200, mode='gateway')
+                                 task=fingerprint(self.TASK), status=200, mode='gateway',
+                                 host=up_host + ':443')
 
     def test_fresh_assertion_per_request_on_one_connection(self):
         d = self.daemon()
@@ -393,7 +411,8 @@ class Credentialed(CredCase):
             resp = c.read_response('POST')
             self.assertEqual(resp.status, 200, resp)
             got = self.up.wait_request(lambda r, tag=tag: r.header('X-Req') == tag, timeout=3)
-            env = self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub)
+            env = self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub,
+                                          host='api.openai.com')
             envs.append(env)
             if i < 2:
                 # Cross a second boundary (per the wall clock) before the next one.
@@ -414,10 +433,10 @@ class Credentialed(CredCase):
         d = self.daemon(auth)
         for target in ('http://api.openai.com/v1/responses', 'https://chatgpt.com/backend-api/codex/responses'):
             with self.subTest(target=target):
-                up = self.tup if target.startswith('https') else self.up
-                raw, got = self.send(d, up, 'POST', target, target.split('/')[2])
+                host = target.split('/')[2]
+                raw, got = self.send(d, self.up, 'POST', target, host)
                 env = self.check_credentialed(raw, got, ('agent-v1-runtime', task), k.pub,
-                                              account='acct-fed-42', fedramp=True)
+                                              account='acct-fed-42', fedramp=True, host=host)
                 self.assertEqual(env['task_id'], task)
                 self.assertAudit(self.next_audit(d)[0], action='assert', task=fingerprint(task))
 
@@ -430,6 +449,9 @@ class Credentialed(CredCase):
         resp = request(d.port, raw)
         self.assertEqual(resp.status, 200, resp)
         got = self.up.wait_request(lambda r: r.header('X-Req') == 'chunked', timeout=3)
+        self.assertIsNotNone(got, 'upstream never saw the chunked upload')
+        self.assertTrue(got.tls, 'credentialed request arrived over plaintext: %r' % got.raw_head)
+        self.assertEqual(got.sni, 'api.openai.com')
         self.assertEqual(bytes(got.body), ZSTD_BODY, 'chunked body changed')
         framing = (b'host', b'transfer-encoding', b'content-length') + REPLACED
         self.assertEqual(without(head_lines(got.raw_head), framing), without(head_lines(raw), framing),
@@ -447,7 +469,8 @@ class Credentialed(CredCase):
         hdrs = [h for h in CODEX_HEADERS if h[0].lower() not in (b'chatgpt-account-id', b'x-openai-fedramp')]
         raw, got = self.send(d, self.up, 'POST', 'http://api.openai.com/v1/responses/compact',
                              'api.openai.com', headers=hdrs)
-        self.check_credentialed(raw, got, ('agent-a1', task), k.pub, account=None)
+        self.check_credentialed(raw, got, ('agent-a1', task), k.pub, account=None,
+                                host='api.openai.com')
         # The signature must be by *this* key, not the spec key.
         with self.assertRaises(AssertionError):
             parse_assertion(got.header('Authorization'), 'agent-a1', task, key('spec').pub)
@@ -470,6 +493,12 @@ class Credentialed(CredCase):
             self.assertEqual(len(got.header_all('Authorization')), 1, got.raw_head)
             self.assertNotIn(SECRET, got.raw_head.decode('latin-1'))
             parse_assertion(got.header('Authorization'), 'agent-123', self.TASK, self.key.pub)
+            # a handshake written as http:// is sent over TLS to api.openai.com:443
+            self.assertTrue(got.tls, 'credentialed handshake arrived over plaintext: %r' % got.raw_head)
+            self.assertEqual(got.sni, 'api.openai.com')
+            self.assertEqual(got.header_all('Host'), ['api.openai.com'])
+            self.assertAudit(self.next_audit(d)[0], provider='openai', route='inference',
+                             action='assert', task=fingerprint(self.TASK), host='api.openai.com:443')
 
     def check_ws_refused(self, d, resp):
         self.assertProxyError(resp, 426, 'websocket_not_supported', d)
@@ -490,8 +519,9 @@ class Credentialed(CredCase):
         r = run_cmd([scopeproxy_bin(), 'check-config', '--config', cfg], env=clean_env())
         if r.returncode != 0:
             self.skipTest('this daemon has no "websocket" setting (it always refuses)')
-        d = self.start_cred(self.auth, '--config', cfg,
-                            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % self.up.port)
+        d = self.start_cred(self.auth, '--config', cfg, '--upstream-ca', self.tls.ca,
+                            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % self.up.port,
+                            '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port)
         raw = (b'GET http://api.openai.com/v1/responses HTTP/1.1\r\nHost: api.openai.com\r\n'
                b'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n'
                b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' + b'Authorization: Bearer ' +
@@ -532,18 +562,21 @@ class Matrix(CredCase):
         self.key = key('spec')
         self.forbid_key(self.key)
         self.forbid_task(self.TASK)
-        self.up = self.start_upstream()
+        # plain HTTP and TLS on one port: every host's :80 and :443 land here,
+        # and each request says whether it came over TLS
+        self.up = self.start_upstream(dual=True)
         self.auth = self.auth_file(record(self.key.v2, self.TASK))
-        args = []
+        args = ['--upstream-ca', tls_material().ca]
         for host in sorted({a for a, _, _, _ in self.FORWARD} | {'spoof.test', 'eu.api.openai.com'}):
-            hp = host if ':' in host else host + ':80'
-            args += ['--resolve', '%s:127.0.0.1:%d' % (hp, self.up.port)]
+            for hp in ([host] if ':' in host else [host + ':80', host + ':443']):
+                args += ['--resolve', '%s:127.0.0.1:%d' % (hp, self.up.port)]
         args += ['--gateway', '/v1/=http://api.openai.com/v1/',
                  '--gateway', '/anthropic/=http://api.anthropic.com/v1/',
                  '--gateway', '/ollama/=http://localhost:11434/v1/',
                  '--gateway', '/custom/=http://upstream.test/api/v1/']
         self.d = self.start_cred(self.auth, *args)
         self.n = 0
+        self.refused = 0
 
     def cell(self, method, target, host_hdr, up_target, up_host, provider, credentialed, mode,
              extra=()):
@@ -575,11 +608,18 @@ class Matrix(CredCase):
         self.assertEqual(got.header_all('Host'), [up_host], desc + ': Host')
         line = self.next_audit(self.d)[0]
         if credentialed:
-            self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub)
+            # every cell is written http://: a credentialed one is sent over
+            # TLS to HOST:443
+            self.check_credentialed(raw, got, ('agent-123', self.TASK), self.key.pub, host=up_host)
             kind = 'compaction' if up_target.endswith('/compact') else 'inference'
             self.assertAudit(line, provider=provider, action='assert', route=kind,
-                             task=fingerprint(self.TASK), status=200, method=method, mode=mode)
+                             task=fingerprint(self.TASK), status=200, method=method, mode=mode,
+                             host=up_host + ':443')
         else:
+            # a pass-through cell goes the way the client wrote it: plain, to
+            # the port it names (80 by default)
+            self.assertFalse(got.tls, desc + ': a pass-through route keeps the client\'s scheme')
+            self.assertAudit(line, host=up_host if ':' in up_host else up_host + ':80')
             ctx = '%s\nsent: %r\nupstream got: %r' % (desc, raw, got.raw_head)
             self.assertEqual(without(head_lines(got.raw_head), (b'host',)),
                              without(head_lines(raw), (b'host',)),
@@ -591,6 +631,35 @@ class Matrix(CredCase):
                              method=method, mode=mode)
             self.assertIn(line['route'], ('other',), line)
 
+    def refused_cell(self, method, target, host_hdr, up_host, provider, canonical, mode):
+        """A near-miss spelling of a credentialed route on a host whose
+        provider asserts: 400 noncanonical_route, nothing upstream."""
+        self.n += 1
+        self.refused += 1
+        tag = 'cell-%d' % self.n
+        body = b'{"cell":%d}' % self.n
+        headers = [(b'Authorization', b'Bearer ' + SECRET.encode()),
+                   (b'session-id', b'sess-%d' % self.n),
+                   (b'X-Cell', tag.encode()),
+                   (b'Content-Type', b'application/json')]
+        raw = build(method, target, host_hdr, headers, body)
+        desc = '%s %s (Host: %s) [%s]' % (method, target, host_hdr, tag)
+        try:
+            resp = request(self.d.port, raw)
+        except Exception:
+            self.resync_audit(self.d)
+            raise
+        if resp.status != 400:
+            self.resync_audit(self.d)
+        err = self.assertProxyError(resp, 400, 'noncanonical_route', self.d)
+        self.assertIn(canonical, err['message'], desc + ': the error names the canonical route')
+        self.assertIsNone(self.up.wait_request(lambda r: r.header('X-Cell') == tag, timeout=0.3),
+                          desc + ': a refused near-miss must send nothing upstream')
+        line = self.next_audit(self.d)[0]
+        self.assertAudit(line, provider=provider, action='reject', route='inference', task=None,
+                         status=400, error='noncanonical_route', method=method, mode=mode,
+                         host=up_host if ':' in up_host else up_host + ':80')
+
     def test_forward_matrix(self):
         for authority, provider, base, cred in self.FORWARD:
             for route in self.ROUTES:
@@ -598,10 +667,19 @@ class Matrix(CredCase):
                     path = base + route
                     credentialed = (cred and method == 'POST'
                                     and route in ('/responses', '/responses/compact'))
+                    near_miss = (cred and method == 'POST'
+                                 and route in ('/responses/', '/%72esponses'))
                     with self.subTest(host=authority, method=method, path=path):
-                        self.cell(method, 'http://%s%s' % (authority, path), authority, path,
-                                  authority, provider, credentialed, 'forward')
-        self.assertEqual(len(self.up.requests), self.n, 'one upstream request per cell, no retries')
+                        if near_miss:
+                            self.refused_cell(method, 'http://%s%s' % (authority, path), authority,
+                                              authority, provider, 'POST %s/responses' % base,
+                                              'forward')
+                        else:
+                            self.cell(method, 'http://%s%s' % (authority, path), authority, path,
+                                      authority, provider, credentialed, 'forward')
+        self.assertEqual(self.refused, 4, 'POST /responses/ and /%72esponses on two asserting hosts')
+        self.assertEqual(len(self.up.requests), self.n - self.refused,
+                         'one upstream request per forwarded cell, no retries')
 
     def test_forward_destination_not_host_header(self):
         # A client-chosen Host never makes a request credentialed ...
@@ -627,10 +705,17 @@ class Matrix(CredCase):
                 for method in self.METHODS:
                     credentialed = (cred and method == 'POST'
                                     and route in ('/responses', '/responses/compact'))
+                    near_miss = (cred and method == 'POST'
+                                 and route in ('/responses/', '/%72esponses'))
                     with self.subTest(prefix=prefix, method=method, route=route):
-                        self.cell(method, prefix + route, host, up_base + route, up_host, provider,
-                                  credentialed, 'gateway')
-        self.assertEqual(len(self.up.requests), self.n)
+                        if near_miss:
+                            self.refused_cell(method, prefix + route, host, up_host, provider,
+                                              'POST %s/responses' % up_base, 'gateway')
+                        else:
+                            self.cell(method, prefix + route, host, up_base + route, up_host,
+                                      provider, credentialed, 'gateway')
+        self.assertEqual(self.refused, 2, 'POST /v1/responses/ and /v1/%72esponses')
+        self.assertEqual(len(self.up.requests), self.n - self.refused)
 
 
 # --------------------------------------------------------------------------
@@ -647,11 +732,14 @@ class FailClosed(CredCase):
         self.forbid_key(k)
         self.forbid_task(self.TASK)
         tls = tls_material()
+        # up: the hosts' :80 (pass-through routes stay plain); tup: their :443,
+        # where every credentialed route goes, http:// or https://
         up = self.start_upstream()
         tup = self.start_upstream(tls=True)
         auth = self.auth_file(doc if create else None, mode=mode)
         d = self.start_cred(auth, '--upstream-ca', tls.ca,
                             '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port,
+                            '--resolve', 'api.openai.com:443:127.0.0.1:%d' % tup.port,
                             '--resolve', 'chatgpt.com:80:127.0.0.1:%d' % up.port,
                             '--resolve', 'chatgpt.com:443:127.0.0.1:%d' % tup.port,
                             '--resolve', 'api.anthropic.com:80:127.0.0.1:%d' % up.port,
@@ -707,6 +795,8 @@ class FailClosed(CredCase):
             resp = request(d.port, raw)
             self.assertEqual(resp.status, 200, '%s: %r' % (tag, resp))
             got = up.wait_request(lambda r: r.header('X-Req') == tag, timeout=3)
+            self.assertIsNotNone(got, 'upstream never saw ' + tag)
+            self.assertFalse(got.tls, tag)
             self.assertEqual(got.header_all('Authorization'), ['Bearer ' + SECRET])
             self.assertAudit(self.next_audit(d)[0], provider=provider, action='passthrough', task=None,
                              status=200)
@@ -724,9 +814,19 @@ class FailClosed(CredCase):
                     CODEX_HEADERS + [(b'X-Req', b'recovered')], ZSTD_BODY)
         resp = request(d.port, raw)
         self.assertEqual(resp.status, 200, resp)
-        got = up.wait_request(lambda r: r.header('X-Req') == 'recovered', timeout=3)
-        self.check_credentialed(raw, got, ('agent-123', self.TASK), k.pub)
-        self.assertAudit(self.next_audit(d)[0], action='assert', task=fingerprint(self.TASK), status=200)
+        # written as http://, sent over TLS to api.openai.com:443
+        got = tup.wait_request(lambda r: r.header('X-Req') == 'recovered', timeout=3)
+        self.check_credentialed(raw, got, ('agent-123', self.TASK), k.pub, host='api.openai.com')
+        self.assertAudit(self.next_audit(d)[0], action='assert', task=fingerprint(self.TASK), status=200,
+                         host='api.openai.com:443')
+        self.assertEqual([r.header('X-Req') for r in up.requests],
+                         ['pt %s %s' % (m, t) for m, t in (
+                             ('GET', 'http://api.openai.com/v1/models'),
+                             ('POST', 'http://api.openai.com/v1/chat/completions'),
+                             ('GET', 'http://api.openai.com/v1/responses'),
+                             ('POST', 'http://api.anthropic.com/v1/messages'),
+                             ('GET', '/v1/models'))],
+                         'the plain upstream sees only the pass-through requests')
         return d
 
     MISSING = ('missing', 'agent_identity_missing')
@@ -781,14 +881,16 @@ class FailClosed(CredCase):
         self.forbid_key(k)
         task = 'task-insecure-ok-2'
         self.forbid_task(task)
-        up = self.start_upstream()
+        up = self.start_upstream(dual=True)
         auth = self.auth_file(record(k.v2, task), mode=0o644)
-        d = self.start_cred(auth, '--allow-insecure-auth-file',
-                            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port)
+        d = self.start_cred(auth, '--allow-insecure-auth-file', '--upstream-ca', tls_material().ca,
+                            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port,
+                            '--resolve', 'api.openai.com:443:127.0.0.1:%d' % up.port)
         self.assertEqual(readyz(d).status, 200)
         raw = build('POST', 'http://api.openai.com/v1/responses', 'api.openai.com', CODEX_HEADERS, ZSTD_BODY)
         self.assertEqual(request(d.port, raw).status, 200)
-        self.check_credentialed(raw, up.wait_request(timeout=3), ('agent-123', task), k.pub)
+        self.check_credentialed(raw, up.wait_request(timeout=3), ('agent-123', task), k.pub,
+                                host='api.openai.com')
 
 
 # --------------------------------------------------------------------------
@@ -802,12 +904,16 @@ class Rotation(CredCase):
         self.ka, self.kb = key('spec'), key('other')
         self.forbid_key(self.ka)
         self.forbid_key(self.kb)
-        self.up = self.start_upstream()
+        # plain HTTP and TLS on one port, for the hosts' :80 and :443
+        self.up = self.start_upstream(dual=True)
         self.n = 0
 
     def daemon(self, auth):
-        return self.start_cred(auth, '--resolve', 'api.openai.com:80:127.0.0.1:%d' % self.up.port,
-                               '--resolve', 'chatgpt.com:80:127.0.0.1:%d' % self.up.port)
+        args = []
+        for h in ('api.openai.com', 'chatgpt.com'):
+            for port in (80, 443):
+                args += ['--resolve', '%s:%d:127.0.0.1:%d' % (h, port, self.up.port)]
+        return self.start_cred(auth, '--upstream-ca', tls_material().ca, *args)
 
     def probe(self, d):
         """One credentialed request; returns (status, UpstreamRequest or None, raw)."""
@@ -819,6 +925,10 @@ class Rotation(CredCase):
         got = None
         if resp.status == 200:
             got = self.up.wait_request(lambda r: r.header('X-Req') == tag, timeout=3)
+            # written as http://, sent over TLS to api.openai.com:443
+            self.assertIsNotNone(got, 'upstream never saw ' + tag)
+            self.assertTrue(got.tls, 'credentialed request arrived over plaintext: %r' % got.raw_head)
+            self.assertEqual(got.sni, 'api.openai.com')
         return resp, got, raw
 
     def task_of(self, got):
@@ -863,13 +973,14 @@ class Rotation(CredCase):
 
         read_event()
         sreq = self.up.wait_request(lambda r: r.path == '/backend-api/codex/responses', timeout=3)
-        self.check_credentialed(sraw, sreq, ('agent-123', ta), self.ka.pub)
+        self.check_credentialed(sraw, sreq, ('agent-123', ta), self.ka.pub, host='chatgpt.com')
 
         # Rotate (new key, runtime, account and task) while the stream is open.
         write_auth(auth, record(self.kb.v1, tb, runtime='agent-rotated-B', account='acct-rot-B'))
         got, raw, took = self.poll_task(d, tb, limit=2.0)
         self.assertEqual(self.task_of(got), tb, 'new task not used %.1fs after the rotation' % took)
-        self.check_credentialed(raw, got, ('agent-rotated-B', tb), self.kb.pub, account='acct-rot-B')
+        self.check_credentialed(raw, got, ('agent-rotated-B', tb), self.kb.pub, account='acct-rot-B',
+                                host='api.openai.com')
 
         # The stream opened before the rotation runs to completion.
         for i in range(1, 4):
@@ -889,7 +1000,8 @@ class Rotation(CredCase):
                 break
             time.sleep(0.02)
         self.assertEqual(len(stream), 1, lines)
-        self.assertAudit(stream[0], action='assert', task=fingerprint(ta), status=200)
+        self.assertAudit(stream[0], action='assert', task=fingerprint(ta), status=200,
+                         host='chatgpt.com:443')
         self.assertIn(fingerprint(tb), [l['task'] for l in lines])
 
     def test_rotation_under_load_is_atomic(self):
@@ -936,6 +1048,8 @@ class Rotation(CredCase):
         self.assertEqual(len(loads), len(statuses))
         seen = {}
         for r in loads:
+            self.assertTrue(r.tls, 'credentialed request arrived over plaintext: %r' % r.raw_head)
+            self.assertEqual(r.sni, 'api.openai.com', r.raw_head)
             self.assertEqual(len(r.header_all('Authorization')), 1, r.raw_head)
             seen[r.header('Authorization')] = r
         tasks = set()
@@ -956,7 +1070,7 @@ class Rotation(CredCase):
         auth = self.auth_file(record(self.ka.v2, ta))
         d = self.daemon(auth)
         resp, got, raw = self.probe(d)
-        self.check_credentialed(raw, got, ('agent-123', ta), self.ka.pub)
+        self.check_credentialed(raw, got, ('agent-123', ta), self.ka.pub, host='api.openai.com')
         good_b = json.dumps(record(self.kb.v2, tb, runtime='agent-B'))
 
         def bad_writes():
@@ -980,7 +1094,7 @@ class Rotation(CredCase):
                 time.sleep(0.1)
                 resp, got, raw = self.probe(d)
                 self.assertEqual(resp.status, 200, '%s replaced the good state: %r' % (what, resp))
-                self.check_credentialed(raw, got, ('agent-123', ta), self.ka.pub)
+                self.check_credentialed(raw, got, ('agent-123', ta), self.ka.pub, host='api.openai.com')
                 self.assertEqual(readyz(d).status, 200)
         # A valid file without a task is a state, not a torn file: fail closed,
         # never keep signing for a task the file no longer names.
@@ -995,7 +1109,7 @@ class Rotation(CredCase):
         # And a good one again.
         write_auth(auth, record(self.kb.v2, tc, runtime='agent-C'))
         got, raw, took = self.poll_task_after_503(d, tc)
-        self.check_credentialed(raw, got, ('agent-C', tc), self.kb.pub)
+        self.check_credentialed(raw, got, ('agent-C', tc), self.kb.pub, host='api.openai.com')
 
     def poll_task_after_503(self, d, task, limit=2.0):
         t0 = now()
@@ -1022,13 +1136,13 @@ class Rotation(CredCase):
         os.symlink(real, link)
         d = self.daemon(link)
         resp, got, raw = self.probe(d)
-        self.check_credentialed(raw, got, ('agent-123', ta), self.ka.pub)
+        self.check_credentialed(raw, got, ('agent-123', ta), self.ka.pub, host='api.openai.com')
         write_auth(real, record(self.kb.v2, tb, runtime='agent-hup'))
         time.sleep(0.2)
         os.kill(d.pid, signal.SIGHUP)
         got, raw, took = self.poll_task(d, tb, limit=2.0)
         self.assertEqual(self.task_of(got), tb, 'SIGHUP did not re-read the auth file')
-        self.check_credentialed(raw, got, ('agent-hup', tb), self.kb.pub)
+        self.check_credentialed(raw, got, ('agent-hup', tb), self.kb.pub, host='api.openai.com')
         self.assertTrue(d.alive())
 
 
@@ -1043,11 +1157,13 @@ class Audit(CredCase):
         self.forbid_key(k)
         task = 'task-audit-0c0ffee'
         self.forbid_task(task)
-        up = self.start_upstream()
+        up = self.start_upstream(dual=True)
         up.route('/v1/responses/compact', Fixed(429, [('Content-Type', 'application/json')],
                                                 b'{"error":{"code":"rate_limit_exceeded"}}'))
         auth = self.auth_file(record(k.v2, task))
-        d = self.start_cred(auth, '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port,
+        d = self.start_cred(auth, '--upstream-ca', tls_material().ca,
+                            '--resolve', 'api.openai.com:80:127.0.0.1:%d' % up.port,
+                            '--resolve', 'api.openai.com:443:127.0.0.1:%d' % up.port,
                             '--resolve', 'api.anthropic.com:80:127.0.0.1:%d' % up.port,
                             '--gateway', '/v1/=http://api.openai.com/v1/')
         host = '127.0.0.1:%d' % d.port
@@ -1063,14 +1179,23 @@ class Audit(CredCase):
         lines = self.next_audit(d, 4)
         fp = fingerprint(task)
         self.assertEqual(fp, hashlib.sha256(task.encode()).hexdigest()[:8])
+        # credentialed routes written http:// (forward, and the gateway's
+        # http:// base) went over TLS to :443; pass-through kept plain :80
         self.assertAudit(lines[0], method='POST', path='/v1/responses', mode='forward', provider='openai',
-                         route='inference', action='assert', task=fp, status=200)
+                         route='inference', action='assert', task=fp, status=200,
+                         host='api.openai.com:443')
         self.assertAudit(lines[1], method='POST', mode='gateway', provider='openai',
-                         route='compaction', action='assert', task=fp, status=429)
+                         route='compaction', action='assert', task=fp, status=429,
+                         host='api.openai.com:443')
         self.assertAudit(lines[2], method='GET', path='/v1/models', provider='openai', route='other',
-                         action='passthrough', task=None, status=200)
+                         action='passthrough', task=None, status=200, host='api.openai.com:80')
         self.assertAudit(lines[3], method='POST', provider='anthropic', route='other',
-                         action='passthrough', task=None, status=200)
+                         action='passthrough', task=None, status=200, host='api.anthropic.com:80')
+        self.assertEqual([(r.tls, r.sni, r.path) for r in up.requests],
+                         [(True, 'api.openai.com', '/v1/responses'),
+                          (True, 'api.openai.com', '/v1/responses/compact'),
+                          (False, None, '/v1/models'),
+                          (False, None, '/v1/messages')])
         for l in lines:
             self.assertNotIn('error', l, 'upstream answers are not proxy errors: %r' % l)
             self.assertIn(l['host'].split(':')[0], ('api.openai.com', 'api.anthropic.com'), l)
@@ -1134,8 +1259,9 @@ class Classify(CredCase):
             (good, 'GET', 'https://api.openai.com/v1/responses', ws, 'openai', 'inference', 'assert'),
             (good, 'GET', 'https://api.openai.com/v1/responses', (), 'openai', 'other', 'passthrough'),
             (good, 'PUT', 'https://api.openai.com/v1/responses', (), 'openai', 'other', 'passthrough'),
-            (good, 'POST', 'https://api.openai.com/v1/responses/', (), 'openai', 'other', 'passthrough'),
-            (good, 'POST', 'https://api.openai.com/v1/%72esponses', (), 'openai', 'other', 'passthrough'),
+            # near-misses of a credentialed route on a host whose provider asserts
+            (good, 'POST', 'https://api.openai.com/v1/responses/', (), 'openai', 'inference', 'reject'),
+            (good, 'POST', 'https://api.openai.com/v1/%72esponses', (), 'openai', 'inference', 'reject'),
             (good, 'GET', 'https://api.openai.com/v1/models', (), 'openai', 'other', 'passthrough'),
             (good, 'POST', 'https://chatgpt.com/v1/responses', (), 'chatgpt', 'other', 'passthrough'),
             (good, 'POST', 'https://x.openai.azure.com/openai/v1/responses', (), 'azure-openai', 'other',
@@ -1156,7 +1282,8 @@ class Classify(CredCase):
         for auth, method, url, hdrs, provider, route, action in cases:
             with self.subTest(method=method, url=url, headers=hdrs):
                 self.expect(self.classify(auth, method, url, *hdrs), provider, route, action,
-                            'credentialed route' if action == 'assert' else None)
+                            {'assert': 'credentialed route',
+                             'reject': 'non-canonical spelling of a credentialed route'}.get(action))
         rejects = [(notask, 'agent_task_missing'), (blank, 'agent_task_missing'),
                    (missing, 'agent_identity_missing'), (torn, 'agent_identity_invalid')]
         for auth, reason in rejects:
