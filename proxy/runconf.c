@@ -42,6 +42,10 @@ static const char usage_text[] =
 "  -c, --config FILE            JSON configuration file (default: none, built-in defaults)\n"
 "  -l, --listen ADDR:PORT       where to listen (default 127.0.0.1:8788; port 0 = ephemeral)\n"
 "      --allow-remote-listen    allow a non-loopback listen address\n"
+"      --allow-unauthenticated-remote\n"
+"                               with a non-loopback listener, allow it without\n"
+"                               proxy_auth (a network boundary you control lets only\n"
+"                               the agent reach it)\n"
 "      --server-info FILE       once listening, write {\"port\",\"pid\",\"listen\"} to FILE\n"
 "      --resolve HOST:PORT:ADDR:PORT\n"
 "                               send HOST:PORT's traffic to ADDR:PORT (repeatable);\n"
@@ -95,7 +99,7 @@ enum {
 	OPT_SERVER_INFO = 256, OPT_RESOLVE, OPT_UPSTREAM_CA, OPT_GATEWAY,
 	OPT_LOG_LEVEL, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
-	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
+	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_CA_DIR, OPT_NO_INTERCEPT,
 	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PLAINTEXT, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
 };
@@ -104,6 +108,7 @@ static const struct option long_opts[] = {
 	{ "config", required_argument, NULL, 'c' },
 	{ "listen", required_argument, NULL, 'l' },
 	{ "allow-remote-listen", no_argument, NULL, OPT_ALLOW_REMOTE },
+	{ "allow-unauthenticated-remote", no_argument, NULL, OPT_ALLOW_UNAUTH },
 	{ "server-info", required_argument, NULL, OPT_SERVER_INFO },
 	{ "resolve", required_argument, NULL, OPT_RESOLVE },
 	{ "upstream-ca", required_argument, NULL, OPT_UPSTREAM_CA },
@@ -164,6 +169,8 @@ static const struct flag_def {
 	{ OPT_GATEWAY, "--gateway", FT_SETTER, NULL, NULL, config_add_gateway, 0, 0 },
 	{ OPT_ALLOW_REMOTE, "--allow-remote-listen", FT_OFF, NULL, NULL, NULL,
 	    offsetof(struct config, allow_remote_listen), 1 },
+	{ OPT_ALLOW_UNAUTH, "--allow-unauthenticated-remote", FT_OFF, NULL,
+	    NULL, NULL, offsetof(struct config, allow_unauth_remote), 1 },
 	{ OPT_ALLOW_INSECURE, "--allow-insecure-auth-file", FT_OFF, NULL, NULL,
 	    NULL, offsetof(struct config, allow_insecure_auth_file), 1 },
 	{ OPT_NO_INTERCEPT, "--no-intercept", FT_OFF, NULL, NULL, NULL,

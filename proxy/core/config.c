@@ -71,6 +71,7 @@ static const struct keyspec registration_keys[] = {
 static const struct keyspec top_keys[] = {
 	{ "listen", K_FN, 0, 0, 0, NULL, key_listen },
 	{ "allow_remote_listen", K_BOOL, OFF(allow_remote_listen), 0, 0, NULL, NULL },
+	{ "allow_unauthenticated_remote", K_BOOL, OFF(allow_unauth_remote), 0, 0, NULL, NULL },
 	{ "threads", K_INT, OFF(threads), 0, 256, NULL, NULL },
 	{ "server_info", K_STR, OFF(server_info), 0, 0, NULL, NULL },
 	{ "pid_file", K_STR, OFF(pid_file), 0, 0, NULL, NULL },
@@ -644,6 +645,20 @@ config_finish(struct config *c, char *err, size_t errlen)
 		    "to expose the proxy beyond this host", c->listen_host);
 		return -1;
 	}
+	/* Beyond this host, whoever reaches the port has credentials
+	 * minted: that takes proxy_auth, or a boundary the user vouches
+	 * for. */
+	if (!addr_is_loopback(c->listen_host) && c->proxy_auth_basic == NULL &&
+	    c->proxy_auth_bearer == NULL && !c->allow_unauth_remote) {
+		snprintf(err, errlen,
+		    "listen: %s is not a loopback address and proxy_auth is not "
+		    "set, so anyone who can reach the port could have "
+		    "credentials minted; set \"proxy_auth\", or "
+		    "\"allow_unauthenticated_remote\": true "
+		    "(--allow-unauthenticated-remote) if a network boundary "
+		    "you control lets only the agent reach it", c->listen_host);
+		return -1;
+	}
 	if (c->reg_enabled < 0)
 		c->reg_enabled = c->reg_base_url != NULL;
 	if (c->reg_enabled && c->reg_base_url == NULL) {
@@ -729,11 +744,12 @@ config_to_json(const struct config *c)
 	res = json_array();
 	for (i = 0; i < c->nresolve; i++)
 		json_array_append_new(res, json_string(c->resolve[i]));
-	root = json_pack("{s:s, s:b, s:i, s:o, s:s, s:o, s:o, s:o,"
+	root = json_pack("{s:s, s:b, s:b, s:i, s:o, s:s, s:o, s:o, s:o,"
 	    " s:{s:I, s:I, s:I}, s:{s:f, s:f, s:f, s:f},"
 	    " s:o, s:b, s:o, s:O}",
 	    "listen", listen,
 	    "allow_remote_listen", c->allow_remote_listen,
+	    "allow_unauthenticated_remote", c->allow_unauth_remote,
 	    "threads", c->threads,
 	    "server_info", str_or_null(c->server_info),
 	    "log_level", log_level_name(c->log_level),

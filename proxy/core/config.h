@@ -13,6 +13,7 @@ struct config {
 	char		*listen_host;	/* without brackets */
 	int		 listen_port;
 	int		 allow_remote_listen;
+	int		 allow_unauth_remote;	/* remote without proxy_auth */
 	int		 threads;	/* 0: one per core */
 	char		*server_info;
 	int		 log_level;

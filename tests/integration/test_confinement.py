@@ -437,5 +437,52 @@ class NearMiss(ConfinementCase):
             self.assertEqual(doc['action'], action, '%s %s: %r' % (method, url, doc))
 
 
+# --------------------------------------------------------------------------
+# 4. Who may ask for credentials
+# --------------------------------------------------------------------------
+
+class RemoteListen(ConfinementCase):
+    """A listener beyond this host mints for whoever reaches it: that takes
+    proxy_auth or an explicit allow_unauthenticated_remote.  Only check-config
+    and a refused start are run: nothing binds a non-loopback address."""
+
+    def sp(self, *args, config=None):
+        cmd = [scopeproxy_bin()] + list(args)
+        if config is not None:
+            path = os.path.join(self.work, 'remote-%d.json' % len(os.listdir(self.work)))
+            with open(path, 'w') as f:
+                json.dump(config, f)
+            cmd += ['--config', path]
+        return run_cmd(cmd, env=clean_env(), timeout=15)
+
+    def test_remote_listen_without_proxy_auth_is_refused(self):
+        for args in (['--listen', '0.0.0.0:0', '--allow-remote-listen'],
+                     ['--listen', '[::]:0', '--allow-remote-listen']):
+            for cmd in (['check-config'], []):
+                r = self.sp(*(cmd + args + ['--auth-file', self.auth]))
+                self.assertEqual(r.returncode, 2, r)
+                err = r.stderr.decode()
+                self.assertIn('proxy_auth', err)
+                self.assertIn('allow_unauthenticated_remote', err)
+
+    def test_proxy_auth_or_explicit_opt_in_allows_it(self):
+        r = self.sp('check-config', '--listen', '0.0.0.0:0', '--allow-remote-listen',
+                    config={'proxy_auth': {'bearer': 'tok-remote-1'}})
+        self.assertEqual(r.returncode, 0, r)
+        self.assertNotIn(b'tok-remote-1', r.stdout)
+        r = self.sp('check-config', '--listen', '0.0.0.0:0', '--allow-remote-listen',
+                    '--allow-unauthenticated-remote')
+        self.assertEqual(r.returncode, 0, r)
+        self.assertTrue(json.loads(r.stdout)['allow_unauthenticated_remote'])
+        r = self.sp('check-config', '--listen', '0.0.0.0:0',
+                    config={'allow_remote_listen': True, 'allow_unauthenticated_remote': True})
+        self.assertEqual(r.returncode, 0, r)
+
+    def test_loopback_needs_nothing(self):
+        r = self.sp('check-config', '--listen', '127.0.0.1:0')
+        self.assertEqual(r.returncode, 0, r)
+        self.assertFalse(json.loads(r.stdout)['allow_unauthenticated_remote'])
+
+
 if __name__ == '__main__':
     main()
