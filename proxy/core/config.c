@@ -179,12 +179,18 @@ config_set_listen(struct config *c, const char *v, const char *where,
 	if (colon[1] == '\0' || *end != '\0' || port < 0 || port > 65535 || hn == 0)
 		goto bad;
 	free(c->listen_host);
-	if ((c->listen_host = strndup(hs, hn)) == NULL)
+	/* "localhost" is loopback by definition (RFC 6761), as tinyproxy
+	 * and squid take it; no resolver is asked. */
+	if (hn == 9 && strncasecmp(hs, "localhost", 9) == 0)
+		c->listen_host = strdup("127.0.0.1");
+	else
+		c->listen_host = strndup(hs, hn);
+	if (c->listen_host == NULL)
 		goto bad;
 	if (inet_pton(AF_INET, c->listen_host, &tmp) != 1 &&
 	    inet_pton(AF_INET6, c->listen_host, &tmp) != 1) {
-		snprintf(err, errlen, "%s: '%s' is not an IP address", where,
-		    c->listen_host);
+		snprintf(err, errlen, "%s: '%s' is not an IP address (or "
+		    "localhost)", where, c->listen_host);
 		return -1;
 	}
 	c->listen_port = (int)port;

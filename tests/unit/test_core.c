@@ -339,6 +339,29 @@ START_TEST(config_defaults_are_sane)
 }
 END_TEST
 
+START_TEST(config_listen_localhost_is_loopback)
+{
+	struct config c;
+	char err[256];
+
+	config_defaults(&c);
+	ck_assert_int_eq(config_set_listen(&c, "localhost:0", "--listen", err,
+	    sizeof(err)), 0);
+	ck_assert_str_eq(c.listen_host, "127.0.0.1");
+	ck_assert_int_eq(c.listen_port, 0);
+	ck_assert_int_eq(config_set_listen(&c, "LocalHost:8788", "--listen", err,
+	    sizeof(err)), 0);
+	ck_assert_str_eq(c.listen_host, "127.0.0.1");
+	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
+	/* a name that merely starts like it is not loopback */
+	ck_assert_int_eq(config_set_listen(&c, "localhost.evil.test:80",
+	    "--listen", err, sizeof(err)), -1);
+	ck_assert_int_eq(config_set_listen(&c, "localhostx:80", "--listen", err,
+	    sizeof(err)), -1);
+	config_free(&c);
+}
+END_TEST
+
 START_TEST(config_errors_name_the_key)
 {
 	static const struct { const char *json, *want; } cases[] = {
@@ -414,6 +437,19 @@ START_TEST(config_remote_listen_needs_opt_in)
 	ck_assert_int_ne(config_finish(&c, err, sizeof(err)), 0);
 	ck_assert_ptr_nonnull(strstr(err, "allow_remote_listen"));
 	ck_assert_int_eq(apply(&c, "{\"allow_remote_listen\":true}", err), 0);
+	/* beyond this host it mints for whoever reaches it: proxy_auth,
+	 * or an explicit opt-in */
+	ck_assert_int_ne(config_finish(&c, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, "proxy_auth"));
+	ck_assert_ptr_nonnull(strstr(err, "allow_unauthenticated_remote"));
+	ck_assert_int_eq(apply(&c, "{\"allow_unauthenticated_remote\":true}",
+	    err), 0);
+	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
+	config_free(&c);
+	config_defaults(&c);
+	ck_assert_int_eq(apply(&c, "{\"listen\":\"0.0.0.0:8788\", "
+	    "\"allow_remote_listen\":true, "
+	    "\"proxy_auth\":{\"bearer\":\"t\"}}", err), 0);
 	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
 	config_free(&c);
 	ck_assert(addr_is_loopback("127.1.2.3"));
@@ -510,6 +546,7 @@ core_suite(void)
 	tc = tcase_create("config");
 	tcase_add_test(tc, config_defaults_are_sane);
 	tcase_add_test(tc, config_errors_name_the_key);
+	tcase_add_test(tc, config_listen_localhost_is_loopback);
 	tcase_add_test(tc, config_values_apply);
 	tcase_add_test(tc, config_remote_listen_needs_opt_in);
 	tcase_add_test(tc, config_shipped_example_is_valid);
