@@ -249,7 +249,7 @@ metrics_render(struct proxy *px)
 		    atomic_load(&M.tunnels[i]));
 	put(&o, "# HELP scopeproxy_connections_open Client connections open.\n"
 	    "# TYPE scopeproxy_connections_open gauge\n"
-	    "scopeproxy_connections_open %ld\n", atomic_load(&px->nconns));
+	    "scopeproxy_connections_open %ld\n", conn_limit_count(&px->conns));
 	put(&o, "# HELP scopeproxy_connect_total CONNECT requests by outcome.\n"
 	    "# TYPE scopeproxy_connect_total counter\n"
 	    "scopeproxy_connect_total{action=\"tunnel\"} %lu\n"

@@ -177,6 +177,34 @@ ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
 		ep->events = want;
 }
 
+/* Everything a relay holds but its own memory. */
+static void
+release_endpoints(struct relay *r)
+{
+	struct worker *w = r->w;
+
+	if (r->a.ssl)
+		SSL_free(r->a.ssl);
+	if (r->a.easy) {
+		curl_multi_remove_handle(w->multi, r->a.easy);
+		curl_easy_cleanup(r->a.easy);	/* closes its socket */
+	} else if (r->a.fd >= 0 && !r->a.no_close)
+		close(r->a.fd);
+	if (r->b.easy) {
+		curl_multi_remove_handle(w->multi, r->b.easy);
+		curl_easy_cleanup(r->b.easy);
+	} else if (r->b.fd >= 0 && !r->b.no_close)
+		close(r->b.fd);
+	r->a.ssl = NULL;
+	r->a.easy = r->b.easy = NULL;
+	r->a.fd = r->b.fd = -1;
+	conn_slot_release(&r->slot);
+	buf_free(&r->ab);
+	buf_free(&r->ba);
+	free(r->what);
+	r->what = NULL;
+}
+
 static void
 relay_finish(struct relay *r)
 {
@@ -201,25 +229,18 @@ relay_finish(struct relay *r)
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->a.fd, NULL);
 	if (r->b.fd >= 0)
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->b.fd, NULL);
-	if (r->a.ssl)
-		SSL_free(r->a.ssl);
-	if (r->a.easy) {
-		curl_multi_remove_handle(w->multi, r->a.easy);
-		curl_easy_cleanup(r->a.easy);	/* closes its socket */
-	} else if (r->a.fd >= 0 && !r->a.no_close)
-		close(r->a.fd);
-	if (r->b.easy) {
-		curl_multi_remove_handle(w->multi, r->b.easy);
-		curl_easy_cleanup(r->b.easy);
-	} else if (r->b.fd >= 0 && !r->b.no_close)
-		close(r->b.fd);
-	if (r->counts_conn)
-		atomic_fetch_sub(&w->px->nconns, 1);
-	buf_free(&r->ab);
-	buf_free(&r->ba);
-	free(r->what);
+	release_endpoints(r);
 	r->a.src.dead = r->b.src.dead = 1;
 	worker_defer_free(w, r);
+}
+
+void
+relay_discard(struct relay *r)
+{
+	if (r == NULL)
+		return;
+	release_endpoints(r);
+	free(r);
 }
 
 static void

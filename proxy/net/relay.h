@@ -40,7 +40,7 @@ struct relay {
 	int		 kind;		/* enum m_tunnel, for metrics */
 	int		 started;
 	int		 end_on_eof;	/* one side's EOF ends it (WebSocket) */
-	int		 counts_conn;	/* a is a client connection we count */
+	struct conn_slot slot;		/* a's, when a is a counted client */
 	char		*what;		/* "tunnel host:port", for the log */
 	char		 client[64];
 	void		(*on_done)(struct relay *);
@@ -51,6 +51,9 @@ struct relay {
 /* Takes ownership of both endpoints' handles and starts relaying. */
 struct relay *relay_new(struct worker *w, long long idle_ms);
 int	 relay_start(struct relay *r);
+/* Frees a relay relay_start refused (or that never started): closes
+ * both endpoints' handles and gives back its slot. */
+void	 relay_discard(struct relay *r);
 /* Called for an epoll event on either endpoint. */
 void	 relay_event(struct endpoint *ep);
 /* Closes relays idle for longer than their idle_ms (run once a second). */

@@ -34,6 +34,7 @@ struct tunnel {
 	CURL			*easy;
 	const char		*provider;
 	long long		 start;
+	struct conn_slot	 slot;		/* the client's, until a relay */
 	struct tunnel		*prev, *next;	/* w->connecting */
 };
 
@@ -61,6 +62,7 @@ static void
 tunnel_free(struct tunnel *tn)
 {
 	connect_req_free(&tn->req);
+	conn_slot_release(&tn->slot);
 	free(tn);
 }
 
@@ -68,7 +70,6 @@ static void
 refuse(struct tunnel *tn, enum perr e, const char *msg, const char *extra)
 {
 	send_and_close(tn->fd, e, msg, extra);
-	atomic_fetch_sub(&tn->w->px->nconns, 1);
 	log_connect(tn, perr_status(e), "reject", perr_code(e));
 	tunnel_free(tn);
 }
@@ -141,7 +142,6 @@ tunnel_abort_all(struct worker *w)
 		curl_multi_remove_handle(w->multi, tn->easy);
 		curl_easy_cleanup(tn->easy);
 		close(tn->fd);
-		atomic_fetch_sub(&w->px->nconns, 1);
 		tunnel_free(tn);
 	}
 }
@@ -174,12 +174,11 @@ tunnel_curl_done(void *arg, CURLcode rc)
 		curl_multi_remove_handle(w->multi, tn->easy);
 		curl_easy_cleanup(tn->easy);
 		close(tn->fd);
-		atomic_fetch_sub(&w->px->nconns, 1);
 		tunnel_free(tn);
 		return;
 	}
 	r->kind = MT_TUNNEL;
-	r->counts_conn = 1;
+	conn_slot_move(&r->slot, &tn->slot);
 	r->a.kind = EP_FD;
 	r->a.fd = tn->fd;
 	r->b.kind = EP_CURL;
@@ -192,11 +191,7 @@ tunnel_curl_done(void *arg, CURLcode rc)
 	tunnel_free(tn);
 	if (relay_start(r) != 0) {
 		log_msg(LL_WARN, "cannot start a tunnel relay");
-		curl_multi_remove_handle(w->multi, r->b.easy);
-		curl_easy_cleanup(r->b.easy);
-		close(r->a.fd);
-		free(r->what);
-		free(r);
+		relay_discard(r);
 	}
 }
 
@@ -292,6 +287,8 @@ start_intercept(struct tunnel *tn)
 	struct worker *w = tn->w;
 	struct relay *r = NULL;
 	struct icpt *ic = NULL;
+	struct icpt_target icpt;
+	struct conn_slot plain;
 	X509 *leaf = NULL;
 	EVP_PKEY *key = NULL;
 	SSL *ssl = NULL;
@@ -337,33 +334,29 @@ start_intercept(struct tunnel *tn)
 		close(sp[1]);
 		free(r);
 		close(tn->fd);
-		atomic_fetch_sub(&w->px->nconns, 1);
 		tunnel_free(tn);
 		return;
 	}
 	/* The plain end goes to MHD, tagged with the CONNECT target so
-	 * requests on it go there (mhd_notify_connection picks it up). */
-	w->adding_host = tn->req.host;
-	w->adding_port = tn->req.port;
-	w->adding_ipv6 = tn->req.ipv6;
-	w->adding_client = tn->client;
-	if (MHD_add_connection(w->mhd, sp[1], (struct sockaddr *)&tn->addr,
-	    tn->addrlen) != MHD_YES) {
-		w->adding_host = NULL;
+	 * requests on it go there. It counts as a connection of its own;
+	 * the client's slot stays with the TLS side (the relay). */
+	icpt.host = tn->req.host;
+	icpt.port = tn->req.port;
+	icpt.ipv6 = tn->req.ipv6;
+	icpt.client = tn->client;
+	conn_slot_acquire_extra(&w->px->conns, &plain);
+	if (worker_add_connection(w, sp[1], (struct sockaddr *)&tn->addr,
+	    tn->addrlen, &plain, &icpt) != 0) {
 		SSL_free(ssl);
 		close(sp[0]);	/* MHD closed sp[1] */
 		free(r);
 		close(tn->fd);
-		atomic_fetch_sub(&w->px->nconns, 1);
 		log_connect(tn, 503, "reject", "too_many_connections");
 		tunnel_free(tn);
 		return;
 	}
-	w->adding_host = NULL;
-	/* The MHD connection counts itself; this one is the TLS side. */
-	atomic_fetch_add(&w->px->nconns, 1);
 	r->kind = MT_INTERCEPT;
-	r->counts_conn = 1;
+	conn_slot_move(&r->slot, &tn->slot);
 	r->a.kind = EP_SSL;
 	r->a.ssl = ssl;
 	r->a.fd = tn->fd;
@@ -375,11 +368,7 @@ start_intercept(struct tunnel *tn)
 	log_connect(tn, 200, "intercept", NULL);
 	tunnel_free(tn);
 	if (relay_start(r) != 0) {
-		SSL_free(ssl);
-		close(r->a.fd);
-		close(r->b.fd);
-		free(r->what);
-		free(r);
+		relay_discard(r);
 	}
 }
 
@@ -387,7 +376,7 @@ start_intercept(struct tunnel *tn)
 
 void
 tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
-    socklen_t sl, struct connect_req *req)
+    socklen_t sl, struct conn_slot *slot, struct connect_req *req)
 {
 	struct proxy *px = w->px;
 	struct tunnel *tn = calloc(1, sizeof(*tn));
@@ -397,9 +386,10 @@ tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
 	if (tn == NULL) {
 		connect_req_free(req);
 		send_and_close(fd, PERR_INTERNAL, "out of memory", NULL);
-		atomic_fetch_sub(&px->nconns, 1);
+		conn_slot_release(slot);
 		return;
 	}
+	conn_slot_move(&tn->slot, slot);
 	tn->owner = OWNER_TUNNEL;
 	tn->w = w;
 	tn->fd = fd;

@@ -11,16 +11,17 @@
 
 struct worker;
 struct proxy;
+struct conn_slot;
 
 /* Creates px->tls_ctx (and opens or creates the CA) when interception
  * is enabled. */
 int	 tunnel_tls_init(struct proxy *px, char *err, size_t errlen);
 void	 tunnel_tls_free(struct proxy *px);
 
-/* fd has sent a complete CONNECT head, parsed into req (ownership
- * moves), and its bytes were consumed. */
+/* fd has sent a complete CONNECT head, parsed into req, and its bytes
+ * were consumed. req and fd's counted slot move to the tunnel. */
 void	 tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
-	    socklen_t sl, struct connect_req *req);
+	    socklen_t sl, struct conn_slot *slot, struct connect_req *req);
 void	 tunnel_curl_done(void *tunnel, CURLcode rc);
 /* Drops CONNECTs still waiting for their upstream (shutdown). */
 void	 tunnel_abort_all(struct worker *w);

@@ -31,7 +31,14 @@ struct peek {
 	struct sockaddr_storage	 addr;
 	socklen_t		 addrlen;
 	long long		 deadline;
+	struct conn_slot	 slot;
 	struct peek		*prev, *next;
+};
+
+/* A connection on its way into MHD (see worker_add_connection). */
+struct adoption {
+	struct conn_slot		*slot;
+	const struct icpt_target	*icpt;
 };
 
 #define PEEK_TIMEOUT_MS	10000
@@ -257,17 +264,22 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 {
 	struct worker *w = cls;
 	struct client *cl = *socket_context;
+	const struct icpt_target *icpt = NULL;
 
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
 		const union MHD_ConnectionInfo *ci;
 
 		if ((cl = calloc(1, sizeof(*cl))) == NULL)
 			return;
-		if (w->adding_host != NULL) {
+		if (w->adopting != NULL) {
+			conn_slot_move(&cl->slot, w->adopting->slot);
+			icpt = w->adopting->icpt;
+		}
+		if (icpt != NULL) {
 			/* a decrypted stream from an intercepted CONNECT */
-			cl->icpt_host = strdup(w->adding_host);
-			cl->icpt_port = w->adding_port;
-			cl->icpt_ipv6 = w->adding_ipv6;
+			cl->icpt_host = strdup(icpt->host);
+			cl->icpt_port = icpt->port;
+			cl->icpt_ipv6 = icpt->ipv6;
 		}
 		cl->w = w;
 		cl->src.kind = EV_CLIENT;
@@ -276,8 +288,8 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 		ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 		if (ci != NULL && ci->client_addr != NULL)
 			sockaddr_name(ci->client_addr, cl->addr);
-		if (w->adding_client != NULL && w->adding_host != NULL)
-			snprintf(cl->addr, sizeof(cl->addr), "%s", w->adding_client);
+		if (icpt != NULL && icpt->client != NULL)
+			snprintf(cl->addr, sizeof(cl->addr), "%s", icpt->client);
 		/* Only the hang-up matters here; MHD does the reading. */
 		if (cl->src.fd >= 0)
 			ep_add(w, cl->src.fd, EPOLLRDHUP | EPOLLET, &cl->src);
@@ -291,9 +303,26 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 	if (cl->t != NULL)
 		cl->t->cl = NULL;
 	free(cl->icpt_host);
+	conn_slot_release(&cl->slot);
 	free(cl);
 	*socket_context = NULL;
-	atomic_fetch_sub(&w->px->nconns, 1);
+}
+
+int
+worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt)
+{
+	struct adoption a = { slot, icpt };
+	int rc;
+
+	/* MHD_add_connection runs mhd_notify_connection before it returns
+	 * and passes it nothing of ours: the new connection adopts a. */
+	w->adopting = &a;
+	rc = MHD_add_connection(w->mhd, fd, sa, sl) == MHD_YES ? 0 : -1;
+	w->adopting = NULL;
+	/* refused, or no memory for the client: the count goes back now */
+	conn_slot_release(slot);
+	return rc;
 }
 
 /* --- accepting ---------------------------------------------------------- */
@@ -345,7 +374,7 @@ peek_drop(struct worker *w, struct peek *p, int close_fd)
 	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
 	if (close_fd) {
 		close(p->src.fd);
-		atomic_fetch_sub(&w->px->nconns, 1);
+		conn_slot_release(&p->slot);
 	}
 	p->src.dead = 1;
 	worker_defer_free(w, p);
@@ -373,7 +402,7 @@ take_connect(struct worker *w, struct peek *p)
 	peek_unlink(w, p);
 	if (r == 1 && recv(p->src.fd, w->peekbuf, req.head_len, MSG_DONTWAIT) ==
 	    (ssize_t)req.head_len)
-		tunnel_start(w, p->src.fd, &p->addr, p->addrlen, &req);
+		tunnel_start(w, p->src.fd, &p->addr, p->addrlen, &p->slot, &req);
 	else {
 		if (r == 1)
 			connect_req_free(&req);
@@ -384,7 +413,7 @@ take_connect(struct worker *w, struct peek *p)
 			    "error", perr_code(code)));
 		} else
 			close(p->src.fd);
-		atomic_fetch_sub(&w->px->nconns, 1);
+		conn_slot_release(&p->slot);
 	}
 	free(p);
 	return 1;
@@ -442,16 +471,14 @@ peek_ready(struct worker *w, struct peek *p)
 	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
 	peek_unlink(w, p);
 	if (r < 0) {
-		atomic_fetch_sub(&w->px->nconns, 1);
+		conn_slot_release(&p->slot);
 		free(p);
 		return;
 	}
-	if (MHD_add_connection(w->mhd, p->src.fd, (struct sockaddr *)&p->addr,
-	    p->addrlen) != MHD_YES) {
-		/* MHD closed the socket already. */
-		atomic_fetch_sub(&w->px->nconns, 1);
+	/* MHD closes the socket if it refuses it. */
+	if (worker_add_connection(w, p->src.fd, (struct sockaddr *)&p->addr,
+	    p->addrlen, &p->slot, NULL) != 0)
 		log_msg(LL_WARN, "libmicrohttpd refused a connection");
-	}
 	free(p);
 }
 
@@ -462,6 +489,7 @@ accept_ready(struct worker *w)
 
 	for (i = 0; i < 64; i++) {
 		struct peek *p;
+		struct conn_slot slot;
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
 		int fd, one = 1;
@@ -474,19 +502,18 @@ accept_ready(struct worker *w)
 				log_msg(LL_WARN, "accept: %s", strerror(errno));
 			return;
 		}
-		if (atomic_fetch_add(&w->px->nconns, 1) >=
-		    w->px->cfg->max_connections) {
+		if (conn_slot_acquire(&w->px->conns, &slot) != 0) {
 			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
 			    "the proxy has reached limits.max_connections", NULL);
-			atomic_fetch_sub(&w->px->nconns, 1);
 			continue;
 		}
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		if ((p = calloc(1, sizeof(*p))) == NULL) {
 			close(fd);
-			atomic_fetch_sub(&w->px->nconns, 1);
+			conn_slot_release(&slot);
 			continue;
 		}
+		conn_slot_move(&p->slot, &slot);
 		p->src.kind = EV_PEEK;
 		p->src.fd = fd;
 		memcpy(&p->addr, &ss, sl);

@@ -13,6 +13,7 @@
 #include <openssl/ssl.h>
 
 #include "core/access.h"
+#include "core/conn_slot.h"
 #include "cred/credential.h"
 #include "core/errors.h"
 
@@ -52,7 +53,7 @@ struct proxy {
 	struct config		*cfg;		/* as started: listen, MHD, CA */
 	struct runconf		*rc;
 	int			 listen_fd;
-	atomic_long		 nconns;
+	struct conn_limit	 conns;		/* limits.max_connections */
 	atomic_int		 stopping;
 	atomic_int		 draining;	/* SIGTERM: finish, accept nothing */
 	long long		 drain_deadline;
@@ -72,7 +73,19 @@ struct client {
 	char			*icpt_host;	/* intercepted CONNECT target */
 	int			 icpt_port;
 	int			 icpt_ipv6;
+	struct conn_slot	 slot;
 };
+
+/* What an intercepted CONNECT's decrypted stream carries into MHD: the
+ * requests on it go to this target. */
+struct icpt_target {
+	const char		*host;
+	int			 port;
+	int			 ipv6;
+	const char		*client;	/* the CONNECT client, for logs */
+};
+
+struct adoption;
 
 struct peek;
 
@@ -104,11 +117,7 @@ struct worker {
 	size_t			 ngrave, capgrave;
 	CURL			*easy_pool[64];	/* reset handles, reused */
 	int			 neasy_pool;
-	/* set around MHD_add_connection for an intercepted stream */
-	const char		*adding_host;
-	int			 adding_port;
-	int			 adding_ipv6;
-	const char		*adding_client;
+	struct adoption		*adopting;	/* inside worker_add_connection */
 };
 
 int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
@@ -136,6 +145,12 @@ CURL	*worker_easy_get(struct worker *w);
  * event in the batch may still point at it (it sees src->dead). */
 void	 worker_defer_free(struct worker *w, void *p);
 void	 worker_easy_put(struct worker *w, CURL *e);
+
+/* Hands fd to MHD with its counted slot (moved into the connection) and,
+ * for an intercepted CONNECT, its target (NULL otherwise). -1: MHD
+ * refused it and closed fd; the slot is given back. */
+int	 worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+	    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt);
 
 /* Answers e in JSON on a socket the proxy owns (not MHD's) and closes
  * it. extra: one more header line without CRLF, or NULL. */
