@@ -30,6 +30,9 @@ static const char usage_text[] =
 "                                            (provider, route, action) without sending it\n"
 "       scopeproxy ca export [OPTIONS]       print the interception CA certificate (PEM)\n"
 "       scopeproxy ca env [OPTIONS]          print shell lines that make clients trust it\n"
+"       scopeproxy doctor [OPTIONS] [--network]\n"
+"                                            check the configuration, listen address, auth\n"
+"                                            file, CA directory and clock before a start\n"
 "       scopeproxy --help | --version\n"
 "\n"
 "A forward (HTTP_PROXY) and gateway (base URL) proxy for AI agents' model\n"
@@ -100,7 +103,7 @@ enum {
 	OPT_LOG_LEVEL, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
-	OPT_AUDIT_LOG, OPT_HEADER, OPT_CA_DIR, OPT_NO_INTERCEPT,
+	OPT_AUDIT_LOG, OPT_HEADER, OPT_NETWORK, OPT_CA_DIR, OPT_NO_INTERCEPT,
 	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PLAINTEXT, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
 };
 
@@ -126,6 +129,7 @@ static const struct option long_opts[] = {
 	{ "allow-insecure-auth-file", no_argument, NULL, OPT_ALLOW_INSECURE },
 	{ "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
 	{ "header", required_argument, NULL, OPT_HEADER },
+	{ "network", no_argument, NULL, OPT_NETWORK },
 	{ "ca-dir", required_argument, NULL, OPT_CA_DIR },
 	{ "no-intercept", no_argument, NULL, OPT_NO_INTERCEPT },
 	{ "tunnel-idle-timeout", required_argument, NULL, OPT_TUNNEL_IDLE_TIMEOUT },
@@ -302,6 +306,9 @@ parse_args(int argc, char **argv, struct config *c, struct cmdline *cl,
 			break;
 		case OPT_HEADER:
 			cl->headers[cl->nheaders++] = optarg;
+			break;
+		case OPT_NETWORK:
+			cl->network = 1;
 			break;
 		case '?':
 			snprintf(err, errlen, "unknown option '%s' (see --help)",

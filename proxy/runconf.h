@@ -15,6 +15,7 @@ struct cmdline {
 	int		 npos;
 	const char	**headers;	/* classify --header values */
 	int		 nheaders;
+	int		 network;	/* doctor --network */
 };
 
 /* Parses argv over c (defaults already in): the configuration file,
