@@ -12,13 +12,14 @@
 #
 # Listening rules (see docker/README.md):
 #   - the proxy listens on 127.0.0.1:8788 unless SCOPEPROXY_LISTEN says
-#     otherwise; --listen/-l/--allow-remote-listen are refused as flags so
-#     that this is the only way to change it;
+#     otherwise; --listen/-l/--allow-remote-listen/--allow-unauthenticated-remote
+#     are refused as flags so that this is the only way to change it;
 #   - a non-loopback SCOPEPROXY_LISTEN (e.g. 0.0.0.0:8788) adds
 #     --allow-remote-listen, and is refused (exit 2) unless the effective
 #     configuration has proxy authentication ("proxy_auth") or
 #     SCOPEPROXY_NETWORK_BOUNDARY=1 states that only the agent can reach
-#     the port.
+#     the port (which adds --allow-unauthenticated-remote, the daemon's
+#     own opt-in for that).
 #
 # Environment:
 #   SCOPEPROXY_LISTEN            ADDR:PORT (default 127.0.0.1:8788)
@@ -96,7 +97,10 @@ if [ -n "$config" ] && [ -e "$config" ]; then
 	base+=(--config "$config")
 fi
 base+=(--listen "$listen")
-[ "$loopback" = 1 ] || base+=(--allow-remote-listen)
+if [ "$loopback" = 0 ]; then
+	base+=(--allow-remote-listen)
+	[ "$boundary" = 0 ] || base+=(--allow-unauthenticated-remote)
+fi
 
 healthcheck() {
 	local eff addr host port status
@@ -149,14 +153,21 @@ esac
 
 for a in "$@"; do
 	case $a in
-	-l*|--listen|--listen=*|--allow-remote-listen)
+	-l*|--listen|--listen=*|--allow-remote-listen|--allow-unauthenticated-remote)
 		die 2 "'$a': set SCOPEPROXY_LISTEN instead (docker/README.md explains the rules)" ;;
 	esac
 done
 args=("${base[@]}" "$@")
 
 # The daemon validates everything; its message names the key at fault.
-eff=$("$bin" check-config "${args[@]}") || exit $?
+# A non-loopback listener without proxy_auth it refuses too, unless
+# allowed: ask it about everything else first, so that the refusal
+# below can name the container's way out.
+if [ "$loopback" = 0 ] && [ "$boundary" = 0 ]; then
+	eff=$("$bin" check-config "${args[@]}" --allow-unauthenticated-remote) || exit $?
+else
+	eff=$("$bin" check-config "${args[@]}") || exit $?
+fi
 
 if [ "$loopback" = 0 ]; then
 	if grep -q '^  "proxy_auth": null' <<<"$eff"; then

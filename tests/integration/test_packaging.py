@@ -1206,6 +1206,8 @@ class Entrypoint(EntrypointMixin, ProxyTestCase):
         r = self.entrypoint(env=dict(self.REMOTE, SCOPEPROXY_NETWORK_BOUNDARY='1'))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn(b'--allow-remote-listen', r.stdout)
+        # the daemon's own opt-in for a listener without proxy_auth
+        self.assertIn(b'--allow-unauthenticated-remote', r.stdout)
         self.assertIn(b'"level":"warn"', r.stderr)
         for auth in ({'basic': 'agent:s3cret'}, {'bearer': 'tok'}):
             r = self.entrypoint('--log-level', 'debug', env=self.REMOTE,
@@ -1217,7 +1219,7 @@ class Entrypoint(EntrypointMixin, ProxyTestCase):
 
     def test_listen_flags_refused(self):
         for args in (['--listen', '0.0.0.0:1'], ['-l0.0.0.0:1'], ['--listen=0.0.0.0:1'],
-                     ['--allow-remote-listen']):
+                     ['--allow-remote-listen'], ['--allow-unauthenticated-remote']):
             r = self.entrypoint(*args, env={'SCOPEPROXY_DRY_RUN': '1'})
             self.assertEqual(r.returncode, 2, args)
             self.assertIn(b'SCOPEPROXY_LISTEN', r.stderr)
