@@ -354,8 +354,9 @@ class Dockerfile(ProxyTestCase):
         self.assertEqual(runtime_pkgs, {'libmicrohttpd12', 'libcurl4', 'libjansson4', 'libssl3',
                                         'libsodium23', 'ca-certificates'})
         self.assertFalse([p for p in runtime_pkgs if p.endswith('-dev')])
-        self.assertIn('autoreconf -fi && ./configure --prefix=/usr --sysconfdir=/etc && make -j && '
-                      'make install DESTDIR=/out', self.stage(0, 'RUN'))
+        self.assertIn('autoreconf -fi && ./configure --prefix=/usr --sysconfdir=/etc && '
+                      'make -j"$(nproc)" && make install DESTDIR=/out', self.stage(0, 'RUN'),
+                      'a bare make -j runs every job at once: one per CPU is enough')
 
     def test_runtime_user_paths_port_health(self):
         rt = self.runtime
@@ -409,6 +410,25 @@ class Dockerfile(ProxyTestCase):
         self.assertLessEqual(duration(opts['start-interval']), 2)
         self.assertGreaterEqual(duration(opts['start-period']), 10)
         self.assertLess(duration(opts['start-interval']), duration(opts['interval']))
+
+    def test_oci_labels(self):
+        rt = self.runtime
+        labels = {}
+        for a in self.stage(rt, 'LABEL'):
+            for kv in shlex.split(a):
+                k, _, v = kv.partition('=')
+                labels[k] = v
+        args = dockerfile_args(rt)
+        for k in ('title', 'description', 'source', 'version'):
+            self.assertIn('org.opencontainers.image.' + k, labels)
+        self.assertEqual(labels['org.opencontainers.image.title'], 'scopeproxy')
+        self.assertTrue(labels['org.opencontainers.image.description'])
+        self.assertEqual(labels['org.opencontainers.image.version'], '${VERSION}',
+                         'the version label does not come from the VERSION build arg')
+        version = sp('--version').stdout.decode().split()[-1]
+        self.assertEqual(args.get('VERSION'), version, 'ARG VERSION is not the daemon\'s version')
+        self.assertIn('SOURCE', args)
+        self.assertEqual(labels['org.opencontainers.image.source'], '${SOURCE}')
 
 
 class DockerBuild(ProxyTestCase):
@@ -721,6 +741,17 @@ def dockerfile_healthcheck():
     assert len(hc) == 1, hc
     opts, cmd = hc[0].split(' CMD ', 1)
     return dict(o[2:].split('=', 1) for o in opts.split()), json.loads(cmd)
+
+
+def dockerfile_args(stage):
+    """{name: default} of a stage's ARG instructions."""
+    ins = dockerfile_instructions(read('docker', 'Dockerfile'))
+    out = {}
+    for s, w, a in ins:
+        if s == stage and w == 'ARG':
+            k, _, v = a.partition('=')
+            out[k] = shlex.split(v)[0] if v else None
+    return out
 
 
 def unit_stop_timeout():
