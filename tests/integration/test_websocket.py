@@ -6,9 +6,10 @@ Real clients and servers only, written here with the standard library: a
 minimal RFC 6455 client (masked frames, text/binary, fragmentation with
 continuation frames, ping/pong, close handshake, 16- and 64-bit lengths,
 RSV1 frames as permessage-deflate produces them) and a WebSocket echo
-upstream (plain TCP, or TLS with the harness leaf reached through
---resolve/--upstream-ca), through the real daemon in forward mode
-(`GET http://host/...`), gateway mode and inside an intercepted CONNECT.
+upstream (plain TCP, TLS with the harness leaf reached through
+--resolve/--upstream-ca, or both on one port, told apart by the first byte),
+through the real daemon in forward mode (`GET http://host/...`), gateway
+mode and inside an intercepted CONNECT.
 
 How the test knows, independently of the daemon:
   * The upstream records the exact handshake head.  On a first-party
@@ -16,10 +17,15 @@ How the test knows, independently of the daemon:
     signature verifies with `openssl pkeyutl -verify -rawin` against the
     spec's public key (SPKI prefix 302a300506032b6570032100 + raw key), with
     ChatGPT-Account-ID (and X-OpenAI-Fedramp) from the identity record and
-    no trace of the client's own credential.  Everywhere else the client's
-    end-to-end headers (Authorization included) arrive byte-identical, in
-    order, with duplicates; hop-by-hop ones (and the header named in
-    Connection) are gone; Upgrade/Connection: Upgrade are re-added.
+    no trace of the client's own credential, and it arrived over TLS
+    verified for the provider's host (SNI) even when the client wrote
+    http:// (the daemon sends it to HOST:443); the upstream records an
+    AgentAssertion seen on a plaintext connection as an error in every
+    test.  A pass-through WebSocket written as http:// arrives plain.
+    Everywhere else the client's end-to-end headers (Authorization
+    included) arrive byte-identical, in order, with duplicates; hop-by-hop
+    ones (and the header named in Connection) are gone; Upgrade/Connection:
+    Upgrade are re-added.
   * The 101 the client gets carries Sec-WebSocket-Accept computed here from
     the client's key (RFC 6455 4.2.2), and the subprotocol/extension the
     upstream chose.
@@ -368,7 +374,10 @@ class WSConn:
 
 
 class WSUpstream:
-    """Threaded WebSocket echo server on 127.0.0.1, plain or TLS.
+    """Threaded WebSocket echo server on 127.0.0.1, plain or TLS, or both on
+    one port (dual: a first byte of 0x16 is a TLS handshake), so one server
+    stands in for a host on :80 and :443 and each connection says which way
+    it came (conn.tls, conn.sni).
 
     Set before a connection arrives:
       answer    None: 101 (echo mode); bytes: send these instead and keep
@@ -386,7 +395,9 @@ class WSUpstream:
                 False: only record.
     """
 
-    def __init__(self, tls=False, cert=None, key=None):
+    def __init__(self, tls=False, cert=None, key=None, dual=False):
+        self.dual = dual
+        tls = tls or dual
         self.answer = None
         self.answer_hold = 0.0
         self.delay = 0.0
@@ -493,7 +504,17 @@ class WSUpstream:
     def _serve(self, conn):
         try:
             conn.sock.settimeout(10)
-            if self.ssl_ctx is not None:
+            first = None
+            if self.dual:
+                try:
+                    first = conn.sock.recv(1, socket.MSG_PEEK)
+                except (socket.timeout, OSError):
+                    first = b''
+                if not first:
+                    conn.eof_at = now()
+                    self.notify()
+                    return
+            if self.ssl_ctx is not None and (not self.dual or first == b'\x16'):
                 try:
                     conn.sock = self.ssl_ctx.wrap_socket(conn.sock, server_side=True)
                 except (ssl.SSLError, OSError) as e:
@@ -516,6 +537,12 @@ class WSUpstream:
             lines = conn.head[:-4].decode('latin-1').split('\r\n')
             conn.headers = [(k, v.strip(' \t')) for k, _, v in (l.partition(':') for l in lines[1:])]
             conn.request_line = lines[0]
+            # The rule every test checks: a minted credential never travels
+            # on a plaintext connection.
+            if not conn.tls and any(v.startswith('AgentAssertion')
+                                    for v in conn.header_all('Authorization')):
+                conn.errors.append('an AgentAssertion arrived over plaintext: %r'
+                                   % conn.request_line)
             self.notify()
             if self.delay:
                 deadline = now() + self.delay
@@ -698,6 +725,7 @@ class WSCase(ProxyTestCase):
         return path
 
     def upstream(self, tls=False, **kw):
+        """tls=False: plain; tls=True: TLS only; dual=True: both on one port."""
         u = WSUpstream(tls=tls, **kw)
         self.addCleanup(self._finish_upstream_ws, u)
         return u
@@ -822,6 +850,8 @@ class WSCase(ProxyTestCase):
         self.assertEqual(conn.header_all('X-Hop-Only'), [], 'header named in Connection forwarded' + ctx)
         env = None
         if credentialed:
+            self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS' + ctx)
+            self.assertEqual(conn.sni, host, 'TLS name of a credentialed handshake' + ctx)
             auths = conn.header_all('Authorization')
             self.assertEqual(len(auths), 1, 'exactly one Authorization' + ctx)
             env = check_assertion(auths[0])
@@ -996,17 +1026,24 @@ class SelfChecks(ProxyTestCase):
 
 
 # --------------------------------------------------------------------------
-# Forward mode (plain upstream) and gateway mode
+# Forward mode and gateway mode
 # --------------------------------------------------------------------------
+
+# A credentialed handshake written as http://HOST/... goes upstream over TLS
+# to HOST:443; a pass-through one goes the way the client wrote it.  One
+# dual (plain + TLS) upstream stands in for both ports of a host.
+def both_ports(host, port):
+    return [(host, 80, port), (host, 443, port)]
+
 
 class ForwardRelay(WSCase):
 
     def setUp(self):
         super().setUp()
-        self.up = self.upstream()
-        self.d = self.proxy(resolve=[('api.openai.com', 80, self.up.port),
-                                     ('chatgpt.com', 80, self.up.port),
-                                     ('ws.example.test', 8080, self.up.port)])
+        self.up = self.upstream(dual=True)
+        self.d = self.proxy(resolve=both_ports('api.openai.com', self.up.port)
+                            + both_ports('chatgpt.com', self.up.port)
+                            + [('ws.example.test', 8080, self.up.port)])
 
     def test_responses_handshake_gets_verified_assertion_and_messages_round_trip(self):
         c = self.forward_client(self.d)
@@ -1024,6 +1061,7 @@ class ForwardRelay(WSCase):
         conn = self.wait_upgraded(self.up)
         self.check_upstream_head(conn, '/socket/v1/responses?x=1&y=%2F', 'ws.example.test:8080', sent,
                                  credentialed=False)
+        self.assertFalse(conn.tls, 'a pass-through WebSocket goes the way the client wrote it')
         self.assertEqual(conn.header_all('ChatGPT-Account-ID'), ['acct-from-client'])
         ws.send_frame(OP_TEXT, b'pass-through')
         self.assertEqual(ws.recv_frame().key(), (True, 0, OP_TEXT, b'pass-through'))
@@ -1040,6 +1078,7 @@ class ForwardRelay(WSCase):
         conn = self.wait_upgraded(self.up)
         self.check_upstream_head(conn, '/v1/realtime?model=m1', 'api.openai.com', sent,
                                  credentialed=False)
+        self.assertFalse(conn.tls, 'a pass-through WebSocket goes the way the client wrote it')
         ws.send_frame(OP_BIN, b'\x01\x02')
         self.assertEqual(ws.recv_frame().key(), (True, 0, OP_BIN, b'\x01\x02'))
 
@@ -1085,6 +1124,7 @@ class ForwardRelay(WSCase):
         resp, ws, key, _ = self.handshake(c, 'http://api.openai.com/v1/responses', 'api.openai.com')
         self.check_101(resp, key, self.up, self.d)
         conn = self.wait_upgraded(self.up)
+        self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
         conn.send_frame_later(OP_CLOSE, close_payload(1001, b'going away'))
         f = ws.recv_frame()
         self.assertEqual(f.key(), (True, 0, OP_CLOSE, close_payload(1001, b'going away')))
@@ -1134,6 +1174,8 @@ class ForwardRelay(WSCase):
         self.assertEqual(len(self.up.conns), n)
         for conn in self.up.conns:
             check_assertion(conn.header('Authorization'))
+            self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
+            self.assertEqual(conn.sni, 'api.openai.com')
 
     def test_upstream_refuses_with_json_and_content_length(self):
         body = b'{"error":{"message":"upgrade forbidden here","code":"ws_forbidden"}}'
@@ -1170,6 +1212,8 @@ class ForwardRelay(WSCase):
         self.assertTrue(resp.complete, resp)
         self.assertLess(now() - t0, 3.0, 'the answer waited for the upstream to close')
         self.assertIsNone(resp.header('X-Scopeproxy-Error'), resp)
+        self.assertFalse(self.up.wait_conn(0).tls, 'a pass-through WebSocket goes the way '
+                         'the client wrote it')
 
     def test_upstream_refuses_with_body_until_close(self):
         body = b'{"error":"no websocket today"}'
@@ -1183,7 +1227,8 @@ class ForwardRelay(WSCase):
         self.assertIsNone(resp.header('X-Scopeproxy-Error'), resp)
 
     def test_unreachable_upstream_is_502(self):
-        d = self.proxy(resolve=[('api.openai.com', 80, free_port())])
+        # both ports: the handshake written as http:// is sent to :443
+        d = self.proxy(resolve=both_ports('api.openai.com', free_port()))
         c = self.forward_client(d)
         resp, ws, _, _ = self.handshake(c, 'http://api.openai.com/v1/responses', 'api.openai.com')
         self.assertIsNone(ws)
@@ -1363,15 +1408,16 @@ class NoTask(WSCase):
         self.check_101(resp, key, up, d)
         conn = self.wait_upgraded(up)
         self.check_upstream_head(conn, '/v1/realtime', 'api.openai.com', sent, credentialed=False)
+        self.assertFalse(conn.tls, 'a pass-through WebSocket goes the way the client wrote it')
 
 
 class RefuseMode(WSCase):
 
     def test_refuse_flag_426_on_responses_only(self):
-        up = self.upstream()
+        up = self.upstream(dual=True)
         d = self.proxy('--websocket', 'refuse',
-                       resolve=[('api.openai.com', 80, up.port), ('chatgpt.com', 80, up.port),
-                                ('ws.example.test', 80, up.port)])
+                       resolve=both_ports('api.openai.com', up.port) + both_ports('chatgpt.com', up.port)
+                       + [('ws.example.test', 80, up.port)])
         for target, host in (('http://api.openai.com/v1/responses', 'api.openai.com'),
                              ('http://chatgpt.com/backend-api/codex/responses', 'chatgpt.com')):
             c = self.forward_client(d)
@@ -1388,6 +1434,7 @@ class RefuseMode(WSCase):
             self.check_101(resp, key, up, d)
             conn = self.wait_upgraded(up, i)
             self.check_upstream_head(conn, path, host, sent, credentialed=False)
+            self.assertFalse(conn.tls, 'a pass-through WebSocket goes the way the client wrote it')
             ws.send_frame(OP_TEXT, b'still relayed')
             self.assertEqual(ws.recv_frame().key(), (True, 0, OP_TEXT, b'still relayed'))
 
@@ -1409,14 +1456,15 @@ class Release(WSCase):
 
     def setUp(self):
         super().setUp()
-        self.up = self.upstream()
-        self.d = self.proxy(resolve=[('api.openai.com', 80, self.up.port)])
+        self.up = self.upstream(dual=True)
+        self.d = self.proxy(resolve=both_ports('api.openai.com', self.up.port))
 
     def open(self):
         c = self.forward_client(self.d)
         resp, ws, key, _ = self.handshake(c, 'http://api.openai.com/v1/responses', 'api.openai.com')
         self.check_101(resp, key, self.up, self.d)
         conn = self.wait_upgraded(self.up, len(self.up.conns) - 1)
+        self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
         ws.send_frame(OP_TEXT, b'ping-pong')
         self.assertEqual(ws.recv_frame().payload, b'ping-pong')
         return ws, conn
@@ -1485,6 +1533,7 @@ class Release(WSCase):
                                client_headers('api.openai.com', ws_key())))
         conn = self.up.wait_conn(0, timeout=5)
         self.assertIsNotNone(conn)
+        self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
         t0 = now()
         c.close()
         self.assertTrue(up_wait(self.up, lambda: conn.eof_at is not None, 3),
@@ -1495,8 +1544,8 @@ class Release(WSCase):
 class IdleTimeout(WSCase):
 
     def test_idle_relay_is_closed_and_active_one_kept(self):
-        up = self.upstream()
-        d = self.proxy('--idle-timeout', '1', resolve=[('api.openai.com', 80, up.port)])
+        up = self.upstream(dual=True)
+        d = self.proxy('--idle-timeout', '1', resolve=both_ports('api.openai.com', up.port))
         c1 = self.forward_client(d)
         c2 = self.forward_client(d)
         r1, idle, k1, _ = self.handshake(c1, 'http://api.openai.com/v1/responses', 'api.openai.com')
@@ -1504,6 +1553,7 @@ class IdleTimeout(WSCase):
         self.check_101(r1, k1, up, d)
         self.check_101(r2, k2, up, d)
         self.assertIsNotNone(up.wait_conn(1, upgraded=True))
+        self.assertTrue(all(cn.tls for cn in up.conns), 'a credentialed handshake must arrive over TLS')
         idle.send_frame(OP_TEXT, b'x')
         self.assertEqual(idle.recv_frame().payload, b'x')
         t_last = now()
@@ -1528,9 +1578,9 @@ class IdleTimeout(WSCase):
         self.assertEqual(busy.recv_frame().payload, b'still here')
 
     def test_silent_upstream_during_handshake_is_504(self):
-        up = self.upstream()
+        up = self.upstream(dual=True)
         up.delay = 4.0
-        d = self.proxy('--idle-timeout', '1', resolve=[('api.openai.com', 80, up.port)])
+        d = self.proxy('--idle-timeout', '1', resolve=both_ports('api.openai.com', up.port))
         c = self.forward_client(d)
         t0 = now()
         resp, ws, _, _ = self.handshake(c, 'http://api.openai.com/v1/responses', 'api.openai.com')
@@ -1541,6 +1591,7 @@ class IdleTimeout(WSCase):
         self.assertProxyError(resp, 504, 'upstream_timeout', d)
         self.assertLess(took, 3.5)
         conn = up.wait_conn(0)
+        self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
         self.assertTrue(up_wait(up, lambda: conn.eof_at is not None, 2),
                         'upstream not released after the handshake timed out')
 
@@ -1552,14 +1603,15 @@ class IdleTimeout(WSCase):
 class AuditAndLogs(WSCase):
 
     def test_audit_lines_and_no_secrets(self):
-        up = self.upstream()
-        d = self.proxy(resolve=[('api.openai.com', 80, up.port), ('ws.example.test', 80, up.port)])
+        up = self.upstream(dual=True)
+        d = self.proxy(resolve=both_ports('api.openai.com', up.port) + [('ws.example.test', 80, up.port)])
         c = self.forward_client(d)
         resp, ws, key, _ = self.handshake(c, 'http://api.openai.com/v1/responses?q=secretquery',
                                           'api.openai.com')
         self.check_101(resp, key, up, d)
         conn = self.wait_upgraded(up)
         check_assertion(conn.header('Authorization'))
+        self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
         self.forbidden |= {conn.header('Authorization').split(' ', 1)[1], 'secretquery'}
         ws.send_frame(OP_TEXT, b'a')
         ws.recv_frame()
@@ -1575,12 +1627,14 @@ class AuditAndLogs(WSCase):
         fp = fingerprint(TASK_ID)
         self.assertEqual(len(lines), 2, lines)
         a, b = lines
-        self.assertEqual((a['method'], a['host'].split(':')[0], a['path'], a['provider'], a['route'], a['action'],
+        # written as http://, the credentialed handshake went to :443 (over
+        # TLS); the pass-through one went where the client wrote it
+        self.assertEqual((a['method'], a['host'], a['path'], a['provider'], a['route'], a['action'],
                           a['task'], a['status']),
-                         ('GET', 'api.openai.com', '/v1/responses', 'openai', 'inference', 'assert',
+                         ('GET', 'api.openai.com:443', '/v1/responses', 'openai', 'inference', 'assert',
                           fp, 101), a)
-        self.assertEqual((b['path'], b['action'], b['task'], b['status']),
-                         ('/chat', 'passthrough', None, 101), b)
+        self.assertEqual((b['host'], b['path'], b['action'], b['task'], b['status']),
+                         ('ws.example.test:80', '/chat', 'passthrough', None, 101), b)
         req = d.wait_log(lambda x: x.get('path') == '/v1/responses' and x.get('status') == 101)
         self.assertIsNotNone(req, 'no request log line with status 101:\n%s' % d.tail(3000))
 
