@@ -1,7 +1,10 @@
 /* The commands that do not run the proxy: check-config, classify, ca. */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,15 +138,105 @@ out:
 	return rc;
 }
 
+/* Where distributions keep the system roots as one PEM file, after
+ * $SSL_CERT_FILE and OpenSSL's own default. */
+static const char *const root_files[] = {
+	"/etc/ssl/certs/ca-certificates.crt",		/* Debian, Ubuntu, Alpine */
+	"/etc/pki/tls/certs/ca-bundle.crt",		/* Fedora, RHEL */
+	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+	"/etc/ssl/ca-bundle.pem",			/* openSUSE */
+	"/etc/ssl/cert.pem",				/* macOS, BSD, Alpine */
+	"/usr/local/etc/openssl/cert.pem",
+	NULL
+};
+
+/* Appends the file at path to mem unless it is the bundle itself (after
+ * `eval "$(scopeproxy ca env)"`, SSL_CERT_FILE names our own bundle).
+ * Returns 1 when something was read. */
+static int
+append_file(BIO *mem, const char *path, const char *bundle)
+{
+	char rp[PATH_MAX], rb[PATH_MAX], buf[8192];
+	size_t n, total = 0;
+	FILE *in;
+
+	if (path == NULL || *path == '\0' || realpath(path, rp) == NULL ||
+	    (realpath(bundle, rb) != NULL && strcmp(rp, rb) == 0) ||
+	    (in = fopen(rp, "r")) == NULL)
+		return 0;
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0) {
+		BIO_write(mem, buf, (int)n);
+		total += n;
+	}
+	fclose(in);
+	if (total > 0 && buf[(n > 0 ? n : 1) - 1] != '\n')
+		BIO_write(mem, "\n", 1);
+	return total > 0;
+}
+
+/* A hashed directory (SSL_CERT_DIR, c_rehash): every "xxxxxxxx.N". */
+static int
+append_dir(BIO *mem, const char *dir, const char *bundle)
+{
+	char path[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+	int got = 0;
+
+	if (dir == NULL || *dir == '\0' || (d = opendir(dir)) == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL) {
+		size_t l = strlen(de->d_name);
+
+		if (l < 10 || de->d_name[8] != '.' ||
+		    strspn(de->d_name, "0123456789abcdef") != 8)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		got |= append_file(mem, path, bundle);
+	}
+	closedir(d);
+	return got;
+}
+
+/* The system roots the way OpenSSL finds them; *from says where. */
+static int
+append_roots(BIO *mem, const char *bundle, const char **from)
+{
+	const char *env = getenv(X509_get_default_cert_file_env());
+	const char *denv = getenv(X509_get_default_cert_dir_env());
+	size_t i;
+
+	if (append_file(mem, env, bundle)) {
+		*from = env;
+		return 1;
+	}
+	if (append_file(mem, X509_get_default_cert_file(), bundle)) {
+		*from = X509_get_default_cert_file();
+		return 1;
+	}
+	for (i = 0; root_files[i] != NULL; i++)
+		if (append_file(mem, root_files[i], bundle)) {
+			*from = root_files[i];
+			return 1;
+		}
+	if (append_dir(mem, denv, bundle)) {
+		*from = denv;
+		return 1;
+	}
+	if (append_dir(mem, X509_get_default_cert_dir(), bundle)) {
+		*from = X509_get_default_cert_dir();
+		return 1;
+	}
+	return 0;
+}
+
 /* The system roots plus our CA in one file, for tools that take one. */
 static int
-write_bundle(const struct ca *ca, const char *path, char *err, size_t errlen)
+write_bundle(const struct ca *ca, const char *path, const char **from,
+    char *err, size_t errlen)
 {
-	static const char *roots = "/etc/ssl/certs/ca-certificates.crt";
 	BIO *mem;
-	FILE *in;
-	char buf[8192], *data;
-	size_t n;
+	char *data;
 	long len;
 	int rc = -1;
 
@@ -153,12 +246,17 @@ write_bundle(const struct ca *ca, const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: out of memory", path);
 		return -1;
 	}
-	if ((in = fopen(roots, "r")) != NULL) {
-		while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-			BIO_write(mem, buf, (int)n);
-		fclose(in);
-	}
-	if (PEM_write_bio_X509(mem, ca_cert(ca)) != 1 ||
+	if (!append_roots(mem, path, from))
+		/* Without them every blind-tunnelled HTTPS host would fail
+		 * for a client that uses the bundle. */
+		snprintf(err, errlen, "no system CA roots found (looked at "
+		    "$SSL_CERT_FILE, %s, the usual distribution files, "
+		    "$SSL_CERT_DIR and %s); set SSL_CERT_FILE to your "
+		    "system's bundle and run again, or trust %s alone where a "
+		    "client adds to its roots (NODE_EXTRA_CA_CERTS, "
+		    "CODEX_CA_CERTIFICATE)", X509_get_default_cert_file(),
+		    X509_get_default_cert_dir(), ca_cert_path(ca));
+	else if (PEM_write_bio_X509(mem, ca_cert(ca)) != 1 ||
 	    (len = BIO_get_mem_data(mem, &data)) <= 0)
 		snprintf(err, errlen, "%s: cannot encode the CA certificate", path);
 	else
@@ -172,6 +270,7 @@ cli_ca(struct config *c, const struct cmdline *cl)
 {
 	struct ca *ca;
 	char err[512], *bundle = NULL;
+	const char *from = NULL;
 	int rc = 1;
 
 	if (cl->npos != 1 || (strcmp(cl->pos[0], "export") != 0 &&
@@ -188,7 +287,7 @@ cli_ca(struct config *c, const struct cmdline *cl)
 		rc = PEM_write_X509(stdout, ca_cert(ca)) == 1 ? 0 : 1;
 	else if (asprintf(&bundle, "%s/bundle.pem", c->ca_dir) < 0)
 		bundle = NULL;
-	else if (write_bundle(ca, bundle, err, sizeof(err)) != 0)
+	else if (write_bundle(ca, bundle, &from, err, sizeof(err)) != 0)
 		fprintf(stderr, "scopeproxy: %s\n", err);
 	else {
 		const char *crt = ca_cert_path(ca);
@@ -199,7 +298,8 @@ cli_ca(struct config *c, const struct cmdline *cl)
 		printf("export REQUESTS_CA_BUNDLE='%s'\n", bundle);
 		printf("export NODE_EXTRA_CA_CERTS='%s'\n", crt);
 		printf("export CODEX_CA_CERTIFICATE='%s'\n", crt);
-		printf("# system roots + this CA in one file: %s\n", bundle);
+		printf("# system roots (%s) + this CA in one file: %s\n", from,
+		    bundle);
 		rc = 0;
 	}
 	free(bundle);

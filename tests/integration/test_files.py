@@ -253,6 +253,57 @@ class Hardening(FilesCase):
             self.assertLess(core[0], opened[0], '%s: key read before RLIMIT_CORE 0' % cmd)
 
 
+class CaEnvRoots(FilesCase):
+    """ca env's bundle: the system roots found the way OpenSSL finds them,
+    plus the proxy CA; no roots at all is an error, not a bundle that
+    claims what it lacks."""
+
+    def ca_env(self, env_extra=None, wrap=None):
+        env = clean_env(env_extra)
+        cmd = [scopeproxy_bin(), 'ca', 'env', '--ca-dir', self.ca]
+        if wrap:
+            cmd = wrap + cmd
+        return run_cmd(cmd, env=env, timeout=30)
+
+    def certs(self):
+        with open(os.path.join(self.ca, 'bundle.pem')) as f:
+            return f.read().count('BEGIN CERTIFICATE')
+
+    def test_ssl_cert_file_is_honoured(self):
+        from harness import tls_material
+        roots = tls_material().ca
+        r = self.ca_env({'SSL_CERT_FILE': roots})
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(self.certs(), 2)
+        self.assertIn(('system roots (%s)' % roots).encode(), r.stdout)
+
+    def test_bundle_named_by_ssl_cert_file_is_not_read_again(self):
+        r = self.ca_env()
+        self.assertEqual(r.returncode, 0, r)
+        n = self.certs()
+        self.assertGreater(n, 1)
+        bundle = os.path.join(self.ca, 'bundle.pem')
+        for _ in range(2):          # as after eval "$(scopeproxy ca env)"
+            r = self.ca_env({'SSL_CERT_FILE': bundle})
+            self.assertEqual(r.returncode, 0, r)
+            self.assertEqual(self.certs(), n, 'the bundle grew from itself')
+
+    def test_no_system_roots_is_an_error(self):
+        if os.geteuid() != 0 or shutil.which('unshare') is None:
+            self.skipTest('needs root and unshare for a private mount namespace')
+        probe = run_cmd(['unshare', '-m', 'true'], env=clean_env())
+        if probe.returncode != 0:
+            self.skipTest('mount namespaces are not available here')
+        hide = 'mount -t tmpfs none /etc/ssl && mount -t tmpfs none /usr/lib/ssl && exec "$@"'
+        r = self.ca_env(wrap=['unshare', '-m', 'sh', '-c', hide, 'sh'])
+        self.assertEqual(r.returncode, 1, r)
+        err = r.stderr.decode()
+        self.assertIn('no system CA roots found', err)
+        self.assertIn('SSL_CERT_FILE', err)
+        self.assertFalse(os.path.exists(os.path.join(self.ca, 'bundle.pem')))
+        self.assertNotIn(b'export SSL_CERT_FILE', r.stdout)
+
+
 class Outputs(FilesCase):
     SECRET_PW = 'pw-Zq81secret'
 
