@@ -26,6 +26,7 @@
 #include "net/tunnel.h"
 #include "net/worker.h"
 #include "cli.h"
+#include "doctor.h"
 #include "runconf.h"
 
 static int
@@ -422,15 +423,18 @@ main(int argc, char **argv)
 		sub = 2;
 	else if (argc > 1 && strcmp(argv[1], "ca") == 0)
 		sub = 3;
+	else if (argc > 1 && strcmp(argv[1], "doctor") == 0)
+		sub = 4;
 	config_defaults(&cfg);
 	rc = runcfg_parse(argc - (sub != 0), argv + (sub != 0), &cfg, &cl, err,
 	    sizeof(err));
 	if (rc == 0 && ((sub != 2 && sub != 3 && cl.npos > 0) ||
-	    (sub != 2 && cl.nheaders > 0))) {
+	    (sub != 2 && cl.nheaders > 0) || (sub != 4 && cl.network))) {
 		snprintf(err, sizeof(err), cl.npos > 0 ?
 		    "unexpected argument '%s' (see --help)" :
-		    "%s is only for 'scopeproxy classify'",
-		    cl.npos > 0 ? cl.pos[0] : "--header");
+		    "%s is only for 'scopeproxy %s'",
+		    cl.npos > 0 ? cl.pos[0] : cl.network ? "--network" :
+		    "--header", cl.network ? "doctor" : "classify");
 		rc = -1;
 	}
 	if (rc != 0) {
@@ -454,6 +458,8 @@ main(int argc, char **argv)
 		rc = cli_classify(&cfg, &cl);
 	else if (sub == 3)
 		rc = cli_ca(&cfg, &cl);
+	else if (sub == 4)
+		rc = doctor_run(&cfg, cl.network != 0);
 	else if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "scopeproxy: libcurl initialisation failed\n");
 		rc = 1;
