@@ -15,8 +15,11 @@
 #include "cli.h"
 #include "core/classify.h"
 #include "core/config.h"
+#include "core/decide.h"
+#include "core/headers.h"
 #include "core/gateway.h"
 #include "core/providers.h"
+#include "core/route.h"
 #include "core/target.h"
 #include "cred/ca.h"
 #include "cred/identity.h"
@@ -47,82 +50,90 @@ cli_check_config(struct config *c)
 	return 0;
 }
 
-/* scopeproxy classify METHOD URL: the same decision the daemon makes,
- * including fail-closed, without sending anything. */
+/* scopeproxy classify METHOD URL: the same decision the daemon makes
+ * (route, classify, decide), including fail-closed, without sending
+ * anything. */
 int
 cli_classify(struct config *c, const struct cmdline *cl)
 {
-	struct provider_table *t;
-	struct target tg;
+	struct provider_table *t = NULL;
+	struct route rt = { 0 };
+	struct hdr_vec hv = { 0 };
+	struct req_info ri;
 	struct decision d;
+	struct decide_in di;
+	struct decide_out dv;
 	struct identity *id = NULL;
 	enum identity_status st;
-	const char *scheme, *host, *path;
-	char err[512], *out, *upath = NULL, *url = NULL;
-	int port, ws = 0, conn_up = 0, i, rc = EXIT_USAGE;
+	enum perr e;
+	char err[512], *out;
+	size_t j;
+	int i, rc = EXIT_USAGE;
 
 	if (cl->npos != 2) {
 		fprintf(stderr, "scopeproxy: classify needs METHOD and URL "
 		    "(e.g. classify POST https://api.openai.com/v1/responses)\n");
 		return EXIT_USAGE;
 	}
-	if (target_parse(cl->pos[1], &tg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "scopeproxy: %s\n", err);
-		return EXIT_USAGE;
-	}
 	for (i = 0; i < cl->nheaders; i++) {
-		const char *h = cl->headers[i], *colon = strchr(h, ':');
+		const char *h = cl->headers[i], *colon = strchr(h, ':'), *v;
+		char *name;
 
 		if (colon == NULL) {
 			fprintf(stderr, "scopeproxy: --header '%s': expected "
 			    "'Name: value'\n", h);
 			goto out;
 		}
-		if ((size_t)(colon - h) == 7 && strncasecmp(h, "Upgrade", 7) == 0 &&
-		    strcasestr(colon, "websocket") != NULL)
-			ws = 1;
-		if ((size_t)(colon - h) == 10 && strncasecmp(h, "Connection", 10) == 0 &&
-		    strcasestr(colon, "upgrade") != NULL)
-			conn_up = 1;
-	}
-	if (tg.form == TARGET_ABSOLUTE) {
-		scheme = tg.scheme;
-		host = tg.host;
-		port = tg.port;
-		path = tg.path;
-	} else {
-		const struct gw_route *r = gateway_match(&c->gateway, tg.path);
-
-		if (r == NULL) {
-			fprintf(stderr, "scopeproxy: no gateway route for '%s'\n",
-			    tg.path);
+		for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
+			;
+		/* values point into argv; names are our copies */
+		if ((name = strndup(h, (size_t)(colon - h))) == NULL ||
+		    hdr_vec_push(&hv, name, v) != 0) {
+			free(name);
+			fprintf(stderr, "scopeproxy: out of memory\n");
 			goto out;
 		}
-		url = gateway_url(r, tg.path);
-		scheme = r->scheme;
-		host = r->host;
-		port = r->port;
-		path = url ? strchr(url + strlen(r->scheme) + 3, '/') : NULL;
-		if (path == NULL)
-			goto out;
 	}
-	if ((upath = strndup(path, target_path_len(path))) == NULL ||
-	    (t = runcfg_providers(c, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "scopeproxy: %s\n", upath ? err : "out of memory");
+	/* The daemon's header rules, WebSocket detection included. */
+	if (request_check(hv.v, hv.n, 0, (size_t)-1, &ri, &e, err,
+	    sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: --header: %s\n", err);
 		goto out;
 	}
-	classify(t, cl->pos[0], scheme, host, port, upath, ws && conn_up, &d);
+	if (route_resolve(cl->pos[1], NULL, &c->gateway, &rt, &e, err,
+	    sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: %s\n", err);
+		goto out;
+	}
+	if (rt.mode == ROUTE_MODE_LOCAL) {
+		fprintf(stderr, "scopeproxy: '%s' is answered by the proxy "
+		    "itself\n", rt.log_path);
+		goto out;
+	}
+	if ((t = runcfg_providers(c, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "scopeproxy: %s\n", err);
+		goto out;
+	}
+	classify(t, cl->pos[0], rt.scheme, rt.host, rt.port, rt.path,
+	    ri.websocket, &d);
+	decide_in_init(&di, &d, rt.scheme, ri.websocket, c);
 	if (d.action == ACTION_ASSERT) {
 		char why[256];
 
 		if (identity_load_file(c->auth_file, c->allow_insecure_auth_file,
 		    &id, &st, why, sizeof(why)) != 0 && st == IDENTITY_OK)
 			st = IDENTITY_INVALID;
-		if (st != IDENTITY_OK)
-			decision_fail_closed(&d, st == IDENTITY_NO_TASK ?
-			    "agent_task_missing" : st == IDENTITY_MISSING ?
-			    "agent_identity_missing" : "agent_identity_invalid");
+		di.identity = st == IDENTITY_OK && id != NULL ? DECIDE_ID_OK :
+		    st == IDENTITY_NO_TASK ? DECIDE_ID_NO_TASK :
+		    st == IDENTITY_INVALID ? DECIDE_ID_INVALID : DECIDE_ID_MISSING;
 		identity_unref(id);
+	}
+	/* No registration is started from here: a missing task is final. */
+	decide(&di, &dv);
+	if (dv.verdict == DECIDE_REFUSE && d.refuse == REFUSE_NONE) {
+		/* classify's own refusals keep its reason */
+		d.action = ACTION_REJECT;
+		d.reason = perr_code(dv.err);
 	}
 	if (decision_to_json(&d, &out) == 0) {
 		printf("%s\n", out);
@@ -130,11 +141,12 @@ cli_classify(struct config *c, const struct cmdline *cl)
 		rc = 0;
 	} else
 		rc = 1;
-	providers_free(t);
 out:
-	free(upath);
-	free(url);
-	target_free(&tg);
+	providers_free(t);
+	for (j = 0; j < hv.n; j++)
+		free((char *)hv.v[j].name);
+	hdr_vec_free(&hv);
+	route_clear(&rt);
 	return rc;
 }
 
