@@ -15,6 +15,8 @@
 
 enum { IO_AGAIN = -1, IO_ERROR = -2 };
 
+static void	 relay_event(struct evsrc *src, uint32_t events);
+
 struct relay *
 relay_new(struct worker *w, long long idle_ms)
 {
@@ -26,7 +28,8 @@ relay_new(struct worker *w, long long idle_ms)
 	r->idle_ms = idle_ms;
 	r->start_ms = r->last_active = now_ms();
 	r->a.relay = r->b.relay = r;
-	r->a.src.kind = r->b.src.kind = EV_RELAY;
+	evsrc_init(&r->a.src, -1, relay_event, &r->a);
+	evsrc_init(&r->b.src, -1, relay_event, &r->b);
 	r->a.fd = r->b.fd = -1;
 	return r;
 }
@@ -163,7 +166,6 @@ pump_dir(struct endpoint *src, struct buf *win, struct endpoint *dst,
 static void
 ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
 {
-	struct epoll_event ev = { .data.ptr = &ep->src };
 	uint32_t want = 0;
 
 	if ((!ep->eof && buf_pending(in) < RELAY_WINDOW) || ep->want_write)
@@ -172,8 +174,7 @@ ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
 		want |= EPOLLOUT;
 	if (want == ep->events)
 		return;
-	ev.events = want;
-	if (epoll_ctl(r->w->epfd, EPOLL_CTL_MOD, ep->fd, &ev) == 0)
+	if (loop_mod(&r->w->loop, &ep->src, want) == 0)
 		ep->events = want;
 }
 
@@ -210,12 +211,7 @@ relay_finish(struct relay *r)
 {
 	struct worker *w = r->w;
 
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		w->relays = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
+	LIST_REMOVE(r, entry);
 	if (r->on_done)
 		r->on_done(r);
 	if (r->started)
@@ -226,11 +222,11 @@ relay_finish(struct relay *r)
 	    (json_int_t)r->bytes_ba, "duration_ms",
 	    (json_int_t)(now_ms() - r->start_ms), "clean", !r->failed));
 	if (r->a.fd >= 0)
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->a.fd, NULL);
+		loop_del(&w->loop, r->a.fd);
 	if (r->b.fd >= 0)
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->b.fd, NULL);
+		loop_del(&w->loop, r->b.fd);
 	release_endpoints(r);
-	r->a.src.dead = r->b.src.dead = 1;
+	r->a.src.dead = r->b.src.dead = true;
 	worker_defer_free(w, r);
 }
 
@@ -274,52 +270,75 @@ int
 relay_start(struct relay *r)
 {
 	struct worker *w = r->w;
-	struct epoll_event ev = { .events = EPOLLIN };
 
-	ev.data.ptr = &r->a.src;
 	r->a.src.fd = r->a.fd;
 	r->b.src.fd = r->b.fd;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, r->a.fd, &ev) != 0)
+	if (loop_add(&w->loop, &r->a.src, EPOLLIN) != 0)
 		return -1;
-	ev.data.ptr = &r->b.src;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, r->b.fd, &ev) != 0) {
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->a.fd, NULL);
+	if (loop_add(&w->loop, &r->b.src, EPOLLIN) != 0) {
+		loop_del(&w->loop, r->a.fd);
 		return -1;
 	}
 	r->a.events = r->b.events = EPOLLIN;
 	r->started = 1;
 	metrics_tunnel_open((enum m_tunnel)r->kind, 1);
-	r->next = w->relays;
-	if (w->relays)
-		w->relays->prev = r;
-	w->relays = r;
+	LIST_INSERT_HEAD(&w->relays, r, entry);
 	pump(r);	/* bytes may be waiting already */
 	return 0;
 }
 
-void
-relay_event(struct endpoint *ep)
+/* An epoll event on either endpoint. */
+static void
+relay_event(struct evsrc *src, uint32_t events)
 {
+	struct endpoint *ep = src->arg;
+
+	(void)events;
 	pump(ep->relay);
 }
 
-void
-relay_sweep(struct worker *w, long long now)
+/* Closes relays idle for longer than their idle_ms. */
+static bool
+relay_sweep(void *arg, long long now)
 {
+	struct worker *w = arg;
 	struct relay *r, *next;
 
-	for (r = w->relays; r != NULL; r = next) {
-		next = r->next;
+	for (r = LIST_FIRST(&w->relays); r != NULL; r = next) {
+		next = LIST_NEXT(r, entry);
 		if (r->idle_ms > 0 && r->last_active + r->idle_ms <= now) {
 			r->failed = 1;
 			relay_finish(r);
 		}
 	}
+	return true;
 }
 
-void
-relay_close_all(struct worker *w)
+static bool
+relay_busy(void *arg)
 {
-	while (w->relays != NULL)
-		relay_finish(w->relays);
+	return !LIST_EMPTY(&((struct worker *)arg)->relays);
+}
+
+static void
+relay_close_all(void *arg)
+{
+	struct worker *w = arg;
+
+	while (!LIST_EMPTY(&w->relays))
+		relay_finish(LIST_FIRST(&w->relays));
+}
+
+static const struct loop_ops relay_ops = {
+	.tick = relay_sweep,
+	.interval = 1000,
+	.busy = relay_busy,
+	.stop = relay_close_all,
+};
+
+int
+relay_attach(struct worker *w, char *err, size_t errlen)
+{
+	LIST_INIT(&w->relays);
+	return loop_hook_add(&w->loop, &relay_ops, w, err, errlen);
 }

@@ -15,7 +15,7 @@
 enum ep_kind { EP_FD, EP_CURL, EP_SSL };
 
 struct endpoint {
-	struct evsrc	 src;		/* kind EV_RELAY; first member */
+	struct evsrc	 src;
 	struct relay	*relay;
 	enum ep_kind	 kind;
 	int		 fd;
@@ -45,7 +45,7 @@ struct relay {
 	char		 client[64];
 	void		(*on_done)(struct relay *);
 	void		*ud;
-	struct relay	*next, *prev;
+	LIST_ENTRY(relay) entry;	/* w->relays, once started */
 };
 
 /* Takes ownership of both endpoints' handles and starts relaying. */
@@ -54,10 +54,8 @@ int	 relay_start(struct relay *r);
 /* Frees a relay relay_start refused (or that never started): closes
  * both endpoints' handles and gives back its slot. */
 void	 relay_discard(struct relay *r);
-/* Called for an epoll event on either endpoint. */
-void	 relay_event(struct endpoint *ep);
-/* Closes relays idle for longer than their idle_ms (run once a second). */
-void	 relay_sweep(struct worker *w, long long now);
-void	 relay_close_all(struct worker *w);
+/* Registers with w's loop: the idle sweep (once a second), the drain
+ * wait and the shutdown of w's relays. */
+int	 relay_attach(struct worker *w, char *err, size_t errlen);
 
 #endif

@@ -105,7 +105,7 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	/* MHD gives the raw target only here: keep it to forward as is. */
 	if ((t = calloc(1, sizeof(*t))) == NULL)
 		return NULL;
-	t->owner = OWNER_TRANSFER;
+	t->owner.done = transfer_curl_done;
 	t->w = w;
 	t->con = con;
 	t->raw_target = strdup(uri);
@@ -430,8 +430,9 @@ try_recover(struct transfer *t)
 }
 
 void
-transfer_curl_done(struct transfer *t, CURLcode rc)
+transfer_curl_done(struct curl_owner *o, CURLcode rc)
 {
+	struct transfer *t = (struct transfer *)o;
 	long nconn = -1;
 
 	if (t->ws != NULL) {

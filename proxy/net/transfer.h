@@ -9,6 +9,7 @@
 #include "core/buf.h"
 #include "core/errors.h"
 #include "core/headers.h"
+#include "net/worker.h"
 #include "core/resp_head.h"
 
 struct worker;
@@ -21,7 +22,7 @@ enum t_wait { WAIT_NONE, WAIT_HEADERS, WAIT_UPLOAD, WAIT_DATA };
 enum t_phase { PH_NEW, PH_BODY, PH_RESPOND, PH_DONE };
 
 struct transfer {
-	int			 owner;		/* OWNER_TRANSFER: first member */
+	struct curl_owner	 owner;		/* first member */
 	struct worker		*w;
 	struct client		*cl;
 	struct MHD_Connection	*con;
@@ -111,7 +112,7 @@ void	 set_error(struct transfer *t, enum perr e, const char *fmt, ...)
 int	 transfer_head_line(struct transfer *t, const char *p, size_t len);
 
 /* Called by the worker loop. */
-void	 transfer_curl_done(struct transfer *t, CURLcode rc);
+void	 transfer_curl_done(struct curl_owner *o, CURLcode rc);
 void	 transfer_unpause(struct transfer *t);
 void	 transfer_client_gone(struct transfer *t);
 /* Re-decides requests parked for a registration that ended or took too

@@ -15,6 +15,7 @@
 #include "core/classify.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "net/accept.h"
 #include "net/metrics.h"
 #include "net/relay.h"
 #include "net/tunnel.h"
@@ -24,7 +25,7 @@ static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 
 /* A CONNECT between its head and the start of its relay. */
 struct tunnel {
-	int			 owner;		/* OWNER_TUNNEL: first member */
+	struct curl_owner	 owner;		/* first member */
 	struct worker		*w;
 	int			 fd;
 	char			 client[64];
@@ -35,7 +36,7 @@ struct tunnel {
 	const char		*provider;
 	long long		 start;
 	struct conn_slot	 slot;		/* the client's, until a relay */
-	struct tunnel		*prev, *next;	/* w->connecting */
+	LIST_ENTRY(tunnel)	 entry;		/* w->connecting */
 };
 
 /* What the SNI callback checks the ClientHello against. */
@@ -115,30 +116,18 @@ start_blind(struct tunnel *tn)
 		refuse(tn, PERR_INTERNAL, "cannot open an upstream connection", NULL);
 		return;
 	}
-	tn->next = w->connecting;
-	if (w->connecting)
-		w->connecting->prev = tn;
-	w->connecting = tn;
+	LIST_INSERT_HEAD(&w->connecting, tn, entry);
 }
 
+/* Drops CONNECTs still waiting for their upstream (shutdown). */
 static void
-connecting_unlink(struct tunnel *tn)
+tunnel_abort_all(void *arg)
 {
-	if (tn->prev)
-		tn->prev->next = tn->next;
-	else
-		tn->w->connecting = tn->next;
-	if (tn->next)
-		tn->next->prev = tn->prev;
-}
+	struct worker *w = arg;
+	struct tunnel *tn;
 
-void
-tunnel_abort_all(struct worker *w)
-{
-	while (w->connecting != NULL) {
-		struct tunnel *tn = w->connecting;
-
-		connecting_unlink(tn);
+	while ((tn = LIST_FIRST(&w->connecting)) != NULL) {
+		LIST_REMOVE(tn, entry);
 		curl_multi_remove_handle(w->multi, tn->easy);
 		curl_easy_cleanup(tn->easy);
 		close(tn->fd);
@@ -146,15 +135,34 @@ tunnel_abort_all(struct worker *w)
 	}
 }
 
-void
-tunnel_curl_done(void *arg, CURLcode rc)
+static bool
+tunnel_busy(void *arg)
 {
-	struct tunnel *tn = arg;
+	return !LIST_EMPTY(&((struct worker *)arg)->connecting);
+}
+
+static const struct loop_ops tunnel_ops = {
+	.busy = tunnel_busy,
+	.stop = tunnel_abort_all,
+};
+
+int
+tunnel_attach(struct worker *w, char *err, size_t errlen)
+{
+	LIST_INIT(&w->connecting);
+	return loop_hook_add(&w->loop, &tunnel_ops, w, err, errlen);
+}
+
+/* The upstream is connected (or not): relay, or answer the error. */
+static void
+tunnel_curl_done(struct curl_owner *o, CURLcode rc)
+{
+	struct tunnel *tn = (struct tunnel *)o;
 	struct worker *w = tn->w;
 	struct relay *r;
 	curl_socket_t s = CURL_SOCKET_BAD;
 
-	connecting_unlink(tn);
+	LIST_REMOVE(tn, entry);
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(tn->easy, CURLINFO_ACTIVESOCKET, &s);
 	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
@@ -390,7 +398,7 @@ tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
 		return;
 	}
 	conn_slot_move(&tn->slot, slot);
-	tn->owner = OWNER_TUNNEL;
+	tn->owner.done = tunnel_curl_done;
 	tn->w = w;
 	tn->fd = fd;
 	tn->req = *req;

@@ -22,8 +22,8 @@ void	 tunnel_tls_free(struct proxy *px);
  * were consumed. req and fd's counted slot move to the tunnel. */
 void	 tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
 	    socklen_t sl, struct conn_slot *slot, struct connect_req *req);
-void	 tunnel_curl_done(void *tunnel, CURLcode rc);
-/* Drops CONNECTs still waiting for their upstream (shutdown). */
-void	 tunnel_abort_all(struct worker *w);
+/* Registers with w's loop: the drain wait for CONNECTs whose upstream
+ * is still connecting, and their abort at shutdown. */
+int	 tunnel_attach(struct worker *w, char *err, size_t errlen);
 
 #endif

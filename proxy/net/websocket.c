@@ -24,7 +24,7 @@ ws_watch(struct ws *ws, uint32_t events)
 
 	if (ws->fd < 0)
 		return;
-	if (epoll_ctl(w->epfd, ws->watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+	if (epoll_ctl(w->loop.epfd, ws->watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
 	    ws->fd, &ev) == 0)
 		ws->watched = 1;
 }
@@ -33,7 +33,7 @@ static void
 ws_unwatch(struct ws *ws)
 {
 	if (ws->watched)
-		epoll_ctl(ws->t->w->epfd, EPOLL_CTL_DEL, ws->fd, NULL);
+		epoll_ctl(ws->t->w->loop.epfd, EPOLL_CTL_DEL, ws->fd, NULL);
 	ws->watched = 0;
 }
 
@@ -87,7 +87,7 @@ ws_begin(struct transfer *t, const struct hdr_vec *in,
 		return -1;
 	}
 	t->ws = ws;
-	ws->src.kind = EV_WS;
+	evsrc_init(&ws->src, -1, ws_event, ws);
 	ws->t = t;
 	ws->fd = -1;
 	ws->remaining = -1;
@@ -175,7 +175,7 @@ ws_connected(struct transfer *t, CURLcode rc)
 	ws->fd = (int)s;
 	ws->state = WS_SENDING;
 	t->last_io = now_ms();
-	ws_event(ws, EPOLLOUT);
+	ws_event(&ws->src, EPOLLOUT);
 }
 
 /* Feeds the head lines to the same parser as curl's header callback. */
@@ -280,8 +280,9 @@ head_complete(struct ws *ws, size_t end)
 }
 
 void
-ws_event(struct ws *ws, uint32_t events)
+ws_event(struct evsrc *src, uint32_t events)
 {
+	struct ws *ws = src->arg;
 	struct transfer *t = ws->t;
 	char tmp[16384];
 	size_t got;
@@ -388,7 +389,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	}
 	/* The client socket is the relay's now, not the hang-up watch's. */
 	if (t->cl != NULL && t->cl->src.fd == (int)sock) {
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, t->cl->src.fd, NULL);
+		epoll_ctl(w->loop.epfd, EPOLL_CTL_DEL, t->cl->src.fd, NULL);
 		t->cl->src.fd = -1;
 	}
 	r->kind = MT_WEBSOCKET;

@@ -19,7 +19,7 @@ enum ws_state { WS_CONNECTING, WS_SENDING, WS_HEAD, WS_BODY, WS_UPGRADED,
 	WS_DONE };
 
 struct ws {
-	struct evsrc	 src;		/* EV_WS; first member */
+	struct evsrc	 src;		/* calls ws_event */
 	struct transfer	*t;
 	CURL		*easy;
 	int		 fd;
@@ -40,7 +40,7 @@ struct ws {
 int	 ws_begin(struct transfer *t, const struct hdr_vec *in,
 	    const struct hdr_edits *edits);
 void	 ws_connected(struct transfer *t, CURLcode rc);
-void	 ws_event(struct ws *ws, uint32_t events);
+void	 ws_event(struct evsrc *src, uint32_t events);
 /* Queues the 101 once the upstream switched protocols. */
 enum MHD_Result ws_queue_upgrade(struct transfer *t);
 void	 ws_release(struct transfer *t);

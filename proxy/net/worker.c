@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -18,31 +19,19 @@
 #include "core/headers.h"
 #include "core/log.h"
 #include "core/connect.h"
+#include "net/accept.h"
+#include "net/loop.h"
 #include "net/relay.h"
 #include "net/transfer.h"
 #include "net/tunnel.h"
 #include "net/websocket.h"
 #include "net/worker.h"
 
-/* A freshly accepted socket whose first bytes we have not seen yet:
- * "CONNECT " goes to the proxy's own code, anything else to MHD. */
-struct peek {
-	struct evsrc		 src;
-	struct sockaddr_storage	 addr;
-	socklen_t		 addrlen;
-	long long		 deadline;
-	struct conn_slot	 slot;
-	struct peek		*prev, *next;
-};
-
 /* A connection on its way into MHD (see worker_add_connection). */
 struct adoption {
 	struct conn_slot		*slot;
 	const struct icpt_target	*icpt;
 };
-
-#define PEEK_TIMEOUT_MS	10000
-#define MAX_EVENTS	128
 
 void
 sockaddr_name(const struct sockaddr *sa, char out[64])
@@ -80,52 +69,56 @@ now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int
-ep_add(struct worker *w, int fd, uint32_t events, struct evsrc *src)
-{
-	struct epoll_event ev = { .events = events, .data.ptr = src };
-
-	return epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev);
-}
-
 /* --- curl multi plumbing ------------------------------------------------ */
+
+static void
+curl_socket_event(struct evsrc *src, uint32_t events)
+{
+	struct worker *w = src->arg;
+	int flags = 0, running;
+
+	if (events & (EPOLLIN | EPOLLHUP))
+		flags |= CURL_CSELECT_IN;
+	if (events & EPOLLOUT)
+		flags |= CURL_CSELECT_OUT;
+	if (events & EPOLLERR)
+		flags |= CURL_CSELECT_ERR;
+	curl_multi_socket_action(w->multi, src->fd, flags, &running);
+}
 
 static int
 curl_sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
 {
 	struct worker *w = userp;
 	struct evsrc *src = sockp;
-	struct epoll_event ev = { 0 };
+	uint32_t events = 0;
 
 	(void)e;
 	if (what == CURL_POLL_REMOVE) {
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
+		loop_del(&w->loop, s);
 		if (src != NULL) {
-			src->dead = 1;
-			worker_defer_free(w, src);
+			src->dead = true;
+			loop_defer_free(&w->loop, src);
 		}
 		curl_multi_assign(w->multi, s, NULL);
 		return 0;
 	}
 	if (what & CURL_POLL_IN)
-		ev.events |= EPOLLIN;
+		events |= EPOLLIN;
 	if (what & CURL_POLL_OUT)
-		ev.events |= EPOLLOUT;
+		events |= EPOLLOUT;
 	if (src == NULL) {
 		if ((src = calloc(1, sizeof(*src))) == NULL)
 			return -1;
-		src->kind = EV_CURL;
-		src->fd = s;
-		ev.data.ptr = src;
-		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev) != 0) {
+		evsrc_init(src, s, curl_socket_event, w);
+		if (loop_add(&w->loop, src, events) != 0) {
 			free(src);
 			return -1;
 		}
 		curl_multi_assign(w->multi, s, src);
 		return 0;
 	}
-	ev.data.ptr = src;
-	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, s, &ev);
+	return loop_mod(&w->loop, src, events);
 }
 
 static int
@@ -145,57 +138,20 @@ curl_drain_messages(struct worker *w)
 	int left;
 
 	while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
-		int *owner = NULL;
+		struct curl_owner *o = NULL;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
-		    (char **)&owner);
-		if (*owner == OWNER_TUNNEL)
-			tunnel_curl_done(owner, msg->data.result);
-		else
-			transfer_curl_done((struct transfer *)owner,
-			    msg->data.result);
+		    (char **)&o);
+		o->done(o, msg->data.result);
 	}
-}
-
-static void
-curl_socket_event(struct worker *w, int fd, uint32_t events)
-{
-	int flags = 0, running;
-
-	if (events & (EPOLLIN | EPOLLHUP))
-		flags |= CURL_CSELECT_IN;
-	if (events & EPOLLOUT)
-		flags |= CURL_CSELECT_OUT;
-	if (events & EPOLLERR)
-		flags |= CURL_CSELECT_ERR;
-	curl_multi_socket_action(w->multi, fd, flags, &running);
 }
 
 void
 worker_defer_free(struct worker *w, void *p)
 {
-	if (w->ngrave == w->capgrave) {
-		size_t nc = w->capgrave ? w->capgrave * 2 : 64;
-		void **ng = realloc(w->graveyard, nc * sizeof(*ng));
-
-		if (ng == NULL) {
-			/* cannot defer: leak rather than risk a dangling use */
-			log_msg(LL_ERROR, "out of memory deferring a free");
-			return;
-		}
-		w->graveyard = ng;
-		w->capgrave = nc;
-	}
-	w->graveyard[w->ngrave++] = p;
-}
-
-static void
-bury(struct worker *w)
-{
-	while (w->ngrave > 0)
-		free(w->graveyard[--w->ngrave]);
+	loop_defer_free(&w->loop, p);
 }
 
 CURL *
@@ -258,6 +214,17 @@ mhd_logger(void *cls, const char *fmt, va_list ap)
 	log_json(LL_DEBUG, "libmicrohttpd", json_pack("{s:s}", "detail", msg));
 }
 
+/* Only the hang-up is watched; MHD does the reading. */
+static void
+client_hangup(struct evsrc *src, uint32_t events)
+{
+	struct client *cl = src->arg;
+
+	(void)events;
+	if (cl->t != NULL)
+		transfer_client_gone(cl->t);
+}
+
 static void
 mhd_notify_connection(void *cls, struct MHD_Connection *con,
     void **socket_context, enum MHD_ConnectionNotificationCode toe)
@@ -282,9 +249,8 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 			cl->icpt_ipv6 = icpt->ipv6;
 		}
 		cl->w = w;
-		cl->src.kind = EV_CLIENT;
 		ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
-		cl->src.fd = ci ? ci->connect_fd : -1;
+		evsrc_init(&cl->src, ci ? ci->connect_fd : -1, client_hangup, cl);
 		ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 		if (ci != NULL && ci->client_addr != NULL)
 			sockaddr_name(ci->client_addr, cl->addr);
@@ -292,14 +258,14 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 			snprintf(cl->addr, sizeof(cl->addr), "%s", icpt->client);
 		/* Only the hang-up matters here; MHD does the reading. */
 		if (cl->src.fd >= 0)
-			ep_add(w, cl->src.fd, EPOLLRDHUP | EPOLLET, &cl->src);
+			loop_add(&w->loop, &cl->src, EPOLLRDHUP | EPOLLET);
 		*socket_context = cl;
 		return;
 	}
 	if (cl == NULL)
 		return;
 	if (cl->src.fd >= 0)
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, cl->src.fd, NULL);
+		loop_del(&w->loop, cl->src.fd);
 	if (cl->t != NULL)
 		cl->t->cl = NULL;
 	free(cl->icpt_host);
@@ -325,221 +291,56 @@ worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
 	return rc;
 }
 
-/* --- accepting ---------------------------------------------------------- */
+/* --- transfers' periodic work -------------------------------------------
+ * Registered here while transfer.c's lists are being converted; it is
+ * transfer.c's to register once they are. */
 
-void
-send_and_close(int fd, enum perr e, const char *message, const char *extra)
+static bool
+transfers_tick(void *arg, long long now)
 {
-	char head[256], junk[8192], *body = perr_body(e, message);
-	int hl, i;
+	struct worker *w = arg;
 
-	/* Read what the client sent first, or closing with unread bytes
-	 * resets the connection and the answer is lost. */
-	for (i = 0; i < 8 && recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
-		;
-
-	if (body != NULL) {
-		hl = snprintf(head, sizeof(head),
-		    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-		    "X-Scopeproxy-Error: %s\r\nContent-Length: %zu\r\n"
-		    "%s%sConnection: close\r\n\r\n", perr_status(e),
-		    MHD_get_reason_phrase_for((unsigned)perr_status(e)),
-		    perr_code(e), strlen(body), extra ? extra : "",
-		    extra ? "\r\n" : "");
-		(void)!write(fd, head, (size_t)hl);
-		(void)!write(fd, body, strlen(body));
-		free(body);
-	}
-	shutdown(fd, SHUT_WR);
-	close(fd);
+	if (w->reg_waiters == NULL)
+		return false;
+	transfer_reg_poll(w, now_ms());
+	return true;
 }
 
-static void
-peek_unlink(struct worker *w, struct peek *p)
+static long long
+transfers_timeout(void *arg, long long now)
 {
-	if (p->prev)
-		p->prev->next = p->next;
-	else
-		w->peek_head = p->next;
-	if (p->next)
-		p->next->prev = p->prev;
-	else
-		w->peek_tail = p->prev;
+	struct worker *w = arg;
+
+	(void)now;
+	/* registrations end with a wake-up; deadlines need a tick */
+	return w->reg_waiters != NULL ? 250 : -1;
 }
 
-static void
-peek_drop(struct worker *w, struct peek *p, int close_fd)
+static bool
+transfers_sweep(void *arg, long long now)
 {
-	peek_unlink(w, p);
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
-	if (close_fd) {
-		close(p->src.fd);
-		conn_slot_release(&p->slot);
-	}
-	p->src.dead = 1;
-	worker_defer_free(w, p);
+	transfer_idle_sweep(arg, now);
+	return true;
 }
 
-/* A CONNECT head is read whole (it is ours, not MHD's), then the
- * tunnel code takes the socket. Returns 0 while the head is partial. */
-static int
-take_connect(struct worker *w, struct peek *p)
+static bool
+transfers_busy(void *arg)
 {
-	struct connect_req req;
-	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
-	enum perr code;
-	char err[160];
-	ssize_t n;
-	int r;
+	struct worker *w = arg;
 
-	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
-	if (n <= 0)
-		r = -2;
-	else if ((r = connect_parse(w->peekbuf, (size_t)n, max, &req, &code,
-	    err, sizeof(err))) == 0)
-		return 0;
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
-	peek_unlink(w, p);
-	if (r == 1 && recv(p->src.fd, w->peekbuf, req.head_len, MSG_DONTWAIT) ==
-	    (ssize_t)req.head_len)
-		tunnel_start(w, p->src.fd, &p->addr, p->addrlen, &p->slot, &req);
-	else {
-		if (r == 1)
-			connect_req_free(&req);
-		if (r == -1) {
-			send_and_close(p->src.fd, code, err, NULL);
-			log_json(LL_INFO, "request", json_pack("{s:s, s:i, s:s}",
-			    "method", "CONNECT", "status", perr_status(code),
-			    "error", perr_code(code)));
-		} else
-			close(p->src.fd);
-		conn_slot_release(&p->slot);
-	}
-	free(p);
-	return 1;
+	return w->live != NULL;
 }
 
-/* The first head on a connection is checked raw, before MHD sees it,
- * for what MHD would rewrite or answer with its own HTML page. Later
- * heads on a kept-alive connection are checked after MHD's parse only
- * (request_check). Returns 1 to hand over, 0 to wait, -1 when answered. */
-static int
-precheck_head(struct worker *w, struct peek *p)
-{
-	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
-	enum perr code;
-	char err[160];
-	ssize_t n;
-	int r;
+static const struct loop_ops reg_ops = {
+	.tick = transfers_tick,
+	.timeout = transfers_timeout,
+};
 
-	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
-	if (n <= 0)
-		return 1;	/* let MHD see the error or the hang-up */
-	if ((r = head_validate(w->peekbuf, (size_t)n, max, &code, err,
-	    sizeof(err))) >= 0)
-		return r;
-	send_and_close(p->src.fd, code, err, NULL);
-	log_json(LL_INFO, "request", json_pack("{s:i, s:s, s:s}", "status",
-	    perr_status(code), "error", perr_code(code), "detail", err));
-	return -1;
-}
-
-static void
-peek_ready(struct worker *w, struct peek *p)
-{
-	static const char connect[] = "CONNECT ";
-	char b[8];
-	ssize_t n;
-	int r;
-
-	n = recv(p->src.fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return;
-	if (n <= 0) {
-		peek_drop(w, p, 1);
-		return;
-	}
-	/* Wait for more only while the bytes could still spell CONNECT. */
-	if ((size_t)n < sizeof(b) && memcmp(b, connect, (size_t)n) == 0)
-		return;
-	if ((size_t)n == sizeof(b) && memcmp(b, connect, sizeof(b)) == 0) {
-		(void)take_connect(w, p);
-		return;
-	}
-	if ((r = precheck_head(w, p)) == 0)
-		return;		/* the head is not complete yet */
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, p->src.fd, NULL);
-	peek_unlink(w, p);
-	if (r < 0) {
-		conn_slot_release(&p->slot);
-		free(p);
-		return;
-	}
-	/* MHD closes the socket if it refuses it. */
-	if (worker_add_connection(w, p->src.fd, (struct sockaddr *)&p->addr,
-	    p->addrlen, &p->slot, NULL) != 0)
-		log_msg(LL_WARN, "libmicrohttpd refused a connection");
-	free(p);
-}
-
-static void
-accept_ready(struct worker *w)
-{
-	int i;
-
-	for (i = 0; i < 64; i++) {
-		struct peek *p;
-		struct conn_slot slot;
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		int fd, one = 1;
-
-		fd = accept4(w->px->listen_fd, (struct sockaddr *)&ss, &sl,
-		    SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR &&
-			    errno != ECONNABORTED && errno != EINVAL)
-				log_msg(LL_WARN, "accept: %s", strerror(errno));
-			return;
-		}
-		if (conn_slot_acquire(&w->px->conns, &slot) != 0) {
-			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
-			    "the proxy has reached limits.max_connections", NULL);
-			continue;
-		}
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if ((p = calloc(1, sizeof(*p))) == NULL) {
-			close(fd);
-			conn_slot_release(&slot);
-			continue;
-		}
-		conn_slot_move(&p->slot, &slot);
-		p->src.kind = EV_PEEK;
-		p->src.fd = fd;
-		memcpy(&p->addr, &ss, sl);
-		p->addrlen = sl;
-		p->deadline = now_ms() + PEEK_TIMEOUT_MS;
-		p->prev = w->peek_tail;
-		if (w->peek_tail)
-			w->peek_tail->next = p;
-		else
-			w->peek_head = p;
-		w->peek_tail = p;
-		if (ep_add(w, fd, EPOLLIN | EPOLLRDHUP | EPOLLET, &p->src) != 0) {
-			peek_drop(w, p, 1);
-			continue;
-		}
-		/* Most clients send at once: look now rather than wait. */
-		peek_ready(w, p);
-	}
-}
-
-static void
-expire_peeks(struct worker *w, long long now)
-{
-	while (w->peek_head != NULL && w->peek_head->deadline <= now)
-		peek_drop(w, w->peek_head, 1);
-}
+static const struct loop_ops transfer_ops = {
+	.tick = transfers_sweep,
+	.interval = 1000,
+	.busy = transfers_busy,
+};
 
 /* --- the loop ----------------------------------------------------------- */
 
@@ -554,29 +355,9 @@ next_timeout(struct worker *w)
 	if (MHD_get_timeout(w->mhd, &mt) == MHD_YES &&
 	    (t < 0 || (long long)mt < t))
 		t = (long long)mt;
-	if (w->peek_head != NULL) {
-		long long pt = w->peek_head->deadline - now;
-
-		if (pt < 0)
-			pt = 0;
-		if (t < 0 || pt < t)
-			t = pt;
-	}
 	if (atomic_load(&w->px->draining) && (t < 0 || t > 100))
 		t = 100;	/* check for the end of the drain */
-	if (w->reg_waiters != NULL) {
-		/* registrations end with a wake-up; deadlines need a tick */
-		if (t < 0 || t > 250)
-			t = 250;
-	}
-	if (w->relays != NULL || w->live != NULL) {
-		long long st = w->next_sweep - now;
-
-		if (st < 0)
-			st = 0;
-		if (t < 0 || st < t)
-			t = st;
-	}
+	t = loop_timeout(&w->loop, now, t);
 	if (t > 60000 || t < 0)
 		t = 60000;
 	return (int)t;
@@ -588,11 +369,8 @@ shutdown_worker(struct worker *w)
 	struct transfer *t;
 	int i;
 
-	while (w->peek_head != NULL)
-		peek_drop(w, w->peek_head, 1);
-	relay_close_all(w);
-	tunnel_abort_all(w);
-	bury(w);
+	loop_stop(&w->loop);
+	loop_bury(&w->loop);
 	/* Suspended connections must be resumed before MHD stops; a request
 	 * that arrives on a kept-alive connection meanwhile is refused at
 	 * once (px->stopping), so this settles in a few turns. */
@@ -611,130 +389,82 @@ shutdown_worker(struct worker *w)
 
 /* SIGTERM: stop accepting; done once nothing is in flight or the drain
  * timeout has passed. Idle kept-alive connections do not hold it up. */
-static int
+static bool
 drained(struct worker *w)
 {
-	if (atomic_load(&w->listening)) {
-		epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->px->listen_fd, NULL);
-		atomic_store(&w->listening, 0);
-	}
+	accept_unlisten(w);
 	if (now_ms() >= w->px->drain_deadline)
-		return 1;
-	return w->live == NULL && w->relays == NULL && w->connecting == NULL &&
-	    w->peek_head == NULL;
+		return true;
+	return !loop_busy(&w->loop);
+}
+
+/* One turn: the events, then curl's and MHD's own work, then the
+ * modules' periodic work. */
+static int
+worker_turn(struct worker *w)
+{
+	int running;
+
+	w->rc = proxy_runconf(w->px);	/* after SIGHUP, the new one */
+	if (loop_poll(&w->loop, next_timeout(w)) != 0) {
+		log_msg(LL_ERROR, "epoll_wait: %s", strerror(errno));
+		return -1;
+	}
+	if (w->curl_deadline >= 0 && now_ms() >= w->curl_deadline) {
+		w->curl_deadline = -1;
+		curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0,
+		    &running);
+	}
+	curl_drain_messages(w);
+	run_unpauses(w);
+	MHD_run(w->mhd);
+	run_unpauses(w);
+	if (loop_tick(&w->loop, now_ms())) {
+		run_unpauses(w);
+		MHD_run(w->mhd);
+	}
+	loop_bury(&w->loop);
+	return 0;
 }
 
 static void *
 worker_main(void *arg)
 {
 	struct worker *w = arg;
-	struct epoll_event evs[MAX_EVENTS];
 
 	while (!atomic_load(&w->px->stopping)) {
-		int i, n, running;
-
 		if (atomic_load(&w->px->draining) && drained(w))
 			break;
-		w->rc = proxy_runconf(w->px);	/* after SIGHUP, the new one */
-		n = epoll_wait(w->epfd, evs, MAX_EVENTS, next_timeout(w));
-		if (n < 0 && errno != EINTR) {
-			log_msg(LL_ERROR, "epoll_wait: %s", strerror(errno));
+		if (worker_turn(w) != 0)
 			break;
-		}
-		for (i = 0; i < n; i++) {
-			struct evsrc *src = evs[i].data.ptr;
-
-			if (src->dead)
-				continue;
-			switch (src->kind) {
-			case EV_LISTEN:
-				accept_ready(w);
-				break;
-			case EV_WAKE: {
-				uint64_t v;
-
-				(void)!read(src->fd, &v, sizeof(v));
-				break;
-			}
-			case EV_MHD:
-				break;	/* MHD_run below */
-			case EV_CURL:
-				curl_socket_event(w, src->fd, evs[i].events);
-				break;
-			case EV_PEEK:
-				peek_ready(w, (struct peek *)src);
-				break;
-			case EV_RELAY:
-				relay_event((struct endpoint *)src);
-				break;
-			case EV_WS:
-				ws_event((struct ws *)src, evs[i].events);
-				break;
-			case EV_CLIENT: {
-				struct client *cl = (struct client *)src;
-
-				if (cl->t != NULL)
-					transfer_client_gone(cl->t);
-				break;
-			}
-			}
-		}
-		if (w->curl_deadline >= 0 && now_ms() >= w->curl_deadline) {
-			w->curl_deadline = -1;
-			curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT,
-			    0, &running);
-		}
-		curl_drain_messages(w);
-		run_unpauses(w);
-		MHD_run(w->mhd);
-		run_unpauses(w);
-		expire_peeks(w, now_ms());
-		if (w->reg_waiters != NULL) {
-			transfer_reg_poll(w, now_ms());
-			run_unpauses(w);
-			MHD_run(w->mhd);
-		}
-		if ((w->relays != NULL || w->live != NULL) &&
-		    now_ms() >= w->next_sweep) {
-			relay_sweep(w, now_ms());
-			transfer_idle_sweep(w, now_ms());
-			run_unpauses(w);
-			MHD_run(w->mhd);
-			w->next_sweep = now_ms() + 1000;
-		}
-		bury(w);
 	}
 	atomic_store(&w->finished, 1);
 	shutdown_worker(w);
 	return NULL;
 }
 
-int
-worker_init(struct worker *w, struct proxy *px, int id, char *err,
-    size_t errlen)
+static void
+wake_event(struct evsrc *src, uint32_t events)
+{
+	uint64_t v;
+
+	(void)events;
+	(void)!read(src->fd, &v, sizeof(v));
+}
+
+static void
+mhd_event(struct evsrc *src, uint32_t events)
+{
+	(void)src;
+	(void)events;	/* MHD_run at the end of the turn */
+}
+
+static int
+start_mhd(struct worker *w, char *err, size_t errlen)
 {
 	const union MHD_DaemonInfo *di;
-	struct config *c = px->cfg;
+	struct config *c = w->px->cfg;
 	size_t mem;
-
-	memset(w, 0, sizeof(*w));
-	w->px = px;
-	w->rc = proxy_runconf(px);
-	w->id = id;
-	w->curl_deadline = -1;
-	w->wake_src.fd = -1;
-	if ((w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-		goto sys;
-	w->wake_src.kind = EV_WAKE;
-	if ((w->wake_src.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
-	    ep_add(w, w->wake_src.fd, EPOLLIN, &w->wake_src) != 0)
-		goto sys;
-	/* EPOLLEXCLUSIVE: one worker wakes per new connection. */
-	w->listen_src.kind = EV_LISTEN;
-	w->listen_src.fd = px->listen_fd;
-	if (ep_add(w, px->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, &w->listen_src) != 0)
-		goto sys;
-	atomic_store(&w->listening, 1);
 
 	/* MHD zeroes the whole pool after every request: keep it to the
 	 * header limit (a connection's first head is checked raw, so an
@@ -759,20 +489,17 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 		return -1;
 	}
 	di = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-	w->mhd_src.kind = EV_MHD;
-	w->mhd_src.fd = di->epoll_fd;
-	if (ep_add(w, w->mhd_src.fd, EPOLLIN, &w->mhd_src) != 0)
-		goto sys;
+	evsrc_init(&w->mhd_src, di->epoll_fd, mhd_event, w);
+	if (loop_add(&w->loop, &w->mhd_src, EPOLLIN) != 0) {
+		snprintf(err, errlen, "worker %d: %s", w->id, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
 
-	if ((w->peekbuf = malloc((size_t)c->max_header_size)) == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	if ((w->acache.val = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL ||
-	    (w->secbuf = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL) {
-		snprintf(err, errlen, "cannot allocate locked memory");
-		return -1;
-	}
+static int
+start_curl(struct worker *w, char *err, size_t errlen)
+{
 	if ((w->multi = curl_multi_init()) == NULL) {
 		snprintf(err, errlen, "cannot create a libcurl multi handle");
 		return -1;
@@ -784,6 +511,49 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	/* The default cache churns upstream connections under load. */
 	curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 256L);
 	return 0;
+}
+
+int
+worker_init(struct worker *w, struct proxy *px, int id, char *err,
+    size_t errlen)
+{
+	struct config *c = px->cfg;
+	int fd;
+
+	memset(w, 0, sizeof(*w));
+	w->px = px;
+	w->rc = proxy_runconf(px);
+	w->id = id;
+	w->curl_deadline = -1;
+	w->wake_src.fd = -1;
+	LIST_INIT(&w->relays);
+	LIST_INIT(&w->connecting);
+	TAILQ_INIT(&w->peeks);
+	if (loop_init(&w->loop, err, errlen) != 0)
+		return -1;
+	if ((fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+		goto sys;
+	evsrc_init(&w->wake_src, fd, wake_event, w);
+	if (loop_add(&w->loop, &w->wake_src, EPOLLIN) != 0)
+		goto sys;
+	/* Shutdown runs the hooks in this order: peeks, relays, tunnels. */
+	if (accept_attach(w, err, errlen) != 0 ||
+	    start_mhd(w, err, errlen) != 0 ||
+	    relay_attach(w, err, errlen) != 0 ||
+	    tunnel_attach(w, err, errlen) != 0 ||
+	    loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0 ||
+	    loop_hook_add(&w->loop, &transfer_ops, w, err, errlen) != 0)
+		return -1;
+	if ((w->peekbuf = malloc((size_t)c->max_header_size)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if ((w->acache.val = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL ||
+	    (w->secbuf = secmem_alloc(CREDENTIAL_BUFSIZE)) == NULL) {
+		snprintf(err, errlen, "cannot allocate locked memory");
+		return -1;
+	}
+	return start_curl(w, err, errlen);
 sys:
 	snprintf(err, errlen, "worker %d: %s", id, strerror(errno));
 	return -1;
@@ -823,20 +593,16 @@ worker_free(struct worker *w)
 		curl_multi_cleanup(w->multi);
 	if (w->wake_src.fd >= 0)
 		close(w->wake_src.fd);
-	if (w->epfd >= 0)
-		close(w->epfd);
+	loop_clear(&w->loop);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
 	secmem_free(w->acache.val, CREDENTIAL_BUFSIZE);
 	identity_unref((struct identity *)w->acache.id);
 	w->acache.id = NULL;
 	w->acache.val = NULL;
 	free(w->peekbuf);
-	bury(w);
-	free(w->graveyard);
-	w->graveyard = NULL;
 	w->peekbuf = NULL;
 	w->mhd = NULL;
 	w->multi = NULL;
 	w->secbuf = NULL;
-	w->epfd = w->wake_src.fd = -1;
+	w->wake_src.fd = -1;
 }

@@ -8,6 +8,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #include <openssl/ssl.h>
@@ -16,6 +17,7 @@
 #include "core/conn_slot.h"
 #include "cred/credential.h"
 #include "core/errors.h"
+#include "net/loop.h"
 
 struct config;
 struct transfer;
@@ -23,17 +25,10 @@ struct relay;
 struct tunnel;
 struct ca;
 
-/* What an epoll event points at. */
-enum ev_kind { EV_LISTEN, EV_WAKE, EV_MHD, EV_CURL, EV_PEEK, EV_CLIENT,
-	EV_RELAY, EV_WS };
-
-/* What a curl handle's CURLOPT_PRIVATE points at (its first member). */
-enum { OWNER_TRANSFER = 1, OWNER_TUNNEL = 2 };
-
-struct evsrc {
-	enum ev_kind	 kind;
-	int		 fd;
-	int		 dead;	/* freed at the end of this loop turn */
+/* What a curl handle's CURLOPT_PRIVATE points at: the first member of
+ * its owner, which finishes its own transfer. */
+struct curl_owner {
+	void	(*done)(struct curl_owner *o, CURLcode rc);
 };
 
 /* One generation of reloadable settings. SIGHUP builds a new one; each
@@ -88,33 +83,33 @@ struct icpt_target {
 struct adoption;
 
 struct peek;
+TAILQ_HEAD(peek_list, peek);
+LIST_HEAD(relay_list, relay);
+LIST_HEAD(tunnel_list, tunnel);
 
 struct worker {
 	struct proxy		*px;
 	struct runconf		*rc;		/* the generation this loop uses */
 	int			 id;
 	pthread_t		 thread;
-	int			 epfd;
+	struct loop		 loop;
 	struct evsrc		 listen_src;
 	struct evsrc		 wake_src;
 	struct evsrc		 mhd_src;
 	struct MHD_Daemon	*mhd;
 	CURLM			*multi;
 	long long		 curl_deadline;	/* monotonic ms, -1: none */
-	struct peek		*peek_head, *peek_tail;
+	struct peek_list	 peeks;		/* oldest first (net/accept.c) */
 	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
 	struct transfer		*reg_waiters;	/* parked for a registration */
 	struct transfer		*live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
 	struct assertion_cache	 acache;	/* holds a ref on acache.id */
 	char			*peekbuf;	/* first request head, peeked */
-	struct relay		*relays;	/* tunnels and intercepted TLS */
-	long long		 next_sweep;
+	struct relay_list	 relays;	/* tunnels and intercepted TLS */
 	atomic_int		 listening;
 	atomic_int		 finished;	/* the loop has ended */
-	struct tunnel		*connecting;	/* CONNECTs waiting for curl */
-	void			**graveyard;	/* freed after the event batch */
-	size_t			 ngrave, capgrave;
+	struct tunnel_list	 connecting;	/* CONNECTs waiting for curl */
 	CURL			*easy_pool[64];	/* reset handles, reused */
 	int			 neasy_pool;
 	struct adoption		*adopting;	/* inside worker_add_connection */
@@ -141,8 +136,7 @@ struct runconf *proxy_runconf(struct proxy *px);
 /* A curl easy handle: creating one costs an 80 KiB zeroed allocation,
  * so finished ones are reset and reused. */
 CURL	*worker_easy_get(struct worker *w);
-/* Frees p once the current batch of epoll events is handled: a later
- * event in the batch may still point at it (it sees src->dead). */
+/* loop_defer_free on w's loop. */
 void	 worker_defer_free(struct worker *w, void *p);
 void	 worker_easy_put(struct worker *w, CURL *e);
 
@@ -151,10 +145,5 @@ void	 worker_easy_put(struct worker *w, CURL *e);
  * refused it and closed fd; the slot is given back. */
 int	 worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
 	    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt);
-
-/* Answers e in JSON on a socket the proxy owns (not MHD's) and closes
- * it. extra: one more header line without CRLF, or NULL. */
-void	 send_and_close(int fd, enum perr e, const char *message,
-	    const char *extra);
 
 #endif

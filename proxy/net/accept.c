@@ -1,0 +1,298 @@
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/connect.h"
+#include "core/errors.h"
+#include "core/headers.h"
+#include "core/log.h"
+#include "net/accept.h"
+#include "net/tunnel.h"
+#include "net/worker.h"
+
+/* A freshly accepted socket whose first bytes we have not seen yet. */
+struct peek {
+	struct evsrc		 src;
+	struct worker		*w;
+	struct sockaddr_storage	 addr;
+	socklen_t		 addrlen;
+	long long		 deadline;
+	struct conn_slot	 slot;
+	TAILQ_ENTRY(peek)	 entry;		/* w->peeks, oldest first */
+};
+
+#define PEEK_TIMEOUT_MS	10000
+
+void
+send_and_close(int fd, enum perr e, const char *message, const char *extra)
+{
+	char head[256], junk[8192], *body = perr_body(e, message);
+	int hl, i;
+
+	/* Read what the client sent first, or closing with unread bytes
+	 * resets the connection and the answer is lost. */
+	for (i = 0; i < 8 && recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
+		;
+
+	if (body != NULL) {
+		hl = snprintf(head, sizeof(head),
+		    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+		    "X-Scopeproxy-Error: %s\r\nContent-Length: %zu\r\n"
+		    "%s%sConnection: close\r\n\r\n", perr_status(e),
+		    MHD_get_reason_phrase_for((unsigned)perr_status(e)),
+		    perr_code(e), strlen(body), extra ? extra : "",
+		    extra ? "\r\n" : "");
+		(void)!write(fd, head, (size_t)hl);
+		(void)!write(fd, body, strlen(body));
+		free(body);
+	}
+	shutdown(fd, SHUT_WR);
+	close(fd);
+}
+
+/* Takes p off the list and out of the epoll set; the socket stays. */
+static void
+peek_unlink(struct peek *p)
+{
+	TAILQ_REMOVE(&p->w->peeks, p, entry);
+	loop_del(&p->w->loop, p->src.fd);
+}
+
+static void
+peek_drop(struct peek *p)
+{
+	peek_unlink(p);
+	close(p->src.fd);
+	conn_slot_release(&p->slot);
+	p->src.dead = true;
+	loop_defer_free(&p->w->loop, p);
+}
+
+/* A CONNECT head is read whole (it is ours, not MHD's), then the
+ * tunnel code takes the socket. Returns 0 while the head is partial. */
+static int
+take_connect(struct worker *w, struct peek *p)
+{
+	struct connect_req req;
+	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
+	enum perr code;
+	char err[160];
+	ssize_t n;
+	int r;
+
+	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		r = -2;
+	else if ((r = connect_parse(w->peekbuf, (size_t)n, max, &req, &code,
+	    err, sizeof(err))) == 0)
+		return 0;
+	peek_unlink(p);
+	if (r == 1 && recv(p->src.fd, w->peekbuf, req.head_len, MSG_DONTWAIT) ==
+	    (ssize_t)req.head_len)
+		tunnel_start(w, p->src.fd, &p->addr, p->addrlen, &p->slot, &req);
+	else {
+		if (r == 1)
+			connect_req_free(&req);
+		if (r == -1) {
+			send_and_close(p->src.fd, code, err, NULL);
+			log_json(LL_INFO, "request", json_pack("{s:s, s:i, s:s}",
+			    "method", "CONNECT", "status", perr_status(code),
+			    "error", perr_code(code)));
+		} else
+			close(p->src.fd);
+		conn_slot_release(&p->slot);
+	}
+	free(p);
+	return 1;
+}
+
+/* The first head on a connection is checked raw, before MHD sees it,
+ * for what MHD would rewrite or answer with its own HTML page. Later
+ * heads on a kept-alive connection are checked after MHD's parse only
+ * (request_check). Returns 1 to hand over, 0 to wait, -1 when answered. */
+static int
+precheck_head(struct worker *w, struct peek *p)
+{
+	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
+	enum perr code;
+	char err[160];
+	ssize_t n;
+	int r;
+
+	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		return 1;	/* let MHD see the error or the hang-up */
+	if ((r = head_validate(w->peekbuf, (size_t)n, max, &code, err,
+	    sizeof(err))) >= 0)
+		return r;
+	send_and_close(p->src.fd, code, err, NULL);
+	log_json(LL_INFO, "request", json_pack("{s:i, s:s, s:s}", "status",
+	    perr_status(code), "error", perr_code(code), "detail", err));
+	return -1;
+}
+
+static void
+peek_ready(struct evsrc *src, uint32_t events)
+{
+	static const char connect[] = "CONNECT ";
+	struct peek *p = src->arg;
+	struct worker *w = p->w;
+	char b[8];
+	ssize_t n;
+	int r;
+
+	(void)events;
+	n = recv(p->src.fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		peek_drop(p);
+		return;
+	}
+	/* Wait for more only while the bytes could still spell CONNECT. */
+	if ((size_t)n < sizeof(b) && memcmp(b, connect, (size_t)n) == 0)
+		return;
+	if ((size_t)n == sizeof(b) && memcmp(b, connect, sizeof(b)) == 0) {
+		(void)take_connect(w, p);
+		return;
+	}
+	if ((r = precheck_head(w, p)) == 0)
+		return;		/* the head is not complete yet */
+	peek_unlink(p);
+	if (r < 0) {
+		conn_slot_release(&p->slot);
+		free(p);
+		return;
+	}
+	/* MHD closes the socket if it refuses it. */
+	if (worker_add_connection(w, p->src.fd, (struct sockaddr *)&p->addr,
+	    p->addrlen, &p->slot, NULL) != 0)
+		log_msg(LL_WARN, "libmicrohttpd refused a connection");
+	free(p);
+}
+
+static void
+accept_ready(struct evsrc *src, uint32_t events)
+{
+	struct worker *w = src->arg;
+	int i;
+
+	(void)events;
+	for (i = 0; i < 64; i++) {
+		struct peek *p;
+		struct conn_slot slot;
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd, one = 1;
+
+		fd = accept4(w->px->listen_fd, (struct sockaddr *)&ss, &sl,
+		    SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR &&
+			    errno != ECONNABORTED && errno != EINVAL)
+				log_msg(LL_WARN, "accept: %s", strerror(errno));
+			return;
+		}
+		if (conn_slot_acquire(&w->px->conns, &slot) != 0) {
+			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
+			    "the proxy has reached limits.max_connections", NULL);
+			continue;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if ((p = calloc(1, sizeof(*p))) == NULL) {
+			close(fd);
+			conn_slot_release(&slot);
+			continue;
+		}
+		conn_slot_move(&p->slot, &slot);
+		evsrc_init(&p->src, fd, peek_ready, p);
+		p->w = w;
+		memcpy(&p->addr, &ss, sl);
+		p->addrlen = sl;
+		p->deadline = now_ms() + PEEK_TIMEOUT_MS;
+		TAILQ_INSERT_TAIL(&w->peeks, p, entry);
+		if (loop_add(&w->loop, &p->src, EPOLLIN | EPOLLRDHUP | EPOLLET) != 0) {
+			peek_drop(p);
+			continue;
+		}
+		/* Most clients send at once: look now rather than wait. */
+		peek_ready(&p->src, EPOLLIN);
+	}
+}
+
+/* --- what the loop asks of us ------------------------------------------- */
+
+static bool
+peeks_expire(void *arg, long long now)
+{
+	struct worker *w = arg;
+	struct peek *p;
+
+	while ((p = TAILQ_FIRST(&w->peeks)) != NULL && p->deadline <= now)
+		peek_drop(p);
+	return false;
+}
+
+static long long
+peeks_timeout(void *arg, long long now)
+{
+	struct peek *p = TAILQ_FIRST(&((struct worker *)arg)->peeks);
+
+	if (p == NULL)
+		return -1;
+	return p->deadline > now ? p->deadline - now : 0;
+}
+
+static bool
+peeks_busy(void *arg)
+{
+	return !TAILQ_EMPTY(&((struct worker *)arg)->peeks);
+}
+
+static void
+peeks_stop(void *arg)
+{
+	struct worker *w = arg;
+	struct peek *p;
+
+	while ((p = TAILQ_FIRST(&w->peeks)) != NULL)
+		peek_drop(p);
+}
+
+static const struct loop_ops peek_ops = {
+	.tick = peeks_expire,
+	.timeout = peeks_timeout,
+	.busy = peeks_busy,
+	.stop = peeks_stop,
+};
+
+int
+accept_attach(struct worker *w, char *err, size_t errlen)
+{
+	TAILQ_INIT(&w->peeks);
+	/* EPOLLEXCLUSIVE: one worker wakes per new connection. */
+	evsrc_init(&w->listen_src, w->px->listen_fd, accept_ready, w);
+	if (loop_add(&w->loop, &w->listen_src, EPOLLIN | EPOLLEXCLUSIVE) != 0) {
+		snprintf(err, errlen, "worker %d: %s", w->id, strerror(errno));
+		return -1;
+	}
+	atomic_store(&w->listening, 1);
+	return loop_hook_add(&w->loop, &peek_ops, w, err, errlen);
+}
+
+void
+accept_unlisten(struct worker *w)
+{
+	if (atomic_load(&w->listening)) {
+		loop_del(&w->loop, w->px->listen_fd);
+		atomic_store(&w->listening, 0);
+	}
+}
