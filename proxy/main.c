@@ -114,6 +114,43 @@ warn_fixed(const struct config *a, const struct config *b)
 		    fixed);
 }
 
+/* The log: stderr, or log_file opened like the audit log (no link
+ * followed) and reopened on SIGHUP and SIGUSR1 so that a rotated file
+ * is let go. */
+static int log_file_fd = -1;
+
+static int
+log_open(const struct config *c, char *err, size_t errlen)
+{
+	if (c->log_file != NULL &&
+	    (log_file_fd = safefile_open_append(c->log_file, err, errlen)) < 0)
+		return -1;
+	log_set_output(log_file_fd >= 0 ? log_file_fd : STDERR_FILENO,
+	    (enum log_format)c->log_format);
+	return 0;
+}
+
+static void
+log_reopen(const struct config *c)
+{
+	char err[512];
+	int fd;
+
+	if (c->log_file == NULL || log_file_fd < 0)
+		return;
+	if ((fd = safefile_open_append(c->log_file, err, sizeof(err))) < 0) {
+		log_msg(LL_ERROR, "log_file: %s; still writing to the old file",
+		    err);
+		return;
+	}
+	/* dup2 swaps the file behind the same number atomically: a worker
+	 * writing a line meanwhile never sees a closed or reused one. */
+	if (dup2(fd, log_file_fd) < 0)
+		log_msg(LL_ERROR, "log_file: %s", strerror(errno));
+	close(fd);
+	log_msg(LL_INFO, "log file reopened");
+}
+
 /* SIGHUP: a new generation of settings, or, if the file or a value is
  * wrong now, the old one kept and the reason logged. */
 static void
@@ -246,6 +283,10 @@ run(struct config *c)
 
 	memset(&px, 0, sizeof(px));
 	px.cfg = c;
+	if (log_open(c, err, sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: log_file: %s\n", err);
+		return 1;
+	}
 	conn_limit_init(&px.conns, c->max_connections);
 	px.audit_fd = -1;
 	px.listen_fd = -1;
@@ -284,6 +325,7 @@ run(struct config *c)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if ((sfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0) {
@@ -355,6 +397,10 @@ run(struct config *c)
 				continue;
 			break;
 		}
+		if (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGHUP)
+			log_reopen(c);
+		if (si.ssi_signo == SIGUSR1)
+			continue;
 		if (si.ssi_signo == SIGHUP) {
 			reload(&px, ws, n);
 			idstore_reload();

@@ -58,6 +58,10 @@ static const char usage_text[] =
 "                               built in: /v1/=https://api.openai.com/v1/ and\n"
 "                               /backend-api/codex/=https://chatgpt.com/backend-api/codex/\n"
 "      --log-level LEVEL        debug, info (default), warn or error\n"
+"      --log-format FORMAT      json, text, or auto (default: text on a terminal,\n"
+"                               JSON lines otherwise)\n"
+"      --log-file FILE          append the log to FILE instead of stderr (reopened\n"
+"                               on SIGHUP and SIGUSR1, for rotation)\n"
 "      --pid-file FILE          write the process id to FILE (removed at exit)\n"
 "      --drain-timeout SECS     on SIGTERM, let requests finish for up to SECS (default 30)\n"
 "      --threads N              event-loop threads (default: one per core)\n"
@@ -100,7 +104,7 @@ static const char usage_text[] =
 
 enum {
 	OPT_SERVER_INFO = 256, OPT_RESOLVE, OPT_UPSTREAM_CA, OPT_GATEWAY,
-	OPT_LOG_LEVEL, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
+	OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_LOG_FILE, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_NETWORK, OPT_CA_DIR, OPT_NO_INTERCEPT,
@@ -117,6 +121,8 @@ static const struct option long_opts[] = {
 	{ "upstream-ca", required_argument, NULL, OPT_UPSTREAM_CA },
 	{ "gateway", required_argument, NULL, OPT_GATEWAY },
 	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+	{ "log-file", required_argument, NULL, OPT_LOG_FILE },
 	{ "threads", required_argument, NULL, OPT_THREADS },
 	{ "max-body-size", required_argument, NULL, OPT_MAX_BODY },
 	{ "max-header-size", required_argument, NULL, OPT_MAX_HEADER },
@@ -191,6 +197,9 @@ static const struct flag_def {
 	{ OPT_UPSTREAM_CA, "--upstream-ca", FT_STRING, "upstream_ca", NULL, NULL,
 	    0, 0 },
 	{ OPT_LOG_LEVEL, "--log-level", FT_STRING, "log_level", NULL, NULL, 0, 0 },
+	{ OPT_LOG_FORMAT, "--log-format", FT_STRING, "log_format", NULL, NULL, 0,
+	    0 },
+	{ OPT_LOG_FILE, "--log-file", FT_STRING, "log_file", NULL, NULL, 0, 0 },
 	{ OPT_THREADS, "--threads", FT_INT, "threads", NULL, NULL, 0, 0 },
 	{ OPT_MAX_BODY, "--max-body-size", FT_INT, "limits", "max_body_size",
 	    NULL, 0, 0 },

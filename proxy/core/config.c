@@ -25,6 +25,7 @@ struct keyspec {
 
 static int key_listen(struct config *, json_t *, const char *, char *, size_t);
 static int key_log_level(struct config *, json_t *, const char *, char *, size_t);
+static int key_log_format(struct config *, json_t *, const char *, char *, size_t);
 static int key_resolve(struct config *, json_t *, const char *, char *, size_t);
 static int key_gateway(struct config *, json_t *, const char *, char *, size_t);
 static int key_providers(struct config *, json_t *, const char *, char *, size_t);
@@ -76,6 +77,8 @@ static const struct keyspec top_keys[] = {
 	{ "server_info", K_STR, OFF(server_info), 0, 0, NULL, NULL },
 	{ "pid_file", K_STR, OFF(pid_file), 0, 0, NULL, NULL },
 	{ "log_level", K_FN, 0, 0, 0, NULL, key_log_level },
+	{ "log_format", K_FN, 0, 0, 0, NULL, key_log_format },
+	{ "log_file", K_STR, OFF(log_file), 0, 0, NULL, NULL },
 	{ "upstream_ca", K_STR, OFF(upstream_ca), 0, 0, NULL, NULL },
 	{ "resolve", K_FN, 0, 0, 0, NULL, key_resolve },
 	{ "gateway", K_FN, 0, 0, 0, NULL, key_gateway },
@@ -289,6 +292,20 @@ key_log_level(struct config *c, json_t *v, const char *path, char *err,
 		return type_error(err, errlen, path,
 		    "one of \"debug\", \"info\", \"warn\", \"error\"");
 	c->log_level = l;
+	return 0;
+}
+
+static int
+key_log_format(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	int f;
+
+	if (!json_is_string(v) ||
+	    (f = log_format_parse(json_string_value(v))) < 0)
+		return type_error(err, errlen, path,
+		    "one of \"auto\", \"json\", \"text\"");
+	c->log_format = f;
 	return 0;
 }
 
@@ -750,7 +767,7 @@ config_to_json(const struct config *c)
 	res = json_array();
 	for (i = 0; i < c->nresolve; i++)
 		json_array_append_new(res, json_string(c->resolve[i]));
-	root = json_pack("{s:s, s:b, s:b, s:i, s:o, s:s, s:o, s:o, s:o,"
+	root = json_pack("{s:s, s:b, s:b, s:i, s:o, s:s, s:s, s:o, s:o, s:o, s:o,"
 	    " s:{s:I, s:I, s:I}, s:{s:f, s:f, s:f, s:f},"
 	    " s:o, s:b, s:o, s:O}",
 	    "listen", listen,
@@ -759,6 +776,8 @@ config_to_json(const struct config *c)
 	    "threads", c->threads,
 	    "server_info", str_or_null(c->server_info),
 	    "log_level", log_level_name(c->log_level),
+	    "log_format", log_format_name(c->log_format),
+	    "log_file", str_or_null(c->log_file),
 	    "upstream_ca", str_or_null(c->upstream_ca),
 	    "resolve", res,
 	    "gateway", gw,
@@ -836,6 +855,7 @@ config_free(struct config *c)
 	free(c->ca_dir);
 	free(c->pid_file);
 	free(c->reg_base_url);
+	free(c->log_file);
 	free_strv(&c->reg_codes, &c->nreg_codes);
 	free(c->connect_ports);
 	secret_free(&c->proxy_auth_basic);

@@ -17,6 +17,8 @@ struct config {
 	int		 threads;	/* 0: one per core */
 	char		*server_info;
 	int		 log_level;
+	int		 log_format;	/* enum log_format */
+	char		*log_file;	/* NULL: stderr */
 	char		*upstream_ca;
 	char		**resolve;	/* curl CONNECT_TO entries */
 	size_t		 nresolve;

@@ -8,6 +8,15 @@ enum log_level { LL_DEBUG, LL_INFO, LL_WARN, LL_ERROR };
 
 extern int log_min_level;
 
+enum log_format { LOG_FORMAT_AUTO, LOG_FORMAT_JSON, LOG_FORMAT_TEXT };
+
+/* Where lines go (a descriptor the caller owns: stderr, or a log file
+ * it opened) and how: JSON lines, or "TIME LEVEL msg key=value ...";
+ * AUTO is text on a terminal, JSON otherwise. */
+void		 log_set_output(int fd, enum log_format format);
+int		 log_format_parse(const char *s);	/* -1 if unknown */
+const char	*log_format_name(int format);
+
 int		 log_level_parse(const char *s);	/* -1 if unknown */
 const char	*log_level_name(int level);
 int		 log_enabled(int level);

@@ -21,6 +21,7 @@ attacker's planted links and shared directories:
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -302,6 +303,71 @@ class CaEnvRoots(FilesCase):
         self.assertIn('SSL_CERT_FILE', err)
         self.assertFalse(os.path.exists(os.path.join(self.ca, 'bundle.pem')))
         self.assertNotIn(b'export SSL_CERT_FILE', r.stdout)
+
+
+class LogOutput(FilesCase):
+
+    def test_text_format(self):
+        info = self.path('info.json')
+        p = self.spawn('--server-info', info, '--log-format', 'text', delay=0)
+        self.assertTrue(self.wait_file(info))
+        rc, err = self.stop(p)
+        self.assertEqual(rc, 0, err)
+        lines = [l for l in err.splitlines() if l]
+        self.assertTrue(lines)
+        for l in lines:
+            self.assertRegex(l, r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (debug|info |warn |error) \S')
+        self.assertTrue(any(re.search(r' listening address=127\.0\.0\.1 port=\d+ ', l + ' ')
+                            for l in lines), lines)
+
+    def test_json_when_not_a_terminal(self):
+        info = self.path('info.json')
+        p = self.spawn('--server-info', info, delay=0)
+        self.assertTrue(self.wait_file(info))
+        rc, err = self.stop(p)
+        for l in err.splitlines():
+            self.assertIsInstance(json.loads(l), dict)
+
+    def test_log_file_and_rotation(self):
+        info, log = self.path('info.json'), self.path('sp.log')
+        p = self.spawn('--server-info', info, '--log-file', log, delay=0)
+        self.assertTrue(self.wait_file(info))
+        os.rename(log, log + '.1')
+        p.send_signal(signal.SIGUSR1)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not os.path.exists(log):
+            time.sleep(0.05)
+        self.assertTrue(os.path.exists(log), 'SIGUSR1 did not reopen the log file')
+        os.rename(log, log + '.2')
+        p.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not os.path.exists(log):
+            time.sleep(0.05)
+        rc, err = self.stop(p)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(err, '', 'with --log-file nothing goes to stderr')
+        with open(log + '.1') as f:
+            first = [json.loads(l) for l in f]
+        with open(log + '.2') as f:
+            second = [json.loads(l) for l in f]
+        with open(log) as f:
+            third = [json.loads(l) for l in f]
+        self.assertIn('listening', [x['msg'] for x in first])
+        self.assertIn('log file reopened', [x['msg'] for x in second])
+        self.assertIn('configuration reloaded', [x['msg'] for x in third])
+        self.assertIn('stopping', [x['msg'] for x in third])
+        self.assertEqual(os.stat(log).st_mode & 0o777, 0o600)
+
+    def test_log_file_link_and_bad_format_are_refused(self):
+        log = self.path('sp.log')
+        os.symlink(self.victim, log)
+        rc, err = self.start_fails('--log-file', log)
+        self.assertEqual(rc, 1, err)
+        self.assertIn('symbolic link', err)
+        self.assertTrue(self.victim_intact())
+        rc, err = self.start_fails('--log-format', 'xml')
+        self.assertEqual(rc, 2, err)
+        self.assertIn('log_format', err)
 
 
 class Outputs(FilesCase):
