@@ -1,6 +1,11 @@
 /* The command line and the generations of settings it makes: parsing,
  * flags applied over the configuration file, and what a SIGHUP re-reads. */
+#include <curl/curl.h>
 #include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <sodium.h>
 #include <getopt.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -16,6 +21,25 @@
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0.0.0"
 #endif
+#ifndef SP_BUILD_COMMIT
+#define SP_BUILD_COMMIT "unknown"
+#endif
+
+/* What a bug report needs: this build and the libraries it runs with
+ * (the ones loaded now, which may differ from those it was built on). */
+static void
+print_version(void)
+{
+	const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+
+	printf("scopeproxy %s (commit %s)\n", PACKAGE_VERSION, SP_BUILD_COMMIT);
+	printf("libmicrohttpd %s\n", MHD_get_version());
+	printf("libcurl %s (%s)\n", cv->version, cv->ssl_version ?
+	    cv->ssl_version : "no TLS");
+	printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+	printf("jansson %s\n", jansson_version_str());
+	printf("libsodium %s\n", sodium_version_string());
+}
 
 /* The command line, kept for SIGHUP: a reload re-reads the file and
  * applies the same flags on top, exactly as at start. */
@@ -307,7 +331,7 @@ parse_args(int argc, char **argv, struct config *c, struct cmdline *cl,
 			rc = 1;
 			goto out;
 		case 'V':
-			printf("scopeproxy %s\n", PACKAGE_VERSION);
+			print_version();
 			rc = 1;
 			goto out;
 		case 'c':

@@ -158,5 +158,17 @@ class Doctor(ProxyTestCase):
         self.assertIn(b'doctor', r.stderr)
 
 
+class Version(ProxyTestCase):
+
+    def test_version_names_the_build_and_the_libraries(self):
+        r = run_cmd([scopeproxy_bin(), '--version'], env=clean_env())
+        self.assertEqual(r.returncode, 0, r)
+        lines = r.stdout.decode().splitlines()
+        self.assertRegex(lines[0], r'^scopeproxy \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}|unknown)\)$')
+        for lib in ('libmicrohttpd ', 'libcurl ', 'OpenSSL ', 'jansson ', 'libsodium '):
+            self.assertTrue(any(l.startswith(lib) and len(l) > len(lib) for l in lines),
+                            '%s missing from %r' % (lib, lines))
+
+
 if __name__ == '__main__':
     main()
