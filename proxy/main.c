@@ -279,6 +279,7 @@ run(struct config *c)
 	sigset_t set;
 	char err[512];
 	int i, n = 0, port, sfd = -1, rc = 1, started = 0, pid_written = 0;
+	int info_written = 0;
 	size_t r;
 
 	memset(&px, 0, sizeof(px));
@@ -377,6 +378,7 @@ run(struct config *c)
 		log_msg(LL_ERROR, "server-info: %s", err);
 		goto stop;
 	}
+	info_written = c->server_info != NULL;
 	log_json(LL_INFO, "listening", json_pack("{s:s, s:i, s:i}",
 	    "address", c->listen_host, "port", port, "threads", n));
 	for (;;) {
@@ -445,6 +447,9 @@ out:
 	runconf_free_all(px.rc);
 	if (pid_written)
 		unlink(c->pid_file);
+	/* a later run must not read a dead proxy's port */
+	if (info_written)
+		unlink(c->server_info);
 	if (px.audit_fd >= 0)
 		close(px.audit_fd);
 	if (px.listen_fd >= 0)

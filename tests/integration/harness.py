@@ -1073,7 +1073,7 @@ class UpstreamServer:
     """
 
     def __init__(self, tls=False, cert=None, key=None, backlog=128, keepalive_timeout=60.0,
-                 read_timeout=30.0, accept=True, rcvbuf=None, dual=False):
+                 read_timeout=30.0, accept=True, rcvbuf=None, dual=False, port=0):
         # dual: one port answers plain HTTP and TLS alike (a first byte of
         # 0x16 is a TLS handshake), so one server can stand in for a host
         # on :80 and :443 and every request says which way it came.
@@ -1105,7 +1105,7 @@ class UpstreamServer:
         if rcvbuf:
             # inherited by accepted sockets; bounds what the kernel buffers for us
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind((LOOPBACK, 0))
+        self.sock.bind((LOOPBACK, port))
         self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self._ids = 0

@@ -170,5 +170,53 @@ class Version(ProxyTestCase):
                             '%s missing from %r' % (lib, lines))
 
 
+class HarnessSnippet(ProxyTestCase):
+    """README's "For test harnesses" snippet, run as written in a fresh
+    shell, against a TLS stand-in on 127.0.0.1:9443 (the port it names)."""
+
+    def snippet(self):
+        readme = os.path.join(os.environ.get('SCOPEPROXY_SRCDIR', '.'), 'README.md')
+        with open(readme) as f:
+            text = f.read()
+        body = text.split('## For test harnesses', 1)[1].split('\n\n', 2)[1]
+        lines = body.splitlines()
+        self.assertTrue(all(l.startswith('    ') for l in lines), body)
+        return '\n'.join(l[4:] for l in lines) + '\n'
+
+    def test_snippet_runs_as_written(self):
+        import subprocess
+        from agentid import SPEC_SEED, fingerprint, parse_assertion, public_key
+        script = self.snippet()
+        try:
+            up = self.start_upstream(tls=True, port=9443)
+        except OSError as e:
+            self.skipTest('127.0.0.1:9443 is taken here (%s)' % e)
+        work = tempfile.mkdtemp(prefix='scopeproxy-snippet-')
+        self.addCleanup(shutil.rmtree, work, True)
+        write_auth(os.path.join(work, 'auth.json'),
+                   auth_doc(identity_record(SPEC_V2_B64, 'agent-snip', task_id='task-snip')))
+        shutil.copy(tls_material().ca, os.path.join(work, 'test-ca.pem'))
+        tmp = os.path.join(work, 'tmp')
+        os.mkdir(tmp)
+        env = clean_env({'PATH': os.path.dirname(scopeproxy_bin()) + ':' + os.environ['PATH'],
+                         'TMPDIR': tmp})
+        p = subprocess.run(['bash', '-e', '-c', script], cwd=work, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(p.returncode, 0, p)
+        line = json.loads(p.stdout.decode().strip().splitlines()[-1])
+        self.assertEqual(line['action'], 'assert')
+        self.assertEqual(line['task'], fingerprint('task-snip'))
+        req = up.wait_request(timeout=1)
+        self.assertIsNotNone(req)
+        self.assertTrue(req.tls)
+        parse_assertion(req.header('Authorization'), 'agent-snip', 'task-snip', public_key(SPEC_SEED))
+        # the server-info file went away with the proxy (mktemp -d ran in TMPDIR)
+        runs = [os.path.join(tmp, d) for d in os.listdir(tmp)]
+        self.assertEqual(len(runs), 1, runs)
+        self.assertTrue(os.path.exists(os.path.join(runs[0], 'audit.jsonl')))
+        self.assertFalse(os.path.exists(os.path.join(runs[0], 'sp.json')),
+                         'server-info left behind: a later run would read a dead port')
+
+
 if __name__ == '__main__':
     main()
