@@ -226,6 +226,19 @@ wait_drained(struct proxy *px, struct worker *ws, int n, int sfd)
 	}
 }
 
+/* /metrics' gauges, read on a worker thread when the page is asked for. */
+static void
+daemon_gauges(void *arg, struct metrics_gauges *g)
+{
+	struct proxy *px = arg;
+	char why[8];
+	time_t retry;
+
+	g->connections_open = conn_limit_count(&px->conns);
+	registrar_counts(&g->reg_ok, &g->reg_fail, &g->reg_renewed);
+	g->reg_state = reg_state_name(registrar_state(why, sizeof(why), &retry));
+}
+
 /* An identity without a run task gets one registered at once (when
  * registration is configured), not only when a request needs it. */
 static void
@@ -289,6 +302,7 @@ run(struct config *c)
 		return 1;
 	}
 	conn_limit_init(&px.conns, c->max_connections);
+	metrics_set_gauges(daemon_gauges, &px);
 	px.audit_fd = -1;
 	px.listen_fd = -1;
 	if (secmem_harden_process(err, sizeof(err)) != 0)
@@ -441,6 +455,7 @@ stop:
 			worker_free(&ws[i]);
 	}
 out:
+	metrics_set_gauges(NULL, NULL);
 	free(ws);
 	idstore_shutdown();
 	tunnel_tls_free(&px);

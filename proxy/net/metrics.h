@@ -1,18 +1,12 @@
-/* Counters for /metrics (Prometheus text format). Every label value is
- * from a bounded set: provider ids of the table (at most METRICS_SLOTS,
- * further ones count as "other"), route kinds, actions, status classes,
- * error codes. No credential, task id, path or client string is ever a
- * label. */
+/* Counters for /metrics, updated from every worker; the text itself is
+ * core/metrics_text.c's, the gauges come from whoever registered them. */
 #ifndef SP_METRICS_H
 #define SP_METRICS_H
 #include <stddef.h>
 
-struct proxy;
+#include "core/metrics_text.h"
 
-#define METRICS_SLOTS	32
-
-enum m_mode { M_FORWARD, M_GATEWAY, M_INTERCEPT, M_LOCAL, M_MODES };
-enum m_tunnel { MT_TUNNEL, MT_INTERCEPT, MT_WEBSOCKET, MT_KINDS };
+typedef void	 metrics_gauges_fn(void *arg, struct metrics_gauges *g);
 
 void	 metrics_request(const char *mode, const char *provider, int route,
 	    int action, int status, const char *err_code);
@@ -24,7 +18,9 @@ void	 metrics_reload(int ok);
 void	 metrics_identity_reload(void);
 void	 metrics_request_open(int delta);
 
+/* Where metrics_render reads the gauges (the daemon's, set at start). */
+void	 metrics_set_gauges(metrics_gauges_fn *fn, void *arg);
 /* malloc'd exposition text. */
-char	*metrics_render(struct proxy *px);
+char	*metrics_render(void);
 
 #endif
