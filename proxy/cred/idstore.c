@@ -38,6 +38,21 @@ static char	*store_dir;
 static char	*store_base;
 static bool	 store_insecure;
 static int	 watch_fd = -1;
+static bool	 task_missing_told;	/* warned since the task went away */
+
+/* Sets the flag, returns what it was (the registrar's thread clears it
+ * too, when it installs a task). */
+static bool
+told_task_missing(bool now)
+{
+	bool was;
+
+	pthread_mutex_lock(&store_lock);
+	was = task_missing_told;
+	task_missing_told = now;
+	pthread_mutex_unlock(&store_lock);
+	return was;
+}
 
 static void
 store_logf(const char *level, const char *fmt, ...)
@@ -133,10 +148,25 @@ idstore_reload(void)
 	    sizeof(err));
 	switch (st) {
 	case IDENTITY_OK:
+		install(id, st, err, true);
+		store_logf("info", "%s: agent identity loaded (run task present)",
+		    store_path);
+		told_task_missing(false);
+		break;
 	case IDENTITY_NO_TASK:
 		install(id, st, err, true);
-		store_logf("info", "%s: agent identity loaded (%s)", store_path,
-		    st == IDENTITY_OK ? "run task present" : "no run task");
+		/* A warning with the fix when it begins, not on every reload:
+		 * until then every credentialed request answers 503. */
+		if (!told_task_missing(true))
+			store_logf("warning", "%s: agent identity loaded without a "
+			    "run task: credentialed routes answer 503 "
+			    "agent_task_missing until it has one; add \"task_id\" "
+			    "to its agent_identity record, or set "
+			    "task_registration.base_url so that one is registered",
+			    store_path);
+		else
+			store_logf("info", "%s: agent identity loaded (no run task)",
+			    store_path);
 		break;
 	case IDENTITY_MISSING:
 		install(NULL, st, err, false);
@@ -184,6 +214,7 @@ idstore_set_task(const char *task_id, char *err, size_t errlen)
 		store_cur = with;
 		store_st = IDENTITY_OK;
 		store_why[0] = '\0';
+		task_missing_told = false;
 		with = NULL;
 		rc = 0;
 	} else

@@ -218,5 +218,38 @@ class HarnessSnippet(ProxyTestCase):
                          'server-info left behind: a later run would read a dead port')
 
 
+class NoTaskWarning(ProxyTestCase):
+    """A missing run task costs every credentialed request a 503: the
+    operator hears it at warn, with the fix, when it begins."""
+
+    def test_warned_at_start_and_when_it_begins_again(self):
+        from harness import Daemon
+        work = tempfile.mkdtemp(prefix='scopeproxy-notask-')
+        self.addCleanup(shutil.rmtree, work, True)
+        auth = os.path.join(work, 'auth.json')
+        notask = auth_doc(identity_record(SPEC_V2_B64, 'agent-nt'))
+        write_auth(auth, notask)
+        d = self.start_daemon('--auth-file', auth, '--ca-dir', os.path.join(work, 'ca'))
+
+        def warns():
+            return [l for l in d.logs() if l.get('level') == 'warn' and 'run task' in l.get('msg', '')]
+        self.assertTrue(d.wait_log(lambda l: l.get('level') == 'warn' and 'run task' in l.get('msg', '')))
+        w = warns()[0]['msg']
+        self.assertIn(auth, w)
+        self.assertIn('"task_id"', w)
+        self.assertIn('task_registration.base_url', w)
+        self.assertIn('agent_task_missing', w)
+        # still without a task: said once, not on every reload
+        write_auth(auth, notask, tmp_tag='a')
+        d.proc.send_signal(__import__('signal').SIGHUP)
+        self.assertTrue(d.wait_log(lambda l: 'no run task' in l.get('msg', '')))
+        self.assertEqual(len(warns()), 1)
+        # a task, then none again: warned again
+        write_auth(auth, auth_doc(identity_record(SPEC_V2_B64, 'agent-nt', task_id='t-nt')), tmp_tag='b')
+        self.assertTrue(d.wait_log(lambda l: 'run task present' in l.get('msg', '')))
+        write_auth(auth, notask, tmp_tag='c')
+        self.assertTrue(d.wait_log(lambda l: len(warns()) == 2, timeout=5))
+
+
 if __name__ == '__main__':
     main()
