@@ -1,4 +1,3 @@
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,26 +9,21 @@
 
 #include "core/classify.h"
 #include "core/config.h"
+#include "core/decide.h"
+#include "core/log.h"
+#include "core/route.h"
 #include "cred/credential.h"
 #include "cred/idstore.h"
 #include "cred/registrar.h"
-#include "core/gateway.h"
-#include "core/log.h"
-#include "core/resp_head.h"
+#include "net/local.h"
 #include "net/metrics.h"
-#include "core/target.h"
-#include "net/transfer.h"
+#include "net/transfer_int.h"
 #include "net/websocket.h"
 #include "net/worker.h"
 
-/* Bounded windows in each direction: backpressure is applied (curl
- * paused, MHD connection suspended) once this much is waiting. */
-#define WINDOW		(64 * 1024)
 #define MHD_BLOCK	(8 * 1024)
 /* How much of a refused body is read so the client can see the answer. */
 #define DRAIN_MAX	(4LL * 1024 * 1024)
-/* Largest error answer read to look for invalid_task_id. */
-#define INSPECT_MAX	(64 * 1024)
 
 static struct client *
 conn_client(struct MHD_Connection *con)
@@ -57,28 +51,8 @@ transfer_resume(struct transfer *t)
 	}
 }
 
-static void
-release_upstream(struct transfer *t)
-{
-	ws_release(t);
-	if (t->easy != NULL) {
-		curl_multi_remove_handle(t->w->multi, t->easy);
-		worker_easy_put(t->w, t->easy);
-		t->easy = NULL;
-	}
-	if (t->task_fp[0] != '\0') {
-		struct curl_slist *h;
-
-		/* Our copy of the assertion is a bearer secret: wipe it. */
-		for (h = t->req_headers; h != NULL; h = h->next)
-			OPENSSL_cleanse(h->data, strlen(h->data));
-	}
-	curl_slist_free_all(t->req_headers);
-	t->req_headers = NULL;
-}
-
 void
-set_error(struct transfer *t, enum perr e, const char *fmt, ...)
+transfer_set_error(struct transfer *t, enum perr e, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -250,222 +224,6 @@ queue_local(struct transfer *t, unsigned status, const char *json)
 
 /* --- curl side ---------------------------------------------------------- */
 
-/* One line of the upstream head, from curl or the WebSocket leg.
- * Returns -1 when the transfer must stop (t carries the answer). */
-int
-transfer_head_line(struct transfer *t, const char *p, size_t len)
-{
-	enum resp_head_rc rc;
-
-	t->last_io = now_ms();
-	rc = resp_head_line(&t->head, p, len);
-	t->status = t->head.status;
-	switch (rc) {
-	case RESP_HEAD_NOMEM:
-		return -1;
-	case RESP_HEAD_MORE:
-	case RESP_HEAD_INTERIM:
-		return 0;
-	case RESP_HEAD_MALFORMED:
-		set_error(t, PERR_UPSTREAM_PROTOCOL,
-		    "upstream %s sent a malformed response head", t->log_host);
-		return -1;
-	case RESP_HEAD_DONE:
-		break;
-	}
-	/* A client error on a credentialed request may say the task is no
-	 * longer valid: hold it until its body is read. */
-	if (t->action == ACTION_ASSERT && t->replay_ok && !t->retried &&
-	    t->status >= 400 && t->status < 500 && t->ws == NULL) {
-		t->inspecting = 1;
-		return 0;
-	}
-	t->resp_ready = 1;
-	metrics_upstream_head((double)(now_ms() - t->start_ms) / 1000.0);
-	if (t->wait == WAIT_HEADERS)
-		transfer_resume(t);
-	return 0;
-}
-
-static size_t
-on_header(char *p, size_t size, size_t n, void *ud)
-{
-	size_t len = size * n;
-
-	return transfer_head_line(ud, p, len) == 0 ? len : 0;
-}
-
-static size_t
-on_write(char *p, size_t size, size_t n, void *ud)
-{
-	struct transfer *t = ud;
-	size_t len = size * n;
-
-	if (t->client_gone)
-		return 0;
-	t->last_io = now_ms();
-	if (t->inspecting) {
-		if (buf_append(&t->down, p, len) != 0)
-			return 0;
-		if (buf_pending(&t->down) > INSPECT_MAX) {
-			/* too long for an error object: pass it on as is */
-			t->inspecting = 0;
-			t->resp_ready = 1;
-			transfer_resume(t);
-		}
-		return len;
-	}
-	if (buf_pending(&t->down) > 0 && buf_pending(&t->down) + len > WINDOW) {
-		t->recv_paused = 1;
-		return CURL_WRITEFUNC_PAUSE;
-	}
-	if (buf_append(&t->down, p, len) != 0)
-		return 0;
-	if (t->wait == WAIT_DATA)
-		transfer_resume(t);
-	return len;
-}
-
-static size_t
-on_read(char *p, size_t size, size_t n, void *ud)
-{
-	struct transfer *t = ud;
-	size_t want = size * n, have = buf_pending(&t->up);
-
-	if (t->client_gone)
-		return CURL_READFUNC_ABORT;
-	if (have > 0) {
-		t->last_io = now_ms();
-		if (have > want)
-			have = want;
-		memcpy(p, buf_head(&t->up), have);
-		buf_consume(&t->up, have);
-		if (t->wait == WAIT_UPLOAD)
-			transfer_resume(t);
-		return have;
-	}
-	if (t->upload_eof)
-		return 0;
-	t->send_paused = 1;
-	if (t->wait == WAIT_UPLOAD)
-		transfer_resume(t);
-	return CURL_READFUNC_PAUSE;
-}
-
-void
-transfer_unpause(struct transfer *t)
-{
-	if (t->easy == NULL)
-		return;
-	if (t->recv_paused && buf_pending(&t->down) >= WINDOW / 2)
-		return;		/* the client is still slow: stay paused */
-	t->recv_paused = t->send_paused = 0;
-	curl_easy_pause(t->easy, CURLPAUSE_CONT);
-}
-
-static enum perr
-curl_error_kind(CURLcode rc)
-{
-	switch (rc) {
-	case CURLE_OPERATION_TIMEDOUT:
-		return PERR_UPSTREAM_TIMEOUT;
-	case CURLE_SSL_CONNECT_ERROR:
-	case CURLE_PEER_FAILED_VERIFICATION:
-	case CURLE_SSL_CERTPROBLEM:
-	case CURLE_SSL_CIPHER:
-	case CURLE_SSL_CACERT_BADFILE:
-	case CURLE_SSL_ISSUER_ERROR:
-	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-	case CURLE_SSL_INVALIDCERTSTATUS:
-		return PERR_UPSTREAM_TLS;
-	case CURLE_WEIRD_SERVER_REPLY:
-	case CURLE_UNSUPPORTED_PROTOCOL:
-	case CURLE_HTTP2:
-		return PERR_UPSTREAM_PROTOCOL;
-	default:
-		return PERR_UPSTREAM_UNREACHABLE;
-	}
-}
-
-static void park(struct transfer *t);
-
-/* Does the held error answer name a task the upstream no longer
- * accepts ({"error":{"code":"invalid_task_id"}})? */
-static int
-says_invalid_task(struct transfer *t)
-{
-	struct config *c = t->w->rc->cfg;
-	json_t *root, *code;
-	const char *s;
-	size_t i;
-	int hit = 0;
-
-	root = json_loadb(buf_head(&t->down), buf_pending(&t->down), 0, NULL);
-	code = json_object_get(json_object_get(root, "error"), "code");
-	if ((s = json_string_value(code)) != NULL)
-		for (i = 0; i < c->nreg_codes; i++)
-			if (strcmp(s, c->reg_codes[i]) == 0)
-				hit = 1;
-	json_decref(root);
-	return hit;
-}
-
-/* Registers a new task and replays the request once with it. */
-static int
-try_recover(struct transfer *t)
-{
-	if (!t->upload_eof || !t->replay_ok || t->retried ||
-	    !says_invalid_task(t) || registrar_renew(t->task_fp) != REG_RUNNING)
-		return 0;
-	log_json(LL_INFO, "run task rejected upstream: registering a new one",
-	    json_pack("{s:s, s:s, s:i}", "host", t->log_host, "path",
-	    t->log_path, "status", t->status));
-	t->retried = 1;
-	resp_head_clear(&t->head);
-	t->status = 0;
-	buf_free(&t->down);
-	release_upstream(t);
-	park(t);
-	return 1;
-}
-
-void
-transfer_curl_done(struct curl_owner *o, CURLcode rc)
-{
-	struct transfer *t = (struct transfer *)o;
-	long nconn = -1;
-
-	if (t->ws != NULL) {
-		ws_connected(t, rc);	/* connect-only: the handshake is ours */
-		return;
-	}
-	if (t->inspecting) {
-		t->inspecting = 0;
-		if (rc == CURLE_OK && try_recover(t))
-			return;
-		t->resp_ready = 1;
-	}
-	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
-	t->reused = nconn == 0;
-	t->up_done = 1;
-	t->up_rc = rc;
-	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone)
-		set_error(t, curl_error_kind(rc), "upstream %s: %s",
-		    t->log_host, curl_easy_strerror(rc));
-	release_upstream(t);
-	/* Whatever it waits for (the head, data, or room for more upload,
-	 * which is now read and dropped) has an answer. */
-	transfer_resume(t);
-}
-
-void
-transfer_client_gone(struct transfer *t)
-{
-	t->client_gone = 1;
-	release_upstream(t);	/* the upstream learns at once */
-	transfer_resume(t);
-}
-
 /* --- request set-up ----------------------------------------------------- */
 
 static enum MHD_Result
@@ -476,332 +234,35 @@ collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
 	return hdr_vec_push(cls, key, value ? value : "") == 0 ? MHD_YES : MHD_NO;
 }
 
-/* Builds the upstream header list: client order and case, hop-by-hop
- * removed, and libcurl's own defaults disabled unless the client sent
- * the header itself. */
-static struct curl_slist *
-build_curl_headers(const struct hdr_vec *out, const struct req_info *ri)
-{
-	struct curl_slist *sl = NULL, *n;
-	size_t i;
-	char *line;
-
-	for (i = 0; i < out->n; i++) {
-		const struct hdr *h = &out->v[i];
-
-		/* "Name;" is curl's way to send an empty value. */
-		if (h->value[0] == '\0') {
-			if (asprintf(&line, "%s;", h->name) < 0)
-				goto fail;
-		} else if (asprintf(&line, "%s: %s", h->name, h->value) < 0)
-			goto fail;
-		n = curl_slist_append(sl, line);
-		free(line);
-		if (n == NULL)
-			goto fail;
-		sl = n;
-	}
-	if (!ri->has_accept && (n = curl_slist_append(sl, "Accept:")) != NULL)
-		sl = n;
-	if (!ri->has_content_type &&
-	    (n = curl_slist_append(sl, "Content-Type:")) != NULL)
-		sl = n;
-	if ((n = curl_slist_append(sl, "Expect:")) != NULL)
-		sl = n;
-	return sl;
-fail:
-	curl_slist_free_all(sl);
-	return NULL;
-}
-
-static int
-start_upstream(struct transfer *t, const struct hdr_vec *in,
-    const struct hdr_edits *edits)
-{
-	struct config *c = t->w->rc->cfg;
-	struct hdr_vec out = { 0 };
-	CURL *e;
-
-	if (headers_outbound(in->v, in->n, edits, &out) != 0 ||
-	    (t->req_headers = build_curl_headers(&out, &t->ri)) == NULL) {
-		hdr_vec_free(&out);
-		set_error(t, PERR_INTERNAL, "out of memory");
-		return -1;
-	}
-	hdr_vec_free(&out);
-	if ((t->easy = e = worker_easy_get(t->w)) == NULL) {
-		set_error(t, PERR_INTERNAL, "cannot create an upstream transfer");
-		return -1;
-	}
-	curl_easy_setopt(e, CURLOPT_URL, t->url);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, t);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	/* Never a proxy from the environment: that may be us. */
-	curl_easy_setopt(e, CURLOPT_PROXY, "");
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
-	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->req_headers);
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
-	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-	    (long)(c->connect_timeout * 1000));
-	/* The upstream idle timeout is the worker's once-a-second sweep
-	 * (transfer_idle_sweep): curl's speed check would arm a timer per
-	 * transfer every second, which costs CPU on thousands of idle
-	 * streams. */
-	t->last_io = now_ms();
-	if (c->total_timeout > 0)
-		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-		    (long)(c->total_timeout * 1000));
-	if (t->w->px->connect_to != NULL)
-		curl_easy_setopt(e, CURLOPT_CONNECT_TO, t->w->px->connect_to);
-	if (c->upstream_ca != NULL) {
-		/* The extra bundle adds to the system store, never replaces. */
-		curl_easy_setopt(e, CURLOPT_CAINFO, c->upstream_ca);
-		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
-	}
-	if (strcmp(t->method, "HEAD") == 0)
-		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-	else
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, t->method);
-	if (t->retried && buf_pending(&t->replay) > 0 &&
-	    buf_append(&t->up, buf_head(&t->replay), buf_pending(&t->replay)) != 0) {
-		set_error(t, PERR_INTERNAL, "out of memory");
-		return -1;
-	}
-	if (t->ri.has_body) {
-		/* curl's default upload buffer is 64 KiB per transfer; ours
-		 * already holds the window, so the minimum does. */
-		curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
-		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-		curl_easy_setopt(e, CURLOPT_READDATA, t);
-		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
-		    (curl_off_t)t->ri.content_length);
-	}
-	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
-		set_error(t, PERR_INTERNAL, "cannot start an upstream transfer");
-		worker_easy_put(t->w, e);
-		t->easy = NULL;
-		return -1;
-	}
-	return 0;
-}
-
-static int
-set_dest(struct transfer *t, const char *scheme, const char *host, int port,
-    int ipv6, const char *path)
-{
-	size_t pl = target_path_len(path);
-
-	snprintf(t->scheme, sizeof(t->scheme), "%s", scheme);
-	t->dst_port = port;
-	t->dst_ipv6 = ipv6;
-	if (asprintf(&t->log_host, ipv6 ? "[%s]:%d" : "%s:%d", host, port) < 0)
-		t->log_host = NULL;
-	t->dst_host = strdup(host);
-	t->log_path = strndup(path, pl);
-	return t->log_host && t->dst_host && t->log_path ? 0 : -1;
-}
-
-static void
-local_answer(struct transfer *t, int status, json_t *body)
-{
-	t->mode = "local";
-	t->local_status = status;
-	t->local_body = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	json_decref(body);
-}
-
-static void
-format_time(time_t when, char out[32])
-{
-	struct tm tm;
-
-	gmtime_r(&when, &tm);
-	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-/* /readyz: ready only with a usable identity and a sane clock. */
-static void
-readiness(struct transfer *t)
-{
-	enum identity_status st;
-	enum reg_state rs;
-	struct identity *id;
-	char why[256] = "", rwhy[256] = "", when[32];
-	time_t retry = 0;
-
-	id = idstore_get(&st, why, sizeof(why));
-	identity_unref(id);
-	if (time(NULL) < 1704067200)	/* 2024-01-01: signatures would be stale */
-		local_answer(t, 503, json_pack("{s:s, s:s}", "status",
-		    "not_ready", "reason", "system clock is not set"));
-	else if (st == IDENTITY_NO_TASK &&
-	    (rs = registrar_state(rwhy, sizeof(rwhy), &retry)) != REG_DISABLED &&
-	    rs != REG_IDLE) {
-		json_t *o = json_pack("{s:s, s:s}", "status", reg_state_name(rs),
-		    "detail", MSG_TASK_MISSING);
-
-		if (rs == REG_FAILED) {
-			format_time(retry, when);
-			json_object_set_new(o, "reason", json_string(rwhy));
-			json_object_set_new(o, "retry_at", json_string(when));
-		}
-		local_answer(t, 503, o);
-	} else if (st != IDENTITY_OK)
-		local_answer(t, 503, json_pack("{s:s, s:s, s:s}", "status",
-		    "not_ready", "reason", identity_status_str(st), "detail",
-		    st == IDENTITY_NO_TASK ? MSG_TASK_MISSING : why));
-	else
-		local_answer(t, 200, json_pack("{s:s}", "status", "ready"));
-}
-
-/* Decides where the request goes; on error, t carries the answer. */
+/* Decides where the request goes; on error, t carries the answer.
+ * Returns 1 for the proxy's own endpoints. */
 static int
 route_request(struct transfer *t)
 {
-	struct config *c = t->w->rc->cfg;
-	struct target tg;
-	char err[256], auth[300];
+	struct route_icpt icpt, *ip = NULL;
+	enum perr e;
+	char err[256];
 
-	if (t->raw_target == NULL ||
-	    target_parse(t->raw_target, &tg, err, sizeof(err)) != 0) {
-		set_error(t, PERR_BAD_REQUEST, "%s", t->raw_target ? err :
-		    "out of memory");
+	if (t->cl != NULL && t->cl->icpt_host != NULL) {
+		icpt.host = t->cl->icpt_host;
+		icpt.port = t->cl->icpt_port;
+		icpt.ipv6 = t->cl->icpt_ipv6;
+		ip = &icpt;
+	}
+	if (route_resolve(t->raw_target, ip, &t->w->rc->cfg->gateway, &t->rt,
+	    &e, err, sizeof(err)) != 0) {
+		transfer_set_error(t, e, "%s", err);
 		return -1;
 	}
-	if (t->cl != NULL && t->cl->icpt_host != NULL) {
-		struct client *cl = t->cl;
-
-		/* Inside an intercepted tunnel the destination is the
-		 * CONNECT target, whatever the request line says. */
-		if (tg.form == TARGET_ABSOLUTE && (strcmp(tg.host,
-		    cl->icpt_host) != 0 || tg.port != cl->icpt_port)) {
-			target_free(&tg);
-			set_error(t, PERR_MISDIRECTED, "request target does not "
-			    "match the CONNECT target %s:%d", cl->icpt_host,
-			    cl->icpt_port);
-			return -1;
-		}
-		t->mode = "intercept";
-		memcpy(tg.scheme, "https", 6);
-		free(tg.host);
-		tg.host = strdup(cl->icpt_host);
-		tg.port = cl->icpt_port;
-		tg.ipv6 = cl->icpt_ipv6;
-		if (tg.host == NULL ||
-		    set_dest(t, "https", tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
-		    target_authority(&tg, auth, sizeof(auth)) != 0 ||
-		    asprintf(&t->url, "https://%s%s", auth, tg.path) < 0) {
-			t->url = NULL;
-			target_free(&tg);
-			set_error(t, PERR_INTERNAL, "out of memory");
-			return -1;
-		}
-	} else if (tg.form == TARGET_ABSOLUTE) {
-		t->mode = "forward";
-		if (set_dest(t, tg.scheme, tg.host, tg.port, tg.ipv6, tg.path) != 0 ||
-		    target_authority(&tg, auth, sizeof(auth)) != 0 ||
-		    asprintf(&t->url, "%s://%s%s", tg.scheme, auth, tg.path) < 0) {
-			t->url = NULL;
-			target_free(&tg);
-			set_error(t, PERR_INTERNAL, "out of memory");
-			return -1;
-		}
-	} else {
-		const struct gw_route *r;
-		size_t pl = target_path_len(tg.path);
-
-		if ((pl == 8 && strncmp(tg.path, "/healthz", 8) == 0) ||
-		    (pl == 7 && strncmp(tg.path, "/readyz", 7) == 0) ||
-		    (pl == 8 && strncmp(tg.path, "/metrics", 8) == 0)) {
-			t->log_path = strndup(tg.path, pl);
-			if (tg.path[1] == 'h')
-				local_answer(t, 200, json_pack("{s:s}", "status", "ok"));
-			else if (tg.path[1] == 'm') {
-				t->mode = "local";
-				t->local_status = 200;
-				t->local_ctype = "text/plain; version=0.0.4";
-				t->local_body = metrics_render();
-				if (t->local_body == NULL)
-					set_error(t, PERR_INTERNAL, "out of memory");
-			} else
-				readiness(t);
-			target_free(&tg);
-			return 1;
-		}
-		if ((r = gateway_match(&c->gateway, tg.path)) == NULL) {
-			t->log_path = strndup(tg.path, pl);
-			set_error(t, PERR_UNKNOWN_ROUTE,
-			    "no gateway route for path '%.*s'; configured prefixes "
-			    "are listed by 'scopeproxy check-config'",
-			    (int)(pl > 200 ? 200 : pl), tg.path);
-			target_free(&tg);
-			return -1;
-		}
-		t->mode = "gateway";
-		if (set_dest(t, r->scheme, r->host, r->port, r->ipv6, tg.path) != 0 ||
-		    (t->url = gateway_url(r, tg.path)) == NULL) {
-			target_free(&tg);
-			set_error(t, PERR_INTERNAL, "out of memory");
-			return -1;
-		}
-	}
-	target_free(&tg);
-	/* Classification looks at the path the upstream will see. */
-	{
-		const char *up = strchr(t->url + strlen(t->scheme) + 3, '/');
-
-		if (up == NULL)
-			up = "/";
-		if ((t->dst_path = strndup(up, target_path_len(up))) == NULL) {
-			set_error(t, PERR_INTERNAL, "out of memory");
-			return -1;
-		}
-	}
-	return 0;
+	t->mode = route_mode_name(t->rt.mode);
+	if (t->rt.local == ROUTE_LOCAL_NONE)
+		return 0;
+	local_answer_endpoint(t);
+	return 1;
 }
 
-/* No run task yet: park the request while a registration runs (within
- * task_registration.wait), or fail closed saying why registration did
- * not give one. Returns 1 when parked or answered. */
-static int
-registration_pending(struct transfer *t)
-{
-	struct worker *w = t->w;
-	char why[256], when[32];
-	time_t retry = 0;
-	enum reg_state rs;
-
-	rs = registrar_need_task(why, sizeof(why), &retry);
-	if (rs == REG_RUNNING && !t->reg_waited_out) {
-		park(t);
-		return 1;
-	}
-	if (rs == REG_RUNNING) {
-		set_error(t, PERR_AGENT_TASK_MISSING, "%s: run task registration "
-		    "still in progress after %gs", MSG_TASK_MISSING,
-		    w->rc->cfg->reg_wait);
-		return 1;
-	}
-	if (rs == REG_FAILED) {
-		format_time(retry, when);
-		set_error(t, PERR_AGENT_TASK_MISSING, "%s: run task registration "
-		    "failed (%s); next attempt after %s", MSG_TASK_MISSING, why,
-		    when);
-		return 1;
-	}
-	return 0;	/* disabled, or a task has just appeared */
-}
-
-static void
-park(struct transfer *t)
+void
+transfer_park(struct transfer *t)
 {
 	struct worker *w = t->w;
 
@@ -830,40 +291,6 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind,
     const char *key, const char *value);
 
 void
-transfer_idle_sweep(struct worker *w, long long now)
-{
-	long long idle = (long long)(w->rc->cfg->upstream_idle_timeout * 1000);
-	struct transfer *t;
-
-	if (idle <= 0)
-		return;
-	for (t = w->live; t != NULL; t = t->live_next) {
-		if (t->ws != NULL) {
-			/* connecting is curl's (connect timeout); after the
-			 * 101 the relay has its own idle timeout */
-			if ((t->ws->state == WS_SENDING || t->ws->state == WS_HEAD ||
-			    t->ws->state == WS_BODY) && now - t->last_io >= idle)
-				ws_timeout(t);
-			continue;
-		}
-		/* paused by us: the client is the slow side, not the upstream */
-		if (t->easy == NULL || t->recv_paused ||
-		    t->send_paused || now - t->last_io < idle)
-			continue;
-		if (!t->resp_ready)
-			set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
-			    "for %g s (timeouts.upstream_idle)", t->log_host,
-			    w->rc->cfg->upstream_idle_timeout);
-		else {
-			t->up_done = 1;
-			t->up_rc = CURLE_OPERATION_TIMEDOUT;
-		}
-		release_upstream(t);
-		transfer_resume(t);
-	}
-}
-
-void
 transfer_reg_poll(struct worker *w, long long now)
 {
 	struct transfer *t, *next;
@@ -888,129 +315,181 @@ transfer_reg_poll(struct worker *w, long long now)
 	}
 }
 
-/* A minted credential travels only on TLS verified for the provider's
- * host: a credentialed route the client wrote as http:// (any port the
- * provider lists) goes to https://host:443 with the same path and query.
- * The client's own leg is its business, as in gateway mode. */
-static int
-upgrade_to_tls(struct transfer *t)
+static enum decide_identity
+decide_identity_of(const struct identity *id, enum identity_status st)
 {
-	const char *rest = strchr(t->url + strlen(t->scheme) + 3, '/');
-	char *url, *log_host;
+	switch (st) {
+	case IDENTITY_OK:
+		return id != NULL ? DECIDE_ID_OK : DECIDE_ID_MISSING;
+	case IDENTITY_MISSING:
+		return DECIDE_ID_MISSING;
+	case IDENTITY_INVALID:
+		return DECIDE_ID_INVALID;
+	case IDENTITY_NO_TASK:
+		return DECIDE_ID_NO_TASK;
+	}
+	return DECIDE_ID_INVALID;
+}
 
-	if (asprintf(&url, t->dst_ipv6 ? "https://[%s]%s" : "https://%s%s",
-	    t->dst_host, rest ? rest : "/") < 0)
-		return -1;
-	if (asprintf(&log_host, t->dst_ipv6 ? "[%s]:443" : "%s:443",
-	    t->dst_host) < 0) {
-		free(url);
+/* No run task yet: may the request wait for a registration (within
+ * task_registration.wait)? Asking starts one if none runs. */
+static enum decide_reg
+decide_reg_of(struct transfer *t, char *why, size_t whylen, time_t *retry)
+{
+	switch (registrar_need_task(why, whylen, retry)) {
+	case REG_RUNNING:
+		return t->reg_waited_out ? DECIDE_REG_WAITED_OUT :
+		    DECIDE_REG_RUNNING;
+	case REG_FAILED:
+		return DECIDE_REG_FAILED;
+	case REG_DISABLED:
+	case REG_IDLE:
+		break;
+	}
+	return DECIDE_REG_NONE;	/* disabled, or a task has just appeared */
+}
+
+/* The answer for a refusal, with the message the client reads. */
+static void
+refuse(struct transfer *t, const struct decide_out *dv,
+    const struct decision *d, const struct identity *id,
+    enum identity_status st, const char *idwhy, const char *regwhy,
+    time_t retry)
+{
+	struct config *c = t->w->rc->cfg;
+	struct credential cr;
+	enum perr e = dv->err;
+	char msg[384], when[32];
+
+	switch (dv->why) {
+	case DECIDE_WHY_UPGRADE_METHOD:
+		transfer_set_error(t, e, "a WebSocket upgrade must use GET (RFC 6455 "
+		    "section 4.1), not %.16s", t->method);
+		break;
+	case DECIDE_WHY_NONCANONICAL:
+		transfer_set_error(t, e, "'%.16s %.200s' is a non-canonical spelling of "
+		    "the credentialed route %s %s; send exactly that method and "
+		    "path (no extra, doubled or trailing slashes, dot segments "
+		    "or percent-encoding)", t->method, t->rt.path,
+		    d->canon_method, d->canon_path);
+		break;
+	case DECIDE_WHY_TLS_REQUIRED:
+		transfer_set_error(t, e, "this route carries a minted credential, which "
+		    "is sent only over TLS; use https://%s%s "
+		    "(plaintext_credentials: refuse)", t->rt.host, t->rt.path);
+		break;
+	case DECIDE_WHY_IDENTITY:
+		/* the identity's own words: missing, invalid, no task */
+		(void)credential_prepare(id, st, idwhy, 0, NULL, 0, NULL, &cr,
+		    &e, msg, sizeof(msg));
+		transfer_set_error(t, e, "%s", msg);
+		break;
+	case DECIDE_WHY_REG_WAITED_OUT:
+		transfer_set_error(t, e, "%s: run task registration still in progress "
+		    "after %gs", MSG_TASK_MISSING, c->reg_wait);
+		break;
+	case DECIDE_WHY_REG_FAILED:
+		local_format_time(retry, when);
+		transfer_set_error(t, e, "%s: run task registration failed (%s); next "
+		    "attempt after %s", MSG_TASK_MISSING, regwhy, when);
+		break;
+	case DECIDE_WHY_WEBSOCKET:
+		/* "refuse": Codex falls back to HTTP at once on a 426 */
+		transfer_set_error(t, e, "WebSocket is refused by configuration "
+		    "(websocket: refuse); use HTTP (POST) for this route");
+		break;
+	case DECIDE_WHY_NONE:
+		transfer_set_error(t, PERR_INTERNAL, "refused for no reason");
+		break;
+	}
+}
+
+/* Mints the assertion; on failure t carries the answer. */
+static int
+mint(struct transfer *t, struct identity *id, enum identity_status st,
+    const char *why, struct credential *cr)
+{
+	struct worker *w = t->w;
+	enum perr e;
+	char msg[384];
+
+	if (w->acache.id != id) {
+		/* the cache follows the identity in use; the ref keeps its
+		 * address from being reused */
+		identity_unref((struct identity *)w->acache.id);
+		w->acache.id = identity_ref(id);
+		w->acache.ts = 0;
+	}
+	if (credential_prepare(id, st, why, time(NULL), w->secbuf,
+	    CREDENTIAL_BUFSIZE, &w->acache, cr, &e, msg, sizeof(msg)) != 0) {
+		/* Fail closed: nothing goes upstream, and the client's own
+		 * credential is never used instead. */
+		t->action = ACTION_REJECT;
+		transfer_set_error(t, e, "%s", msg);
 		return -1;
 	}
-	free(t->url);
-	t->url = url;
-	free(t->log_host);
-	t->log_host = log_host;
-	memcpy(t->scheme, "https", 6);
-	t->dst_port = 443;
+	memcpy(t->task_fp, cr->task_fp, sizeof(t->task_fp));
+	metrics_minted();
+	if (!t->retried)
+		t->replay_ok = w->rc->cfg->reg_enabled &&
+		    t->ri.content_length <= w->rc->cfg->reg_replay_max;
 	return 0;
 }
 
-/* The one place where a credential decision meets the request. */
+/* The one place where a credential decision meets the request: the same
+ * decide() as `scopeproxy classify`, then what it says is done. */
 static void
 decide_and_start(struct transfer *t, const struct hdr_vec *in)
 {
 	struct worker *w = t->w;
 	struct decision d;
+	struct decide_in di;
+	struct decide_out dv;
 	struct credential cr;
 	struct identity *id = NULL;
 	enum identity_status st = IDENTITY_MISSING;
-	enum perr e;
-	char why[256] = "", msg[384];
-	int refuse;
+	char why[256] = "", rwhy[256] = "";
+	time_t retry = 0;
 
-	classify(w->rc->providers, t->method, t->scheme, t->dst_host,
-	    t->dst_port, t->dst_path, t->ri.websocket, &d);
+	classify(w->rc->providers, t->method, t->rt.scheme, t->rt.host,
+	    t->rt.port, t->rt.path, t->ri.websocket, &d);
 	t->provider = d.provider;
 	t->route_kind = d.kind;
-	t->action = d.action;
-	refuse = t->ri.websocket && d.kind == ROUTE_INFERENCE &&
-	    !w->rc->cfg->websocket_relay;
-	if (d.refuse == REFUSE_UPGRADE_METHOD) {
-		set_error(t, PERR_BAD_REQUEST, "a WebSocket upgrade must use "
-		    "GET (RFC 6455 section 4.1), not %.16s", t->method);
-		return;
-	}
-	if (d.refuse == REFUSE_NONCANONICAL) {
-		set_error(t, PERR_NONCANONICAL_ROUTE, "'%.16s %.200s' is a "
-		    "non-canonical spelling of the credentialed route %s %s; "
-		    "send exactly that method and path (no extra, doubled or "
-		    "trailing slashes, dot segments or percent-encoding)",
-		    t->method, t->dst_path, d.canon_method, d.canon_path);
-		return;
-	}
-	if (d.action == ACTION_ASSERT && strcmp(t->scheme, "https") != 0) {
-		if (w->rc->cfg->plaintext_refuse) {
-			t->action = ACTION_REJECT;
-			set_error(t, PERR_TLS_REQUIRED, "this route carries a "
-			    "minted credential, which is sent only over TLS; "
-			    "use https://%s%s (plaintext_credentials: refuse)",
-			    t->dst_host, t->dst_path);
-			return;
-		}
-		if (upgrade_to_tls(t) != 0) {
-			set_error(t, PERR_INTERNAL, "out of memory");
-			return;
-		}
-	}
+	decide_in_init(&di, &d, t->rt.scheme, t->ri.websocket, w->rc->cfg);
 	if (d.action == ACTION_ASSERT) {
 		id = idstore_get(&st, why, sizeof(why));
-		if (st == IDENTITY_NO_TASK && registration_pending(t)) {
-			identity_unref(id);
-			return;
-		}
-		if (refuse && st == IDENTITY_OK && id != NULL) {
-			/* refused before anything is minted: the audit line
-			 * says reject, with no task */
-			identity_unref(id);
-			t->action = ACTION_REJECT;
-			set_error(t, PERR_WEBSOCKET_UNSUPPORTED, "WebSocket is "
-			    "refused by configuration (websocket: refuse); use "
-			    "HTTP (POST) for this route");
-			return;
-		}
-		if (w->acache.id != id) {
-			/* the cache follows the identity in use; the ref
-			 * keeps its address from being reused */
-			identity_unref((struct identity *)w->acache.id);
-			w->acache.id = identity_ref(id);
-			w->acache.ts = 0;
-		}
-		if (credential_prepare(id, st, why, time(NULL), w->secbuf,
-		    CREDENTIAL_BUFSIZE, &w->acache, &cr, &e, msg,
-		    sizeof(msg)) != 0) {
-			/* Fail closed: nothing goes upstream, and the
-			 * client's own credential is never used instead. */
-			identity_unref(id);
-			t->action = ACTION_REJECT;
-			set_error(t, e, "%s", msg);
-			return;
-		}
-		memcpy(t->task_fp, cr.task_fp, sizeof(t->task_fp));
-		metrics_minted();
-		if (!t->retried)
-			t->replay_ok = w->rc->cfg->reg_enabled &&
-			    t->ri.content_length <= w->rc->cfg->reg_replay_max;
+		di.identity = decide_identity_of(id, st);
 	}
-	if (refuse)
-		/* "refuse": Codex falls back to HTTP at once on a 426 */
-		set_error(t, PERR_WEBSOCKET_UNSUPPORTED,
-		    "WebSocket is refused by configuration (websocket: refuse); "
-		    "use HTTP (POST) for this route");
-	else if (t->ri.websocket)
-		(void)ws_begin(t, in, d.action == ACTION_ASSERT ? &cr.edits : NULL);
-	else	/* on failure t carries the error answer */
-		(void)start_upstream(t, in, d.action == ACTION_ASSERT ?
-		    &cr.edits : NULL);
+	if (decide_needs_registrar(&di))
+		di.reg = decide_reg_of(t, rwhy, sizeof(rwhy), &retry);
+	decide(&di, &dv);
+	t->action = dv.action;
+	if (dv.to_tls && route_to_tls(&t->rt) != 0)
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
+	else
+		switch (dv.verdict) {
+		case DECIDE_REFUSE:
+			refuse(t, &dv, &d, id, st, why, rwhy, retry);
+			break;
+		case DECIDE_PARK:
+			transfer_park(t);
+			break;
+		case DECIDE_ASSERT:
+			if (mint(t, id, st, why, &cr) != 0)
+				break;
+			/* on failure t carries the error answer */
+			if (t->ri.websocket)
+				(void)ws_begin(t, in, &cr.edits);
+			else
+				(void)transfer_http_start(t, in, &cr.edits);
+			break;
+		case DECIDE_FORWARD:
+			if (t->ri.websocket)
+				(void)ws_begin(t, in, NULL);
+			else
+				(void)transfer_http_start(t, in, NULL);
+			break;
+		}
 	if (id != NULL) {
 		OPENSSL_cleanse(w->secbuf, CREDENTIAL_BUFSIZE);
 		identity_unref(id);
@@ -1036,21 +515,21 @@ check_access(struct transfer *t, const struct hdr_vec *in)
 		ok = host != NULL && (strcasecmp(host, want_port) == 0 ||
 		    (t->cl->icpt_port == 443 && strcasecmp(host, want) == 0));
 		if (!ok) {
-			set_error(t, PERR_BAD_REQUEST, "Host header does not match "
+			transfer_set_error(t, PERR_BAD_REQUEST, "Host header does not match "
 			    "the CONNECT target %s", want_port);
 			return -1;
 		}
 		return 0;
 	}
 	if (!access_auth_ok(a, hdr_get(in->v, in->n, "Proxy-Authorization"))) {
-		set_error(t, PERR_PROXY_AUTH_REQUIRED,
+		transfer_set_error(t, PERR_PROXY_AUTH_REQUIRED,
 		    "proxy authentication required");
 		t->err_header = a->scheme;
 		return -1;
 	}
-	if (!access_host_allowed(a, t->dst_host)) {
-		set_error(t, PERR_DESTINATION_FORBIDDEN,
-		    "destination %.200s is not in allowed_hosts", t->dst_host);
+	if (!access_host_allowed(a, t->rt.host)) {
+		transfer_set_error(t, PERR_DESTINATION_FORBIDDEN,
+		    "destination %.200s is not in allowed_hosts", t->rt.host);
 		return -1;
 	}
 	return 0;
@@ -1069,7 +548,7 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	if (strcmp(t->method, "CONNECT") == 0) {
 		/* Tunnels are set up by the acceptor, before MHD owns the
 		 * connection; MHD cannot answer CONNECT with 2xx. */
-		set_error(t, PERR_METHOD_NOT_ALLOWED, "CONNECT is accepted only as "
+		transfer_set_error(t, PERR_METHOD_NOT_ALLOWED, "CONNECT is accepted only as "
 		    "the first request on a connection; open a new connection "
 		    "for a tunnel");
 		return queue_error(t);
@@ -1077,12 +556,12 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	MHD_get_connection_values(con, MHD_HEADER_KIND, collect_header, &in);
 	if (request_check(in.v, in.n, strcmp(version, "HTTP/1.0") != 0,
 	    (size_t)t->w->px->cfg->max_header_size, &t->ri, &code, err, sizeof(err)) != 0) {
-		set_error(t, code, "%s", err);
+		transfer_set_error(t, code, "%s", err);
 		hdr_vec_free(&in);
 		return queue_error(t);
 	}
 	if (c->max_body_size > 0 && t->ri.content_length > c->max_body_size) {
-		set_error(t, PERR_PAYLOAD_TOO_LARGE,
+		transfer_set_error(t, PERR_PAYLOAD_TOO_LARGE,
 		    "request body of %lld bytes exceeds limits.max_body_size (%lld)",
 		    t->ri.content_length, c->max_body_size);
 		hdr_vec_free(&in);
@@ -1120,8 +599,8 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 	}
 	if (c->max_body_size > 0 && t->bytes_in + (long long)take > c->max_body_size &&
 	    !t->is_error) {
-		release_upstream(t);
-		set_error(t, PERR_PAYLOAD_TOO_LARGE,
+		transfer_release_upstream(t);
+		transfer_set_error(t, PERR_PAYLOAD_TOO_LARGE,
 		    "request body exceeds limits.max_body_size (%lld bytes)",
 		    c->max_body_size);
 	}
@@ -1132,7 +611,8 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 		*size = 0;
 		return t->bytes_in - c->max_body_size > DRAIN_MAX ? MHD_NO : MHD_YES;
 	}
-	room = buf_pending(&t->up) < WINDOW ? WINDOW - buf_pending(&t->up) : 0;
+	room = buf_pending(&t->up) < TRANSFER_WINDOW ?
+	    TRANSFER_WINDOW - buf_pending(&t->up) : 0;
 	if (take > room)
 		take = room;
 	if (take > 0 && buf_append(&t->up, data, take) != 0)
@@ -1172,7 +652,7 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 		t->method = method;
 		if (atomic_load(&t->w->px->stopping)) {
 			t->phase = PH_BODY;
-			set_error(t, PERR_SHUTTING_DOWN, "the proxy is shutting down");
+			transfer_set_error(t, PERR_SHUTTING_DOWN, "the proxy is shutting down");
 			return queue_error(t);
 		}
 		return begin(t, con, version);
@@ -1213,8 +693,8 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	    "client", t->cl ? t->cl->addr : "",
 	    "mode", t->mode,
 	    "method", t->method ? t->method : "",
-	    "host", t->log_host,
-	    "path", t->log_path,
+	    "host", t->rt.log_host,
+	    "path", t->rt.log_path,
 	    "status", t->status,
 	    "bytes_in", (json_int_t)t->bytes_in,
 	    "bytes", (json_int_t)t->bytes_out,
@@ -1256,7 +736,7 @@ audit_request(struct transfer *t)
 	log_time(ts);
 	o = json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:s, s:o, s:i}",
 	    "time", ts, "method", t->method ? t->method : "",
-	    "host", t->log_host, "path", t->log_path, "mode", t->mode,
+	    "host", t->rt.log_host, "path", t->rt.log_path, "mode", t->mode,
 	    "provider", t->provider,
 	    "route", route_kind_name((enum route_kind)t->route_kind),
 	    "action", action_name((enum action)t->action),
@@ -1296,7 +776,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	    t->status, t->is_error ? perr_code(t->err) : NULL);
 	if (t->reg_wait)
 		reg_unlink(t);
-	release_upstream(t);
+	transfer_release_upstream(t);
 	if (t->cl != NULL)
 		t->cl->t = NULL;
 	if (t->in_unpause) {
@@ -1319,12 +799,8 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	buf_free(&t->down);
 	buf_free(&t->replay);
 	free(t->raw_target);
-	free(t->log_host);
-	free(t->log_path);
-	free(t->dst_host);
-	free(t->dst_path);
+	route_clear(&t->rt);
 	free(t->local_body);
-	free(t->url);
 	free(t->err_msg);
 	free(t);
 }

@@ -11,6 +11,7 @@
 #include "core/headers.h"
 #include "net/worker.h"
 #include "core/resp_head.h"
+#include "core/route.h"
 
 struct worker;
 struct client;
@@ -31,16 +32,10 @@ struct transfer {
 	char			*raw_target;
 	const char		*method;
 	const char		*mode;		/* "forward", "gateway", "local" */
-	char			*log_host;	/* host[:port] of the destination */
-	char			*log_path;	/* path without query */
 	struct req_info		 ri;
 
 	/* the destination and what classification decided for it */
-	char			 scheme[6];
-	char			*dst_host;
-	char			*dst_path;	/* upstream path, no query */
-	int			 dst_port;
-	int			 dst_ipv6;
+	struct route		 rt;
 	const char		*provider;	/* lives as long as the table */
 	int			 route_kind;	/* enum route_kind */
 	int			 action;	/* enum action */
@@ -49,7 +44,6 @@ struct transfer {
 	/* upstream side */
 	CURL			*easy;
 	struct curl_slist	*req_headers;
-	char			*url;
 	struct buf		 up;		/* client body -> upstream */
 	struct buf		 down;		/* upstream body -> client */
 	int			 upload_eof;
@@ -101,15 +95,6 @@ enum MHD_Result transfer_access(void *cls, struct MHD_Connection *con,
 	    const char *upload_data, size_t *upload_data_size, void **con_cls);
 void	 transfer_completed(void *cls, struct MHD_Connection *con,
 	    void **con_cls, enum MHD_RequestTerminationCode toe);
-
-/* Shared with the WebSocket relay. */
-void	 transfer_resume(struct transfer *t);
-/* Records an error answer; it is queued when MHD lets us. */
-void	 set_error(struct transfer *t, enum perr e, const char *fmt, ...)
-	    __attribute__((format(printf, 3, 4)));
-/* One line of an upstream response head (with or without its line
- * ending); the empty line ends the head. -1: stop, t carries the answer. */
-int	 transfer_head_line(struct transfer *t, const char *p, size_t len);
 
 /* Called by the worker loop. */
 void	 transfer_curl_done(struct curl_owner *o, CURLcode rc);

@@ -10,7 +10,8 @@
 #include "net/metrics.h"
 #include "net/relay.h"
 #include "core/target.h"
-#include "net/transfer.h"
+#include "net/transfer_int.h"
+#include "net/upstream.h"
 #include "net/websocket.h"
 
 #define WS_HEAD_MAX	(64 * 1024)
@@ -73,17 +74,16 @@ int
 ws_begin(struct transfer *t, const struct hdr_vec *in,
     const struct hdr_edits *edits)
 {
-	struct config *c = t->w->rc->cfg;
 	struct hdr_vec out = { 0 };
 	const char *path, *upg = hdr_get(in->v, in->n, "Upgrade");
 	char url[600];
 	struct ws *ws;
-	size_t i, sl = strlen(t->scheme) + 3;
+	size_t i, sl = strlen(t->rt.scheme) + 3;
 	CURL *e;
 	int bad;
 
 	if ((ws = calloc(1, sizeof(*ws))) == NULL) {
-		set_error(t, PERR_INTERNAL, "out of memory");
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
 		return -1;
 	}
 	t->ws = ws;
@@ -93,12 +93,12 @@ ws_begin(struct transfer *t, const struct hdr_vec *in,
 	ws->remaining = -1;
 	/* Request line and Host as for HTTP; the client's end-to-end
 	 * headers in order (Sec-WebSocket-* untouched), then the upgrade. */
-	path = strchr(t->url + sl, '/');
-	snprintf(url, sizeof(url), "%.*s/", (int)(path - t->url), t->url);
+	path = strchr(t->rt.url + sl, '/');
+	snprintf(url, sizeof(url), "%.*s/", (int)(path - t->rt.url), t->rt.url);
 	bad = buf_append(&ws->out, "GET ", 4) ||
 	    buf_append(&ws->out, path, strlen(path)) ||
 	    buf_append(&ws->out, " HTTP/1.1\r\nHost: ", 17) ||
-	    buf_append(&ws->out, t->url + sl, (size_t)(path - t->url - sl)) ||
+	    buf_append(&ws->out, t->rt.url + sl, (size_t)(path - t->rt.url - sl)) ||
 	    buf_append(&ws->out, "\r\n", 2) ||
 	    headers_outbound(in->v, in->n, edits, &out) != 0;
 	for (i = 0; !bad && i < out.n; i++)
@@ -107,28 +107,17 @@ ws_begin(struct transfer *t, const struct hdr_vec *in,
 	if (bad || add_line(&ws->out, "Upgrade", upg ? upg : "websocket") ||
 	    add_line(&ws->out, "Connection", "Upgrade") ||
 	    buf_append(&ws->out, "\r\n", 2) || (e = curl_easy_init()) == NULL) {
-		set_error(t, PERR_INTERNAL, "out of memory");
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
 		return -1;
 	}
 	ws->easy = e;
 	/* Strip the default port: curl wants a URL, the Host line above is
 	 * what the upstream sees. */
+	upstream_setopt_common(e, t->w, t);
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, t);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_PROXY, "");
-	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-	    (long)(c->connect_timeout * 1000));
-	if (t->w->px->connect_to != NULL)
-		curl_easy_setopt(e, CURLOPT_CONNECT_TO, t->w->px->connect_to);
-	if (c->upstream_ca != NULL) {
-		curl_easy_setopt(e, CURLOPT_CAINFO, c->upstream_ca);
-		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
-	}
 	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
-		set_error(t, PERR_INTERNAL, "cannot start an upstream connection");
+		transfer_set_error(t, PERR_INTERNAL, "cannot start an upstream connection");
 		return -1;
 	}
 	t->easy = e;	/* so the completion reaches transfer_curl_done */
@@ -139,7 +128,7 @@ static void
 ws_fail(struct transfer *t, enum perr e, const char *why)
 {
 	if (!t->resp_ready)
-		set_error(t, e, "upstream %s: %s", t->log_host, why);
+		transfer_set_error(t, e, "upstream %s: %s", t->rt.log_host, why);
 	else {
 		t->up_done = 1;
 		t->up_rc = CURLE_RECV_ERROR;
@@ -164,12 +153,8 @@ ws_connected(struct transfer *t, CURLcode rc)
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(ws->easy, CURLINFO_ACTIVESOCKET, &s);
 	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
-		enum perr e = rc == CURLE_OPERATION_TIMEDOUT ? PERR_UPSTREAM_TIMEOUT :
-		    (rc == CURLE_PEER_FAILED_VERIFICATION ||
-		    rc == CURLE_SSL_CONNECT_ERROR) ? PERR_UPSTREAM_TLS :
-		    PERR_UPSTREAM_UNREACHABLE;
-
-		ws_fail(t, e, curl_easy_strerror(rc));
+		ws_fail(t, rc == CURLE_OK ? PERR_UPSTREAM_UNREACHABLE :
+		    upstream_error_kind(rc), curl_easy_strerror(rc));
 		return;
 	}
 	ws->fd = (int)s;
@@ -408,7 +393,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	r->on_done = upgrade_done;
 	if (t->cl != NULL)
 		memcpy(r->client, t->cl->addr, sizeof(r->client));
-	if (asprintf(&r->what, "websocket %s%s", t->log_host, t->log_path) < 0)
+	if (asprintf(&r->what, "websocket %s%s", t->rt.log_host, t->rt.log_path) < 0)
 		r->what = NULL;
 	if ((extra_in_size > 0 && buf_append(&r->ab, extra_in, extra_in_size) != 0) ||
 	    buf_append(&r->ba, buf_head(&ws->in), buf_pending(&ws->in)) != 0 ||

@@ -1,0 +1,368 @@
+/* The HTTP leg of a proxied request: the libcurl easy handle, its
+ * callbacks (head, body both ways, backpressure), completion, the replay
+ * after invalid_task_id and the idle sweep. The client side is in
+ * transfer.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "cred/registrar.h"
+#include "net/metrics.h"
+#include "net/transfer_int.h"
+#include "net/upstream.h"
+#include "net/websocket.h"
+#include "net/worker.h"
+
+/* Largest error answer read to look for invalid_task_id. */
+#define INSPECT_MAX	(64 * 1024)
+
+void
+transfer_release_upstream(struct transfer *t)
+{
+	ws_release(t);
+	if (t->easy != NULL) {
+		curl_multi_remove_handle(t->w->multi, t->easy);
+		worker_easy_put(t->w, t->easy);
+		t->easy = NULL;
+	}
+	if (t->task_fp[0] != '\0') {
+		struct curl_slist *h;
+
+		/* Our copy of the assertion is a bearer secret: wipe it. */
+		for (h = t->req_headers; h != NULL; h = h->next)
+			OPENSSL_cleanse(h->data, strlen(h->data));
+	}
+	curl_slist_free_all(t->req_headers);
+	t->req_headers = NULL;
+}
+
+/* One line of the upstream head, from curl or the WebSocket leg.
+ * Returns -1 when the transfer must stop (t carries the answer). */
+int
+transfer_head_line(struct transfer *t, const char *p, size_t len)
+{
+	enum resp_head_rc rc;
+
+	t->last_io = now_ms();
+	rc = resp_head_line(&t->head, p, len);
+	t->status = t->head.status;
+	switch (rc) {
+	case RESP_HEAD_NOMEM:
+		return -1;
+	case RESP_HEAD_MORE:
+	case RESP_HEAD_INTERIM:
+		return 0;
+	case RESP_HEAD_MALFORMED:
+		transfer_set_error(t, PERR_UPSTREAM_PROTOCOL,
+		    "upstream %s sent a malformed response head", t->rt.log_host);
+		return -1;
+	case RESP_HEAD_DONE:
+		break;
+	}
+	/* A client error on a credentialed request may say the task is no
+	 * longer valid: hold it until its body is read. */
+	if (t->action == ACTION_ASSERT && t->replay_ok && !t->retried &&
+	    t->status >= 400 && t->status < 500 && t->ws == NULL) {
+		t->inspecting = 1;
+		return 0;
+	}
+	t->resp_ready = 1;
+	metrics_upstream_head((double)(now_ms() - t->start_ms) / 1000.0);
+	if (t->wait == WAIT_HEADERS)
+		transfer_resume(t);
+	return 0;
+}
+
+static size_t
+on_header(char *p, size_t size, size_t n, void *ud)
+{
+	size_t len = size * n;
+
+	return transfer_head_line(ud, p, len) == 0 ? len : 0;
+}
+
+static size_t
+on_write(char *p, size_t size, size_t n, void *ud)
+{
+	struct transfer *t = ud;
+	size_t len = size * n;
+
+	if (t->client_gone)
+		return 0;
+	t->last_io = now_ms();
+	if (t->inspecting) {
+		if (buf_append(&t->down, p, len) != 0)
+			return 0;
+		if (buf_pending(&t->down) > INSPECT_MAX) {
+			/* too long for an error object: pass it on as is */
+			t->inspecting = 0;
+			t->resp_ready = 1;
+			transfer_resume(t);
+		}
+		return len;
+	}
+	if (buf_pending(&t->down) > 0 && buf_pending(&t->down) + len > TRANSFER_WINDOW) {
+		t->recv_paused = 1;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	if (buf_append(&t->down, p, len) != 0)
+		return 0;
+	if (t->wait == WAIT_DATA)
+		transfer_resume(t);
+	return len;
+}
+
+static size_t
+on_read(char *p, size_t size, size_t n, void *ud)
+{
+	struct transfer *t = ud;
+	size_t want = size * n, have = buf_pending(&t->up);
+
+	if (t->client_gone)
+		return CURL_READFUNC_ABORT;
+	if (have > 0) {
+		t->last_io = now_ms();
+		if (have > want)
+			have = want;
+		memcpy(p, buf_head(&t->up), have);
+		buf_consume(&t->up, have);
+		if (t->wait == WAIT_UPLOAD)
+			transfer_resume(t);
+		return have;
+	}
+	if (t->upload_eof)
+		return 0;
+	t->send_paused = 1;
+	if (t->wait == WAIT_UPLOAD)
+		transfer_resume(t);
+	return CURL_READFUNC_PAUSE;
+}
+
+void
+transfer_unpause(struct transfer *t)
+{
+	if (t->easy == NULL)
+		return;
+	if (t->recv_paused && buf_pending(&t->down) >= TRANSFER_WINDOW / 2)
+		return;		/* the client is still slow: stay paused */
+	t->recv_paused = t->send_paused = 0;
+	curl_easy_pause(t->easy, CURLPAUSE_CONT);
+}
+
+/* Does the held error answer name a task the upstream no longer
+ * accepts ({"error":{"code":"invalid_task_id"}})? */
+static int
+says_invalid_task(struct transfer *t)
+{
+	struct config *c = t->w->rc->cfg;
+	json_t *root, *code;
+	const char *s;
+	size_t i;
+	int hit = 0;
+
+	root = json_loadb(buf_head(&t->down), buf_pending(&t->down), 0, NULL);
+	code = json_object_get(json_object_get(root, "error"), "code");
+	if ((s = json_string_value(code)) != NULL)
+		for (i = 0; i < c->nreg_codes; i++)
+			if (strcmp(s, c->reg_codes[i]) == 0)
+				hit = 1;
+	json_decref(root);
+	return hit;
+}
+
+/* Registers a new task and replays the request once with it. */
+static int
+try_recover(struct transfer *t)
+{
+	if (!t->upload_eof || !t->replay_ok || t->retried ||
+	    !says_invalid_task(t) || registrar_renew(t->task_fp) != REG_RUNNING)
+		return 0;
+	log_json(LL_INFO, "run task rejected upstream: registering a new one",
+	    json_pack("{s:s, s:s, s:i}", "host", t->rt.log_host, "path",
+	    t->rt.log_path, "status", t->status));
+	t->retried = 1;
+	resp_head_clear(&t->head);
+	t->status = 0;
+	buf_free(&t->down);
+	transfer_release_upstream(t);
+	transfer_park(t);
+	return 1;
+}
+
+void
+transfer_curl_done(struct curl_owner *o, CURLcode rc)
+{
+	struct transfer *t = (struct transfer *)o;
+	long nconn = -1;
+
+	if (t->ws != NULL) {
+		ws_connected(t, rc);	/* connect-only: the handshake is ours */
+		return;
+	}
+	if (t->inspecting) {
+		t->inspecting = 0;
+		if (rc == CURLE_OK && try_recover(t))
+			return;
+		t->resp_ready = 1;
+	}
+	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
+	t->reused = nconn == 0;
+	t->up_done = 1;
+	t->up_rc = rc;
+	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone)
+		transfer_set_error(t, upstream_error_kind(rc), "upstream %s: %s",
+		    t->rt.log_host, curl_easy_strerror(rc));
+	transfer_release_upstream(t);
+	/* Whatever it waits for (the head, data, or room for more upload,
+	 * which is now read and dropped) has an answer. */
+	transfer_resume(t);
+}
+
+void
+transfer_client_gone(struct transfer *t)
+{
+	t->client_gone = 1;
+	transfer_release_upstream(t);	/* the upstream learns at once */
+	transfer_resume(t);
+}
+
+/* Builds the upstream header list: client order and case, hop-by-hop
+ * removed, and libcurl's own defaults disabled unless the client sent
+ * the header itself. */
+static struct curl_slist *
+build_curl_headers(const struct hdr_vec *out, const struct req_info *ri)
+{
+	struct curl_slist *sl = NULL, *n;
+	size_t i;
+	char *line;
+
+	for (i = 0; i < out->n; i++) {
+		const struct hdr *h = &out->v[i];
+
+		/* "Name;" is curl's way to send an empty value. */
+		if (h->value[0] == '\0') {
+			if (asprintf(&line, "%s;", h->name) < 0)
+				goto fail;
+		} else if (asprintf(&line, "%s: %s", h->name, h->value) < 0)
+			goto fail;
+		n = curl_slist_append(sl, line);
+		free(line);
+		if (n == NULL)
+			goto fail;
+		sl = n;
+	}
+	if (!ri->has_accept && (n = curl_slist_append(sl, "Accept:")) != NULL)
+		sl = n;
+	if (!ri->has_content_type &&
+	    (n = curl_slist_append(sl, "Content-Type:")) != NULL)
+		sl = n;
+	if ((n = curl_slist_append(sl, "Expect:")) != NULL)
+		sl = n;
+	return sl;
+fail:
+	curl_slist_free_all(sl);
+	return NULL;
+}
+
+int
+transfer_http_start(struct transfer *t, const struct hdr_vec *in,
+    const struct hdr_edits *edits)
+{
+	struct config *c = t->w->rc->cfg;
+	struct hdr_vec out = { 0 };
+	CURL *e;
+
+	if (headers_outbound(in->v, in->n, edits, &out) != 0 ||
+	    (t->req_headers = build_curl_headers(&out, &t->ri)) == NULL) {
+		hdr_vec_free(&out);
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
+		return -1;
+	}
+	hdr_vec_free(&out);
+	if ((t->easy = e = worker_easy_get(t->w)) == NULL) {
+		transfer_set_error(t, PERR_INTERNAL, "cannot create an upstream transfer");
+		return -1;
+	}
+	upstream_setopt_common(e, t->w, t);
+	curl_easy_setopt(e, CURLOPT_URL, t->rt.url);
+	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->req_headers);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* The upstream idle timeout is the worker's once-a-second sweep
+	 * (transfer_idle_sweep): curl's speed check would arm a timer per
+	 * transfer every second, which costs CPU on thousands of idle
+	 * streams. */
+	t->last_io = now_ms();
+	if (c->total_timeout > 0)
+		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+		    (long)(c->total_timeout * 1000));
+	if (strcmp(t->method, "HEAD") == 0)
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	else
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, t->method);
+	if (t->retried && buf_pending(&t->replay) > 0 &&
+	    buf_append(&t->up, buf_head(&t->replay), buf_pending(&t->replay)) != 0) {
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
+		return -1;
+	}
+	if (t->ri.has_body) {
+		/* curl's default upload buffer is 64 KiB per transfer; ours
+		 * already holds the window, so the minimum does. */
+		curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, t);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+		    (curl_off_t)t->ri.content_length);
+	}
+	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
+		transfer_set_error(t, PERR_INTERNAL, "cannot start an upstream transfer");
+		worker_easy_put(t->w, e);
+		t->easy = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+void
+transfer_idle_sweep(struct worker *w, long long now)
+{
+	long long idle = (long long)(w->rc->cfg->upstream_idle_timeout * 1000);
+	struct transfer *t;
+
+	if (idle <= 0)
+		return;
+	for (t = w->live; t != NULL; t = t->live_next) {
+		if (t->ws != NULL) {
+			/* connecting is curl's (connect timeout); after the
+			 * 101 the relay has its own idle timeout */
+			if ((t->ws->state == WS_SENDING || t->ws->state == WS_HEAD ||
+			    t->ws->state == WS_BODY) && now - t->last_io >= idle)
+				ws_timeout(t);
+			continue;
+		}
+		/* paused by us: the client is the slow side, not the upstream */
+		if (t->easy == NULL || t->recv_paused ||
+		    t->send_paused || now - t->last_io < idle)
+			continue;
+		if (!t->resp_ready)
+			transfer_set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
+			    "for %g s (timeouts.upstream_idle)", t->rt.log_host,
+			    w->rc->cfg->upstream_idle_timeout);
+		else {
+			t->up_done = 1;
+			t->up_rc = CURLE_OPERATION_TIMEDOUT;
+		}
+		transfer_release_upstream(t);
+		transfer_resume(t);
+	}
+}

@@ -1,0 +1,33 @@
+/* Between the pieces of one proxied request: transfer.c (the client side
+ * and the decision), transfer_http.c (the libcurl HTTP leg), websocket.c
+ * (the WebSocket leg) and local.c (the proxy's own answers). The worker
+ * loop uses transfer.h only. */
+#ifndef SP_TRANSFER_INT_H
+#define SP_TRANSFER_INT_H
+#include "core/headers.h"
+#include "net/transfer.h"
+
+/* Bounded windows in each direction: backpressure is applied (curl
+ * paused, MHD connection suspended) once this much is waiting. */
+#define TRANSFER_WINDOW	(64 * 1024)
+
+/* transfer.c */
+void	 transfer_resume(struct transfer *t);
+/* Records an error answer; it is queued when MHD lets us. */
+void	 transfer_set_error(struct transfer *t, enum perr e, const char *fmt,
+	    ...) __attribute__((format(printf, 3, 4)));
+/* Parks t until a run-task registration ends or task_registration.wait
+ * passes (transfer_reg_poll). */
+void	 transfer_park(struct transfer *t);
+
+/* transfer_http.c */
+/* Starts the HTTP leg; on failure t carries the error answer. */
+int	 transfer_http_start(struct transfer *t, const struct hdr_vec *in,
+	    const struct hdr_edits *edits);
+/* Ends whichever upstream leg t has, at once. */
+void	 transfer_release_upstream(struct transfer *t);
+/* One line of an upstream response head (with or without its line
+ * ending); the empty line ends the head. -1: stop, t carries the answer. */
+int	 transfer_head_line(struct transfer *t, const char *p, size_t len);
+
+#endif
