@@ -78,7 +78,7 @@ local_answer_endpoint(struct transfer *t)
 		t->mode = "local";
 		t->local_status = 200;
 		t->local_ctype = "text/plain; version=0.0.4";
-		t->local_body = metrics_render(t->w->px);
+		t->local_body = metrics_render();
 		if (t->local_body == NULL)
 			transfer_set_error(t, PERR_INTERNAL, "out of memory");
 		break;
