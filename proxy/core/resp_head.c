@@ -40,6 +40,19 @@ status_line(const char *p, size_t l)
 	return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
 }
 
+/* A control byte other than HTAB: no field may hold one (RFC 9110 5.5). */
+static bool
+has_ctl(const char *p, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (((unsigned char)p[i] < 0x20 && p[i] != '\t') ||
+		    (unsigned char)p[i] == 0x7f)
+			return true;
+	return false;
+}
+
 enum resp_head_rc
 resp_head_line(struct resp_head *h, const char *p, size_t len)
 {
@@ -70,8 +83,11 @@ resp_head_line(struct resp_head *h, const char *p, size_t len)
 			h->status = st;
 		return RESP_HEAD_MORE;
 	}
-	if (p[0] == ' ' || p[0] == '\t' || (colon = memchr(p, ':', l)) == NULL) {
-		h->bad = true;	/* obs-fold or garbage: never relayed */
+	if (p[0] == ' ' || p[0] == '\t' || (colon = memchr(p, ':', l)) == NULL ||
+	    has_ctl(p, l)) {
+		/* obs-fold, garbage or a control byte (a NUL would also cut
+		 * the copy below short of the colon): never relayed */
+		h->bad = true;
 		return RESP_HEAD_MORE;
 	}
 	if ((line = strndup(p, l)) == NULL)

@@ -97,6 +97,40 @@ START_TEST(head_malformed_fields)
 }
 END_TEST
 
+/* Control bytes inside a field: a NUL before the colon once made the
+ * name copy (strndup) shorter than the offset of the colon, and the
+ * write that ends the name landed past it. Found by the resp_head
+ * fuzzer (tests/fuzz/crashes/resp_head-nul-before-colon). */
+START_TEST(head_control_bytes)
+{
+	static const struct { const char *p; size_t n; } bad[] = {
+		{ "A\0:b", 4 }, { "\0A:b", 4 }, { "A:\0b", 4 }, { "A:b\0c", 5 },
+		{ "A:b\rc", 5 }, { "A:b\nc", 5 }, { "A:b\x01", 4 },
+		{ "A:b\x7f", 4 },
+	};
+	struct resp_head h;
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		resp_head_init(&h);
+		line(&h, "HTTP/1.1 200 OK\r\n");
+		ck_assert_int_eq(resp_head_line(&h, bad[i].p, bad[i].n),
+		    RESP_HEAD_MORE);
+		ck_assert_msg(h.bad, "case %zu", i);
+		ck_assert_uint_eq(h.headers.n, 0);
+		ck_assert_int_eq(line(&h, "\r\n"), RESP_HEAD_MALFORMED);
+		resp_head_clear(&h);
+	}
+	/* a tab and obs-text in a value are fine */
+	resp_head_init(&h);
+	line(&h, "HTTP/1.1 200 OK\r\n");
+	line(&h, "X-A: a\tb \xe9\r\n");
+	ck_assert(!h.bad);
+	ck_assert_uint_eq(h.headers.n, 1);
+	resp_head_clear(&h);
+}
+END_TEST
+
 START_TEST(head_lengths)
 {
 	struct resp_head h;
@@ -271,6 +305,7 @@ main(void)
 	tcase_add_test(tc, head_status_only_and_no_reason);
 	tcase_add_test(tc, head_malformed_status);
 	tcase_add_test(tc, head_malformed_fields);
+	tcase_add_test(tc, head_control_bytes);
 	tcase_add_test(tc, head_lengths);
 	tcase_add_test(tc, head_interim);
 	tcase_add_test(tc, chunk_whole);
