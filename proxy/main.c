@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,8 +176,7 @@ reload(struct proxy *px, struct worker *ws, int n)
 	}
 	warn_fixed(px->cfg, nc);
 	log_min_level = nc->log_level;
-	rc->older = proxy_runconf(px);
-	__atomic_store_n(&px->rc, rc, __ATOMIC_RELEASE);
+	proxy_runconf_set(px, rc);
 	for (i = 0; i < n; i++)
 		worker_wake(&ws[i]);
 	metrics_reload(1);
@@ -226,19 +226,6 @@ wait_drained(struct proxy *px, struct worker *ws, int n, int sfd)
 	}
 }
 
-/* /metrics' gauges, read on a worker thread when the page is asked for. */
-static void
-daemon_gauges(void *arg, struct metrics_gauges *g)
-{
-	struct proxy *px = arg;
-	char why[8];
-	time_t retry;
-
-	g->connections_open = conn_limit_count(&px->conns);
-	registrar_counts(&g->reg_ok, &g->reg_fail, &g->reg_renewed);
-	g->reg_state = reg_state_name(registrar_state(why, sizeof(why), &retry));
-}
-
 /* An identity without a run task gets one registered at once (when
  * registration is configured), not only when a request needs it. */
 static void
@@ -254,88 +241,67 @@ kick_registration(void)
 		(void)registrar_need_task(why, sizeof(why), &retry);
 }
 
-/* The registrar's view of the daemon: the settings in force and a way
- * to wake every worker when a registration ends. */
-struct wake_all {
-	struct worker	*ws;
-	int		 n;
-	struct proxy	*px;
+/* Everything run() sets up; daemon_teardown undoes what was done. */
+struct daemon {
+	struct config		*cfg;
+	struct proxy		 px;
+	struct worker		*ws;		/* NULL until the workers stage */
+	int			 n, started;
+	int			 port;
+	int			 sfd;
+	bool			 pid_written, info_written;
+	pthread_mutex_t		 pin_lock;
+	struct runconf		*reg_pin[2];	/* see current_settings */
 };
 
+/* The registrar's view of the settings (registrar thread). It uses what
+ * it is handed until its next call but one (run_once, then persist
+ * inside it), so the last two generations handed out are kept. */
 static struct config *
 current_settings(void *arg)
 {
-	struct wake_all *wa = arg;
+	struct daemon *d = arg;
+	struct runconf *rc = proxy_runconf_hold(&d->px);
 
-	return proxy_runconf(wa->px)->cfg;
+	pthread_mutex_lock(&d->pin_lock);
+	runconf_unref(d->reg_pin[1]);
+	d->reg_pin[1] = d->reg_pin[0];
+	d->reg_pin[0] = rc;
+	pthread_mutex_unlock(&d->pin_lock);
+	return rc->cfg;
 }
 
+/* A registration ended: the workers re-decide what waits for it. */
 static void
 wake_workers(void *arg)
 {
-	struct wake_all *wa = arg;
+	struct daemon *d = arg;
 	int i;
 
-	for (i = 0; i < wa->n; i++)
-		worker_wake(&wa->ws[i]);
+	for (i = 0; i < d->n; i++)
+		worker_wake(&d->ws[i]);
 }
 
-static int
-run(struct config *c)
+/* /metrics' gauges, read on a worker thread when the page is asked for. */
+static void
+daemon_gauges(void *arg, struct metrics_gauges *g)
 {
-	struct proxy px;
-	struct worker *ws = NULL;
-	struct wake_all wake = { NULL, 0, &px };
-	struct registrar_hooks hooks = { current_settings, NULL, wake_workers,
-	    NULL };
-	struct signalfd_siginfo si;
+	struct proxy *px = arg;
+	char why[8];
+	time_t retry;
+
+	g->connections_open = conn_limit_count(&px->conns);
+	registrar_counts(&g->reg_ok, &g->reg_fail, &g->reg_renewed);
+	g->reg_state = reg_state_name(registrar_state(why, sizeof(why), &retry));
+}
+
+/* Signals are read from a signalfd by the main thread only. */
+static int
+open_signals(char *err, size_t errlen)
+{
 	sigset_t set;
-	char err[512];
-	int i, n = 0, port, sfd = -1, rc = 1, started = 0, pid_written = 0;
-	int info_written = 0;
-	size_t r;
+	int fd;
 
-	memset(&px, 0, sizeof(px));
-	px.cfg = c;
-	if (log_open(c, err, sizeof(err)) != 0) {
-		fprintf(stderr, "scopeproxy: log_file: %s\n", err);
-		return 1;
-	}
-	conn_limit_init(&px.conns, c->max_connections);
-	metrics_set_gauges(daemon_gauges, &px);
-	px.audit_fd = -1;
-	px.listen_fd = -1;
-	if (secmem_harden_process(err, sizeof(err)) != 0)
-		log_msg(LL_WARN, "%s", err);
-	if ((px.rc = runconf_new(c, 0, err, sizeof(err))) == NULL) {
-		log_msg(LL_ERROR, "%s", err);
-		goto out;
-	}
-	if (c->audit_log != NULL && (px.audit_fd = safefile_open_append(
-	    c->audit_log, err, sizeof(err))) < 0) {
-		log_msg(LL_ERROR, "audit_log: %s", err);
-		goto out;
-	}
-	if (tunnel_tls_init(&px, err, sizeof(err)) != 0) {
-		log_msg(LL_ERROR, "%s", err);
-		goto out;
-	}
-	if (px.ca != NULL)
-		log_json(LL_INFO, "interception CA ready", json_pack("{s:s}",
-		    "certificate", ca_cert_path(px.ca)));
-	idstore_log = idstore_logger;
-	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
-		log_msg(LL_ERROR, "cannot watch the auth file %s", c->auth_file);
-		goto out;
-	}
-	for (r = 0; r < c->nresolve; r++) {
-		struct curl_slist *sl = curl_slist_append(px.connect_to, c->resolve[r]);
-
-		if (sl == NULL)
-			goto out;
-		px.connect_to = sl;
-	}
-	/* Signals are read from a signalfd by this thread only. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
@@ -343,64 +309,135 @@ run(struct config *c)
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if ((sfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0) {
-		log_msg(LL_ERROR, "signalfd: %s", strerror(errno));
-		goto out;
+	if ((fd = signalfd(-1, &set, SFD_CLOEXEC)) < 0)
+		snprintf(err, errlen, "signalfd: %s", strerror(errno));
+	return fd;
+}
+
+/* Start-up before any thread: settings, files, TLS, the listener.
+ * Logs why it fails. */
+static int
+daemon_open(struct daemon *d)
+{
+	struct config *c = d->cfg;
+	char err[512];
+	size_t r;
+
+	if ((d->px.rc = runconf_new(c, 0, err, sizeof(err))) == NULL)
+		goto fail;
+	if (c->audit_log != NULL && (d->px.audit_fd = safefile_open_append(
+	    c->audit_log, err, sizeof(err))) < 0) {
+		log_msg(LL_ERROR, "audit_log: %s", err);
+		return -1;
 	}
+	if (tunnel_tls_init(&d->px, err, sizeof(err)) != 0)
+		goto fail;
+	if (d->px.ca != NULL)
+		log_json(LL_INFO, "interception CA ready", json_pack("{s:s}",
+		    "certificate", ca_cert_path(d->px.ca)));
+	idstore_log = idstore_logger;
+	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
+		log_msg(LL_ERROR, "cannot watch the auth file %s", c->auth_file);
+		return -1;
+	}
+	for (r = 0; r < c->nresolve; r++) {
+		struct curl_slist *sl = curl_slist_append(d->px.connect_to,
+		    c->resolve[r]);
+
+		if (sl == NULL)
+			return -1;
+		d->px.connect_to = sl;
+	}
+	if ((d->sfd = open_signals(err, sizeof(err))) < 0)
+		goto fail;
 	raise_fd_limit();
-	if ((px.listen_fd = open_listener(c, &port, err, sizeof(err))) < 0) {
-		log_msg(LL_ERROR, "%s", err);
-		goto out;
-	}
-	n = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-	if (n < 1)
-		n = 1;
-	if ((ws = calloc((size_t)n, sizeof(*ws))) == NULL)
-		goto out;
-	for (i = 0; i < n; i++) {
-		if (worker_init(&ws[i], &px, i, err, sizeof(err)) != 0) {
-			log_msg(LL_ERROR, "%s", err);
-			started = i + 1;
-			goto stop;
-		}
-		started = i + 1;
-		if (worker_start(&ws[i]) != 0) {
+	if ((d->px.listen_fd = open_listener(c, &d->port, err, sizeof(err))) < 0)
+		goto fail;
+	return 0;
+fail:
+	log_msg(LL_ERROR, "%s", err);
+	return -1;
+}
+
+/* The workers, the registrar, then the files that say we are ready.
+ * Logs why it fails. */
+static int
+daemon_start(struct daemon *d)
+{
+	struct config *c = d->cfg;
+	struct registrar_hooks hooks = { current_settings, NULL, wake_workers,
+	    d };
+	char err[512];
+	int i;
+
+	d->n = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (d->n < 1)
+		d->n = 1;
+	if ((d->ws = calloc((size_t)d->n, sizeof(*d->ws))) == NULL)
+		return -1;
+	for (i = 0; i < d->n; i++) {
+		d->started = i + 1;
+		if (worker_init(&d->ws[i], &d->px, i, err, sizeof(err)) != 0)
+			goto fail;
+		if (worker_start(&d->ws[i]) != 0) {
 			log_msg(LL_ERROR, "cannot start worker thread %d", i);
-			goto stop;
+			return -1;
 		}
 	}
-	wake.ws = ws;
-	wake.n = n;
-	hooks.arg = &wake;
-	hooks.connect_to = px.connect_to;
-	if (registrar_start(&hooks, err, sizeof(err)) != 0) {
-		log_msg(LL_ERROR, "%s", err);
-		goto stop;
-	}
+	hooks.connect_to = d->px.connect_to;
+	if (registrar_start(&hooks, err, sizeof(err)) != 0)
+		goto fail;
 	kick_registration();
 	/* The pid file first: server-info is the "ready" signal. */
 	if (c->pid_file != NULL) {
 		if (pid_file_write(c->pid_file, err, sizeof(err)) != 0) {
 			log_msg(LL_ERROR, "pid-file: %s", err);
-			goto stop;
+			return -1;
 		}
-		pid_written = 1;
+		d->pid_written = true;
 	}
-	if (c->server_info != NULL &&
-	    server_info_write(c->server_info, c->listen_host, port, err,
-	    sizeof(err)) != 0) {
+	if (c->server_info != NULL && server_info_write(c->server_info,
+	    c->listen_host, d->port, err, sizeof(err)) != 0) {
 		log_msg(LL_ERROR, "server-info: %s", err);
-		goto stop;
+		return -1;
 	}
-	info_written = c->server_info != NULL;
+	d->info_written = c->server_info != NULL;
 	log_json(LL_INFO, "listening", json_pack("{s:s, s:i, s:i}",
-	    "address", c->listen_host, "port", port, "threads", n));
+	    "address", c->listen_host, "port", d->port, "threads", d->n));
+	return 0;
+fail:
+	log_msg(LL_ERROR, "%s", err);
+	return -1;
+}
+
+/* SIGTERM: finish what is in flight, accept nothing new; the workers
+ * stop by themselves. A second signal stops at once. */
+static void
+daemon_drain(struct daemon *d)
+{
+	double timeout = proxy_runconf(&d->px)->cfg->drain_timeout;
+	int i;
+
+	log_json(LL_INFO, "draining", json_pack("{s:f}", "timeout_s", timeout));
+	d->px.drain_deadline = now_ms() + (long long)(timeout * 1000);
+	atomic_store(&d->px.draining, 1);
+	for (i = 0; i < d->n; i++)
+		worker_wake(&d->ws[i]);
+	wait_drained(&d->px, d->ws, d->n, d->sfd);
+}
+
+/* Signals and auth file changes until a stop; the exit status. */
+static int
+daemon_signals(struct daemon *d)
+{
+	struct signalfd_siginfo si;
+
 	for (;;) {
-		struct pollfd pf[2] = { { .fd = sfd, .events = POLLIN },
+		struct pollfd pf[2] = { { .fd = d->sfd, .events = POLLIN },
 		    { .fd = idstore_watch_fd(), .events = POLLIN } };
 
 		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
-			break;
+			return 1;
 		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN)) {
 			idstore_handle_watch();
 			metrics_identity_reload();
@@ -408,70 +445,98 @@ run(struct config *c)
 		}
 		if (!(pf[0].revents & POLLIN))
 			continue;
-		if (read(sfd, &si, sizeof(si)) != sizeof(si)) {
+		if (read(d->sfd, &si, sizeof(si)) != sizeof(si)) {
 			if (errno == EINTR)
 				continue;
-			break;
+			return 1;
 		}
 		if (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGHUP)
-			log_reopen(c);
+			log_reopen(d->cfg);
 		if (si.ssi_signo == SIGUSR1)
 			continue;
 		if (si.ssi_signo == SIGHUP) {
-			reload(&px, ws, n);
+			reload(&d->px, d->ws, d->n);
 			idstore_reload();
 			metrics_identity_reload();
 			kick_registration();
 			continue;
 		}
-		if (si.ssi_signo == SIGTERM && !atomic_load(&px.draining)) {
-			/* Finish what is in flight, accept nothing new; the
-			 * workers stop by themselves. A second signal stops
-			 * at once. */
-			log_json(LL_INFO, "draining", json_pack("{s:f}",
-			    "timeout_s", proxy_runconf(&px)->cfg->drain_timeout));
-			px.drain_deadline = now_ms() +
-			    (long long)(proxy_runconf(&px)->cfg->drain_timeout * 1000);
-			atomic_store(&px.draining, 1);
-			for (i = 0; i < n; i++)
-				worker_wake(&ws[i]);
-			wait_drained(&px, ws, n, sfd);
-		}
+		if (si.ssi_signo == SIGTERM && !atomic_load(&d->px.draining))
+			daemon_drain(d);
 		log_json(LL_INFO, "stopping", json_pack("{s:s}", "signal",
 		    si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM"));
-		rc = 0;
-		break;
+		return 0;
 	}
-stop:
-	registrar_stop();
-	atomic_store(&px.stopping, 1);
-	for (i = 0; i < started; i++)
-		if (ws[i].thread)
-			worker_wake(&ws[i]);
-	for (i = 0; i < started; i++) {
-		if (ws[i].thread)
-			worker_join(&ws[i]);
-		else
-			worker_free(&ws[i]);
+}
+
+/* Undoes what daemon_open and daemon_start did, in reverse. */
+static void
+daemon_teardown(struct daemon *d)
+{
+	int i;
+
+	if (d->ws != NULL) {
+		registrar_stop();
+		atomic_store(&d->px.stopping, 1);
+		for (i = 0; i < d->started; i++)
+			if (d->ws[i].thread)
+				worker_wake(&d->ws[i]);
+		for (i = 0; i < d->started; i++) {
+			if (d->ws[i].thread)
+				worker_join(&d->ws[i]);
+			else
+				worker_free(&d->ws[i]);
+		}
 	}
-out:
 	metrics_set_gauges(NULL, NULL);
-	free(ws);
+	free(d->ws);
 	idstore_shutdown();
-	tunnel_tls_free(&px);
-	runconf_free_all(px.rc);
-	if (pid_written)
-		unlink(c->pid_file);
+	tunnel_tls_free(&d->px);
+	for (i = 0; i < 2; i++)
+		runconf_unref(d->reg_pin[i]);
+	proxy_runconf_set(&d->px, NULL);
+	pthread_mutex_destroy(&d->px.rc_lock);
+	pthread_mutex_destroy(&d->pin_lock);
+	if (d->pid_written)
+		unlink(d->cfg->pid_file);
 	/* a later run must not read a dead proxy's port */
-	if (info_written)
-		unlink(c->server_info);
-	if (px.audit_fd >= 0)
-		close(px.audit_fd);
-	if (px.listen_fd >= 0)
-		close(px.listen_fd);
-	if (sfd >= 0)
-		close(sfd);
-	curl_slist_free_all(px.connect_to);
+	if (d->info_written)
+		unlink(d->cfg->server_info);
+	if (d->px.audit_fd >= 0)
+		close(d->px.audit_fd);
+	if (d->px.listen_fd >= 0)
+		close(d->px.listen_fd);
+	if (d->sfd >= 0)
+		close(d->sfd);
+	curl_slist_free_all(d->px.connect_to);
+}
+
+static int
+run(struct config *c)
+{
+	struct daemon d;
+	char err[512];
+	int rc = 1;
+
+	memset(&d, 0, sizeof(d));
+	d.cfg = c;
+	d.sfd = -1;
+	d.px.cfg = c;
+	d.px.audit_fd = -1;
+	d.px.listen_fd = -1;
+	pthread_mutex_init(&d.px.rc_lock, NULL);
+	pthread_mutex_init(&d.pin_lock, NULL);
+	if (log_open(c, err, sizeof(err)) != 0) {
+		fprintf(stderr, "scopeproxy: log_file: %s\n", err);
+		return 1;
+	}
+	conn_limit_init(&d.px.conns, c->max_connections);
+	metrics_set_gauges(daemon_gauges, &d.px);
+	if (secmem_harden_process(err, sizeof(err)) != 0)
+		log_msg(LL_WARN, "%s", err);
+	if (daemon_open(&d) == 0 && daemon_start(&d) == 0)
+		rc = daemon_signals(&d);
+	daemon_teardown(&d);
 	return rc;
 }
 int

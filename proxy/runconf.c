@@ -437,23 +437,6 @@ runconf_new(struct config *c, int owned, char *err, size_t errlen)
 		return NULL;
 	}
 	rc->owns_cfg = owned;
+	atomic_init(&rc->refs, 1);
 	return rc;
 }
-
-void
-runconf_free_all(struct runconf *rc)
-{
-	while (rc != NULL) {
-		struct runconf *older = rc->older;
-
-		providers_free(rc->providers);
-		access_free(&rc->access);
-		if (rc->owns_cfg) {
-			config_free(rc->cfg);
-			free(rc->cfg);
-		}
-		free(rc);
-		rc = older;
-	}
-}
-

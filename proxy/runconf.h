@@ -30,10 +30,9 @@ int	 runcfg_reparse(struct config *c, char *err, size_t errlen);
  * in front of it. */
 struct provider_table *runcfg_providers(const struct config *c, char *err,
 	    size_t errlen);
-/* A generation of settings for c; owned: freed with it. */
+/* A generation of settings for c (owned: freed with it), with one
+ * reference for the caller; runconf_unref (net/worker.h) drops it. */
 struct runconf *runconf_new(struct config *c, int owned, char *err,
 	    size_t errlen);
-/* Frees rc and every older generation. */
-void	 runconf_free_all(struct runconf *rc);
 
 #endif

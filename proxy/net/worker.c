@@ -1,6 +1,5 @@
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,19 +11,16 @@
 #include <arpa/inet.h>
 
 #include "core/config.h"
+#include "core/providers.h"
 #include "cred/credential.h"
 #include "cred/identity.h"
 #include "cred/secmem.h"
-#include "core/errors.h"
-#include "core/headers.h"
 #include "core/log.h"
-#include "core/connect.h"
 #include "net/accept.h"
 #include "net/loop.h"
 #include "net/relay.h"
 #include "net/transfer.h"
 #include "net/tunnel.h"
-#include "net/websocket.h"
 #include "net/worker.h"
 
 /* A connection on its way into MHD (see worker_add_connection). */
@@ -58,6 +54,86 @@ struct runconf *
 proxy_runconf(struct proxy *px)
 {
 	return __atomic_load_n(&px->rc, __ATOMIC_ACQUIRE);
+}
+
+struct runconf *
+runconf_ref(struct runconf *rc)
+{
+	if (rc != NULL)
+		atomic_fetch_add(&rc->refs, 1);
+	return rc;
+}
+
+void
+runconf_unref(struct runconf *rc)
+{
+	if (rc == NULL || atomic_fetch_sub(&rc->refs, 1) != 1)
+		return;
+	providers_free(rc->providers);
+	access_free(&rc->access);
+	if (rc->owns_cfg) {
+		config_free(rc->cfg);
+		free(rc->cfg);
+	}
+	free(rc);
+}
+
+static void
+release_retired(struct worker *w)
+{
+	while (w->nretired > 0)
+		runconf_unref(w->retired[--w->nretired]);
+}
+
+struct runconf *
+proxy_runconf_hold(struct proxy *px)
+{
+	struct runconf *rc;
+
+	/* the lock keeps the swap from dropping rc between load and ref */
+	pthread_mutex_lock(&px->rc_lock);
+	rc = runconf_ref(px->rc);
+	pthread_mutex_unlock(&px->rc_lock);
+	return rc;
+}
+
+void
+proxy_runconf_set(struct proxy *px, struct runconf *rc)
+{
+	struct runconf *old;
+
+	pthread_mutex_lock(&px->rc_lock);
+	old = px->rc;
+	__atomic_store_n(&px->rc, rc, __ATOMIC_RELEASE);
+	atomic_fetch_add(&px->rc_gen, 1);
+	pthread_mutex_unlock(&px->rc_lock);
+	runconf_unref(old);
+}
+
+/* After SIGHUP: the new generation for this loop; the old one is kept
+ * while anything in flight may point into it. */
+static void
+adopt_runconf(struct worker *w)
+{
+	unsigned gen = atomic_load(&w->px->rc_gen);
+
+	if (gen != w->rc_gen) {
+		if (w->nretired == w->capretired) {
+			size_t nc = w->capretired ? w->capretired * 2 : 4;
+			struct runconf **nr = realloc(w->retired,
+			    nc * sizeof(*nr));
+
+			if (nr == NULL)
+				return;		/* keep the old one for now */
+			w->retired = nr;
+			w->capretired = nc;
+		}
+		w->retired[w->nretired++] = w->rc;
+		w->rc = proxy_runconf_hold(w->px);
+		w->rc_gen = gen;
+	}
+	if (w->nretired > 0 && !loop_busy(&w->loop))
+		release_retired(w);
 }
 
 long long
@@ -177,20 +253,18 @@ worker_schedule_unpause(struct worker *w, struct transfer *t)
 {
 	if (t->in_unpause)
 		return;
-	t->in_unpause = 1;
-	t->unpause_next = w->unpause;
-	w->unpause = t;
+	t->in_unpause = true;
+	LIST_INSERT_HEAD(&w->unpause, t, unpause_entry);
 }
 
 static void
 run_unpauses(struct worker *w)
 {
-	while (w->unpause != NULL) {
-		struct transfer *t = w->unpause;
+	struct transfer *t;
 
-		w->unpause = t->unpause_next;
-		t->in_unpause = 0;
-		t->unpause_next = NULL;
+	while ((t = LIST_FIRST(&w->unpause)) != NULL) {
+		LIST_REMOVE(t, unpause_entry);
+		t->in_unpause = false;
 		transfer_unpause(t);
 	}
 }
@@ -300,7 +374,7 @@ transfers_tick(void *arg, long long now)
 {
 	struct worker *w = arg;
 
-	if (w->reg_waiters == NULL)
+	if (LIST_EMPTY(&w->reg_waiters))
 		return false;
 	transfer_reg_poll(w, now_ms());
 	return true;
@@ -313,7 +387,7 @@ transfers_timeout(void *arg, long long now)
 
 	(void)now;
 	/* registrations end with a wake-up; deadlines need a tick */
-	return w->reg_waiters != NULL ? 250 : -1;
+	return !LIST_EMPTY(&w->reg_waiters) ? 250 : -1;
 }
 
 static bool
@@ -328,7 +402,7 @@ transfers_busy(void *arg)
 {
 	struct worker *w = arg;
 
-	return w->live != NULL;
+	return !LIST_EMPTY(&w->live);
 }
 
 static const struct loop_ops reg_ops = {
@@ -377,12 +451,12 @@ shutdown_worker(struct worker *w)
 	for (i = 0; i < 50; i++) {
 		int suspended = 0;
 
-		for (t = w->live; t != NULL; t = t->live_next) {
+		LIST_FOREACH(t, &w->live, live_entry) {
 			suspended |= t->wait != WAIT_NONE;
 			transfer_client_gone(t);
 		}
 		MHD_run(w->mhd);
-		if (!suspended && w->live == NULL)
+		if (!suspended && LIST_EMPTY(&w->live))
 			break;
 	}
 }
@@ -405,7 +479,7 @@ worker_turn(struct worker *w)
 {
 	int running;
 
-	w->rc = proxy_runconf(w->px);	/* after SIGHUP, the new one */
+	adopt_runconf(w);
 	if (loop_poll(&w->loop, next_timeout(w)) != 0) {
 		log_msg(LL_ERROR, "epoll_wait: %s", strerror(errno));
 		return -1;
@@ -522,7 +596,8 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 
 	memset(w, 0, sizeof(*w));
 	w->px = px;
-	w->rc = proxy_runconf(px);
+	w->rc_gen = atomic_load(&px->rc_gen);
+	w->rc = proxy_runconf_hold(px);
 	w->id = id;
 	w->curl_deadline = -1;
 	w->wake_src.fd = -1;
@@ -601,6 +676,12 @@ worker_free(struct worker *w)
 	w->acache.val = NULL;
 	free(w->peekbuf);
 	w->peekbuf = NULL;
+	release_retired(w);
+	free(w->retired);
+	w->retired = NULL;
+	w->capretired = 0;
+	runconf_unref(w->rc);
+	w->rc = NULL;
 	w->mhd = NULL;
 	w->multi = NULL;
 	w->secbuf = NULL;

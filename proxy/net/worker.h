@@ -8,6 +8,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 
@@ -32,21 +33,27 @@ struct curl_owner {
 };
 
 /* One generation of reloadable settings. SIGHUP builds a new one; each
- * worker adopts it at the top of its loop, and old generations stay
- * allocated until exit because requests in flight point into them. */
+ * worker adopts it at the top of its loop. Requests, tunnels and
+ * registrations in flight point into the generation they started with,
+ * so each is reference counted: the proxy holds the current one, a
+ * worker holds the one it uses and those it used while anything was in
+ * flight (given back once its loop is idle), the registrar holds what
+ * it was handed (main.c); the last unref frees it. */
 struct runconf {
 	struct config		*cfg;
 	struct provider_table	*providers;
 	struct access		 access;
-	struct runconf		*older;
-	int			 owns_cfg;
+	atomic_int		 refs;
+	bool			 owns_cfg;
 };
 
 /* Process-wide state shared by the workers; read-only once they run,
  * but for rc, which is swapped atomically by the main thread. */
 struct proxy {
 	struct config		*cfg;		/* as started: listen, MHD, CA */
-	struct runconf		*rc;
+	struct runconf		*rc;		/* current; rc_lock to swap */
+	pthread_mutex_t		 rc_lock;
+	atomic_uint		 rc_gen;	/* bumped on every swap */
 	int			 listen_fd;
 	struct conn_limit	 conns;		/* limits.max_connections */
 	atomic_int		 stopping;
@@ -90,6 +97,9 @@ LIST_HEAD(tunnel_list, tunnel);
 struct worker {
 	struct proxy		*px;
 	struct runconf		*rc;		/* the generation this loop uses */
+	unsigned		 rc_gen;
+	struct runconf		**retired;	/* used before, still held */
+	size_t			 nretired, capretired;
 	int			 id;
 	pthread_t		 thread;
 	struct loop		 loop;
@@ -100,9 +110,9 @@ struct worker {
 	CURLM			*multi;
 	long long		 curl_deadline;	/* monotonic ms, -1: none */
 	struct peek_list	 peeks;		/* oldest first (net/accept.c) */
-	struct transfer		*unpause;	/* transfers to curl_easy_pause(CONT) */
-	struct transfer		*reg_waiters;	/* parked for a registration */
-	struct transfer		*live;		/* every transfer, for shutdown */
+	LIST_HEAD(, transfer)	 unpause;	/* transfers to curl_easy_pause(CONT) */
+	LIST_HEAD(, transfer)	 reg_waiters;	/* parked for a registration */
+	LIST_HEAD(, transfer)	 live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
 	struct assertion_cache	 acache;	/* holds a ref on acache.id */
 	char			*peekbuf;	/* first request head, peeked */
@@ -130,8 +140,18 @@ long long now_ms(void);
 /* "1.2.3.4:5" or "[::1]:5", for logs. */
 void	 sockaddr_name(const struct sockaddr *sa, char out[64]);
 
-/* The current settings generation, for threads other than workers. */
+/* The current settings generation, unreferenced: for the main thread,
+ * which holds the proxy's reference. */
 struct runconf *proxy_runconf(struct proxy *px);
+/* The current generation with a reference for the caller. */
+struct runconf *proxy_runconf_hold(struct proxy *px);
+/* Makes rc (its reference moves to the proxy) the current generation
+ * and drops the proxy's reference to the previous one. */
+void	 proxy_runconf_set(struct proxy *px, struct runconf *rc);
+
+struct runconf *runconf_ref(struct runconf *rc);
+/* Frees rc with its last reference; runconf_unref(NULL) is a no-op. */
+void	 runconf_unref(struct runconf *rc);
 
 /* A curl easy handle: creating one costs an 80 KiB zeroed allocation,
  * so finished ones are reset and reused. */
