@@ -91,10 +91,7 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 		cl->t = t;
 		t->cl = cl;
 	}
-	t->live_next = w->live;
-	if (w->live)
-		w->live->live_prev = t;
-	w->live = t;
+	LIST_INSERT_HEAD(&w->live, t, live_entry);
 	metrics_request_open(1);
 	return t;
 }
@@ -268,22 +265,14 @@ transfer_park(struct transfer *t)
 
 	t->reg_wait = 1;
 	t->reg_deadline = now_ms() + (long long)(w->rc->cfg->reg_wait * 1000);
-	t->reg_next = w->reg_waiters;
-	w->reg_waiters = t;
+	LIST_INSERT_HEAD(&w->reg_waiters, t, reg_entry);
 }
 
 static void
 reg_unlink(struct transfer *t)
 {
-	struct transfer **pp;
-
-	for (pp = &t->w->reg_waiters; *pp != NULL; pp = &(*pp)->reg_next)
-		if (*pp == t) {
-			*pp = t->reg_next;
-			break;
-		}
+	LIST_REMOVE(t, reg_entry);
 	t->reg_wait = 0;
-	t->reg_next = NULL;
 }
 
 static void decide_and_start(struct transfer *t, const struct hdr_vec *in);
@@ -298,10 +287,10 @@ transfer_reg_poll(struct worker *w, long long now)
 	time_t retry;
 	int running = registrar_state(why, sizeof(why), &retry) == REG_RUNNING;
 
-	for (t = w->reg_waiters; t != NULL; t = next) {
+	for (t = LIST_FIRST(&w->reg_waiters); t != NULL; t = next) {
 		struct hdr_vec in = { 0 };
 
-		next = t->reg_next;
+		next = LIST_NEXT(t, reg_entry);
 		if (running && now < t->reg_deadline)
 			continue;
 		reg_unlink(t);
@@ -762,9 +751,9 @@ void
 transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
     enum MHD_RequestTerminationCode toe)
 {
-	struct worker *w = cls;
 	struct transfer *t = *con_cls;
 
+	(void)cls;
 	(void)con;
 	if (t == NULL)
 		return;
@@ -779,21 +768,9 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	transfer_release_upstream(t);
 	if (t->cl != NULL)
 		t->cl->t = NULL;
-	if (t->in_unpause) {
-		struct transfer **pp;
-
-		for (pp = &w->unpause; *pp != NULL; pp = &(*pp)->unpause_next)
-			if (*pp == t) {
-				*pp = t->unpause_next;
-				break;
-			}
-	}
-	if (t->live_prev)
-		t->live_prev->live_next = t->live_next;
-	else
-		w->live = t->live_next;
-	if (t->live_next)
-		t->live_next->live_prev = t->live_prev;
+	if (t->in_unpause)
+		LIST_REMOVE(t, unpause_entry);
+	LIST_REMOVE(t, live_entry);
 	resp_head_clear(&t->head);
 	buf_free(&t->up);
 	buf_free(&t->down);

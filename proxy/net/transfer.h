@@ -4,6 +4,8 @@
 #ifndef SP_TRANSFER_H
 #define SP_TRANSFER_H
 #include <curl/curl.h>
+#include <stdbool.h>
+#include <sys/queue.h>
 #include <microhttpd.h>
 
 #include "core/buf.h"
@@ -82,11 +84,11 @@ struct transfer {
 	int			 retried;
 	int			 reg_waited_out;
 	long long		 reg_deadline;
-	struct transfer		*reg_next;
+	LIST_ENTRY(transfer)	 reg_entry;	/* w->reg_waiters, when parked */
 
-	int			 in_unpause;
-	struct transfer		*unpause_next;
-	struct transfer		*live_next, *live_prev;
+	bool			 in_unpause;
+	LIST_ENTRY(transfer)	 unpause_entry;	/* w->unpause */
+	LIST_ENTRY(transfer)	 live_entry;	/* w->live */
 };
 
 void	*transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con);

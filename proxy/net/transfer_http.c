@@ -341,7 +341,7 @@ transfer_idle_sweep(struct worker *w, long long now)
 
 	if (idle <= 0)
 		return;
-	for (t = w->live; t != NULL; t = t->live_next) {
+	LIST_FOREACH(t, &w->live, live_entry) {
 		if (t->ws != NULL) {
 			/* connecting is curl's (connect timeout); after the
 			 * 101 the relay has its own idle timeout */
