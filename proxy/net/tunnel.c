@@ -289,24 +289,19 @@ tunnel_tls_free(struct proxy *px)
 	px->ca = NULL;
 }
 
-static void
-start_intercept(struct tunnel *tn)
+/* The server side of the client's TLS, with a leaf for the CONNECT
+ * host; NULL (err set) on failure. */
+static SSL *
+intercept_ssl(struct tunnel *tn, char *err, size_t errlen)
 {
 	struct worker *w = tn->w;
-	struct relay *r = NULL;
 	struct icpt *ic = NULL;
-	struct icpt_target icpt;
-	struct conn_slot plain;
 	X509 *leaf = NULL;
 	EVP_PKEY *key = NULL;
 	SSL *ssl = NULL;
-	char err[256];
-	int sp[2] = { -1, -1 };
 
-	if (ca_leaf(w->px->ca, tn->req.host, &leaf, &key, err, sizeof(err)) != 0) {
-		refuse(tn, PERR_INTERNAL, err, NULL);
-		return;
-	}
+	if (ca_leaf(w->px->ca, tn->req.host, &leaf, &key, err, errlen) != 0)
+		return NULL;
 	if ((ic = calloc(1, sizeof(*ic))) != NULL &&
 	    (ic->host = strdup(tn->req.host)) != NULL &&
 	    (ssl = SSL_new(w->px->tls_ctx)) != NULL &&
@@ -316,16 +311,40 @@ start_intercept(struct tunnel *tn)
 	    SSL_use_certificate(ssl, leaf) != 1 ||
 	    SSL_use_PrivateKey(ssl, key) != 1 ||
 	    SSL_add1_chain_cert(ssl, ca_cert(w->px->ca)) != 1 ||
-	    SSL_set_fd(ssl, tn->fd) != 1 ||
-	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0 ||
-	    (r = relay_new(w, (long long)(w->rc->cfg->client_idle_timeout * 1000))) == NULL) {
+	    SSL_set_fd(ssl, tn->fd) != 1) {
 		if (ic != NULL) {
 			free(ic->host);
 			free(ic);
 		}
 		SSL_free(ssl);
-		X509_free(leaf);
-		EVP_PKEY_free(key);
+		ssl = NULL;
+		snprintf(err, errlen, "cannot set up TLS interception");
+	}
+	X509_free(leaf);
+	EVP_PKEY_free(key);
+	if (ssl != NULL)
+		SSL_set_accept_state(ssl);
+	return ssl;
+}
+
+static void
+start_intercept(struct tunnel *tn)
+{
+	struct worker *w = tn->w;
+	struct relay *r = NULL;
+	struct icpt_target icpt;
+	struct conn_slot plain;
+	SSL *ssl;
+	char err[256];
+	int sp[2] = { -1, -1 };
+
+	if ((ssl = intercept_ssl(tn, err, sizeof(err))) == NULL) {
+		refuse(tn, PERR_INTERNAL, err, NULL);
+		return;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0 ||
+	    (r = relay_new(w, (long long)(w->rc->cfg->client_idle_timeout * 1000))) == NULL) {
+		SSL_free(ssl);
 		if (sp[0] >= 0) {
 			close(sp[0]);
 			close(sp[1]);
@@ -333,9 +352,6 @@ start_intercept(struct tunnel *tn)
 		refuse(tn, PERR_INTERNAL, "cannot set up TLS interception", NULL);
 		return;
 	}
-	X509_free(leaf);
-	EVP_PKEY_free(key);
-	SSL_set_accept_state(ssl);
 	if (write_all(tn->fd, established, sizeof(established) - 1) != 0) {
 		SSL_free(ssl);
 		close(sp[0]);
