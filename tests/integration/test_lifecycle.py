@@ -1414,9 +1414,11 @@ class ReadmeHarnessTest(LifecycleCase):
             a = argv[i]
             v = argv[i + 1] if i + 1 < len(argv) else None
             if a in ('--server-info', '--audit-log', '--auth-file', '--upstream-ca', '--pid-file',
-                     '--config'):
+                     '--config', '--ca-dir'):
                 self.assertIsNotNone(v, a)
-                local = v if not os.path.isabs(v) else os.path.join(cwd, os.path.basename(v))
+                # absolute or "$run/..." (the example's own temp dir): here, in cwd
+                local = (v if not (os.path.isabs(v) or v.startswith('$'))
+                         else os.path.join(cwd, os.path.basename(v)))
                 paths[a] = (v, os.path.join(cwd, local))
                 out += [a, local]
                 i += 2
@@ -1486,7 +1488,8 @@ class ReadmeHarnessTest(LifecycleCase):
         self.assertEqual(base_url, 'http://127.0.0.1:%d/v1' % port)
 
         # trust the interception CA the way the README says (scopeproxy ca export)
-        r = run_cmd([scopeproxy_bin(), 'ca', 'export'], env=env)
+        ca_args = ['--ca-dir', paths['--ca-dir'][1]] if '--ca-dir' in paths else []
+        r = run_cmd([scopeproxy_bin(), 'ca', 'export'] + ca_args, env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         proxy_ca = self.path('proxy-ca.pem')
         with open(proxy_ca, 'wb') as f:
