@@ -62,8 +62,8 @@ transfer_set_error(struct transfer *t, enum perr e, const char *fmt, ...)
 		t->err_msg = NULL;
 	va_end(ap);
 	t->err = e;
-	t->is_error = 1;
-	t->resp_ready = 1;
+	t->is_error = true;
+	t->resp_ready = true;
 	t->status = perr_status(e);
 }
 
@@ -150,8 +150,8 @@ response_reader(void *cls, uint64_t pos, char *out, size_t max)
 			worker_schedule_unpause(t->w, t);
 		return (ssize_t)n;
 	}
-	if (t->up_done)
-		return t->up_rc == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM :
+	if (t->leg == LEG_DONE || t->leg == LEG_FAILED)
+		return t->leg == LEG_DONE ? MHD_CONTENT_READER_END_OF_STREAM :
 		    MHD_CONTENT_READER_END_WITH_ERROR;
 	/* Nothing yet: sleep until curl writes (no busy loop). */
 	suspend(t, WAIT_DATA);
@@ -170,7 +170,7 @@ queue_upstream_response(struct transfer *t)
 		size = (uint64_t)t->head.length;
 	if (t->status == 204 || t->status == 304 || t->status < 200)
 		size = 0;
-	if (t->up_done && t->up_rc == CURLE_OK && size != MHD_SIZE_UNKNOWN &&
+	if (t->leg == LEG_DONE && size != MHD_SIZE_UNKNOWN &&
 	    size == buf_pending(&t->down)) {
 		/* The whole answer is here: MHD sends head and body in one
 		 * write, with no reader round trip. */
@@ -263,7 +263,7 @@ transfer_park(struct transfer *t)
 {
 	struct worker *w = t->w;
 
-	t->reg_wait = 1;
+	t->leg = LEG_PARKED;
 	t->reg_deadline = now_ms() + (long long)(w->rc->cfg->reg_wait * 1000);
 	LIST_INSERT_HEAD(&w->reg_waiters, t, reg_entry);
 }
@@ -272,7 +272,7 @@ static void
 reg_unlink(struct transfer *t)
 {
 	LIST_REMOVE(t, reg_entry);
-	t->reg_wait = 0;
+	t->leg = LEG_NONE;
 }
 
 static void decide_and_start(struct transfer *t, const struct hdr_vec *in);
@@ -582,7 +582,7 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 
 	if (t->client_gone)
 		return MHD_NO;
-	if (t->reg_wait) {
+	if (t->leg == LEG_PARKED) {
 		suspend(t, WAIT_UPLOAD);	/* kept for the upstream */
 		return MHD_YES;
 	}
@@ -610,7 +610,7 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 		/* kept for one replay after invalid_task_id */
 		if ((long long)(buf_pending(&t->replay) + take) > c->reg_replay_max ||
 		    buf_append(&t->replay, data, take) != 0) {
-			t->replay_ok = 0;
+			t->replay_ok = false;
 			buf_free(&t->replay);
 		}
 	}
@@ -648,7 +648,7 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 	case PH_BODY:
 		if (*upload_data_size > 0)
 			return body_chunk(t, upload_data, upload_data_size);
-		t->upload_eof = 1;
+		t->upload_eof = true;
 		if (t->send_paused)
 			worker_schedule_unpause(t->w, t);
 		t->phase = PH_RESPOND;
@@ -706,7 +706,7 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 		    toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone ?
 		    "client" : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ?
 		    "timeout" : "error"));
-	else if (t->up_done && t->up_rc != CURLE_OK && !t->is_error)
+	else if (t->leg == LEG_FAILED && !t->is_error)
 		json_object_set_new(o, "aborted", json_string("upstream"));
 	log_json(LL_INFO, "request", o);
 }
@@ -763,7 +763,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	metrics_request_open(-1);
 	metrics_request(t->mode, t->provider, t->route_kind, t->action,
 	    t->status, t->is_error ? perr_code(t->err) : NULL);
-	if (t->reg_wait)
+	if (t->leg == LEG_PARKED)
 		reg_unlink(t);
 	transfer_release_upstream(t);
 	if (t->cl != NULL)

@@ -24,6 +24,17 @@ enum t_wait { WAIT_NONE, WAIT_HEADERS, WAIT_UPLOAD, WAIT_DATA };
 
 enum t_phase { PH_NEW, PH_BODY, PH_RESPOND, PH_DONE };
 
+/* Where the upstream leg is: one state instead of a flag per fact. */
+enum t_leg {
+	LEG_NONE,	/* none (yet): a local answer, a refusal, or before */
+	LEG_PARKED,	/* waiting for a run-task registration */
+	LEG_CONNECTING,	/* WebSocket: curl opens the connection */
+	LEG_SENDING,	/* the request goes up; no final head yet */
+	LEG_RECEIVING,	/* the final head is in; the body follows */
+	LEG_DONE,	/* the upstream finished its answer */
+	LEG_FAILED	/* ended by an error or a timeout */
+};
+
 struct transfer {
 	struct curl_owner	 owner;		/* first member */
 	struct worker		*w;
@@ -48,26 +59,25 @@ struct transfer {
 	struct curl_slist	*req_headers;
 	struct buf		 up;		/* client body -> upstream */
 	struct buf		 down;		/* upstream body -> client */
-	int			 upload_eof;
-	int			 send_paused;
-	int			 recv_paused;
-	int			 up_done;	/* curl finished */
-	CURLcode		 up_rc;
+	enum t_leg		 leg;
+	bool			 upload_eof;
+	bool			 send_paused;	/* curl waits for client body */
+	bool			 recv_paused;	/* the client is the slow side */
 	int			 reused;	/* -1 unknown */
 
 	/* response */
-	int			 resp_ready;
+	bool			 resp_ready;	/* head or error answer known */
 	int			 status;	/* what the client is answered */
 	struct resp_head	 head;		/* the upstream's head */
 	enum perr		 err;
 	char			*err_msg;
-	int			 is_error;
+	bool			 is_error;
 	char			*local_body;	/* the proxy's own answer */
 	int			 local_status;
 	const char		*local_ctype;	/* NULL: application/json */
 	const char		*err_header;	/* 407: the auth scheme */
 
-	int			 client_gone;
+	bool			 client_gone;
 	long long		 bytes_in;
 	long long		 bytes_out;
 	long long		 start_ms;
@@ -75,14 +85,12 @@ struct transfer {
 
 	struct ws		*ws;		/* WebSocket handshake, or NULL */
 
-	/* waiting for a run-task registration */
-	int			 reg_wait;
 	/* invalid_task_id recovery: the body is kept for one replay */
 	struct buf		 replay;
-	int			 replay_ok;
-	int			 inspecting;	/* holding an error answer to read it */
-	int			 retried;
-	int			 reg_waited_out;
+	bool			 replay_ok;
+	bool			 inspecting;	/* holding an error answer to read it */
+	bool			 retried;
+	bool			 reg_waited_out;
 	long long		 reg_deadline;
 	LIST_ENTRY(transfer)	 reg_entry;	/* w->reg_waiters, when parked */
 

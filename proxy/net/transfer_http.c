@@ -61,16 +61,17 @@ transfer_head_line(struct transfer *t, const char *p, size_t len)
 		    "upstream %s sent a malformed response head", t->rt.log_host);
 		return -1;
 	case RESP_HEAD_DONE:
+		t->leg = LEG_RECEIVING;
 		break;
 	}
 	/* A client error on a credentialed request may say the task is no
 	 * longer valid: hold it until its body is read. */
 	if (t->action == ACTION_ASSERT && t->replay_ok && !t->retried &&
 	    t->status >= 400 && t->status < 500 && t->ws == NULL) {
-		t->inspecting = 1;
+		t->inspecting = true;
 		return 0;
 	}
-	t->resp_ready = 1;
+	t->resp_ready = true;
 	metrics_upstream_head((double)(now_ms() - t->start_ms) / 1000.0);
 	if (t->wait == WAIT_HEADERS)
 		transfer_resume(t);
@@ -99,14 +100,14 @@ on_write(char *p, size_t size, size_t n, void *ud)
 			return 0;
 		if (buf_pending(&t->down) > INSPECT_MAX) {
 			/* too long for an error object: pass it on as is */
-			t->inspecting = 0;
-			t->resp_ready = 1;
+			t->inspecting = false;
+			t->resp_ready = true;
 			transfer_resume(t);
 		}
 		return len;
 	}
 	if (buf_pending(&t->down) > 0 && buf_pending(&t->down) + len > TRANSFER_WINDOW) {
-		t->recv_paused = 1;
+		t->recv_paused = true;
 		return CURL_WRITEFUNC_PAUSE;
 	}
 	if (buf_append(&t->down, p, len) != 0)
@@ -136,7 +137,7 @@ on_read(char *p, size_t size, size_t n, void *ud)
 	}
 	if (t->upload_eof)
 		return 0;
-	t->send_paused = 1;
+	t->send_paused = true;
 	if (t->wait == WAIT_UPLOAD)
 		transfer_resume(t);
 	return CURL_READFUNC_PAUSE;
@@ -149,7 +150,7 @@ transfer_unpause(struct transfer *t)
 		return;
 	if (t->recv_paused && buf_pending(&t->down) >= TRANSFER_WINDOW / 2)
 		return;		/* the client is still slow: stay paused */
-	t->recv_paused = t->send_paused = 0;
+	t->recv_paused = t->send_paused = false;
 	curl_easy_pause(t->easy, CURLPAUSE_CONT);
 }
 
@@ -184,7 +185,7 @@ try_recover(struct transfer *t)
 	log_json(LL_INFO, "run task rejected upstream: registering a new one",
 	    json_pack("{s:s, s:s, s:i}", "host", t->rt.log_host, "path",
 	    t->rt.log_path, "status", t->status));
-	t->retried = 1;
+	t->retried = true;
 	resp_head_clear(&t->head);
 	t->status = 0;
 	buf_free(&t->down);
@@ -204,15 +205,14 @@ transfer_curl_done(struct curl_owner *o, CURLcode rc)
 		return;
 	}
 	if (t->inspecting) {
-		t->inspecting = 0;
+		t->inspecting = false;
 		if (rc == CURLE_OK && try_recover(t))
 			return;
-		t->resp_ready = 1;
+		t->resp_ready = true;
 	}
 	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
 	t->reused = nconn == 0;
-	t->up_done = 1;
-	t->up_rc = rc;
+	t->leg = rc == CURLE_OK ? LEG_DONE : LEG_FAILED;
 	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone)
 		transfer_set_error(t, upstream_error_kind(rc), "upstream %s: %s",
 		    t->rt.log_host, curl_easy_strerror(rc));
@@ -225,7 +225,7 @@ transfer_curl_done(struct curl_owner *o, CURLcode rc)
 void
 transfer_client_gone(struct transfer *t)
 {
-	t->client_gone = 1;
+	t->client_gone = true;
 	transfer_release_upstream(t);	/* the upstream learns at once */
 	transfer_resume(t);
 }
@@ -330,6 +330,7 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 		t->easy = NULL;
 		return -1;
 	}
+	t->leg = LEG_SENDING;	/* curl connects first */
 	return 0;
 }
 
@@ -358,10 +359,7 @@ transfer_idle_sweep(struct worker *w, long long now)
 			transfer_set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
 			    "for %g s (timeouts.upstream_idle)", t->rt.log_host,
 			    w->rc->cfg->upstream_idle_timeout);
-		else {
-			t->up_done = 1;
-			t->up_rc = CURLE_OPERATION_TIMEDOUT;
-		}
+		t->leg = LEG_FAILED;
 		transfer_release_upstream(t);
 		transfer_resume(t);
 	}

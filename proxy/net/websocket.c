@@ -121,6 +121,7 @@ ws_begin(struct transfer *t, const struct hdr_vec *in,
 		return -1;
 	}
 	t->easy = e;	/* so the completion reaches transfer_curl_done */
+	t->leg = LEG_CONNECTING;
 	return 0;
 }
 
@@ -129,10 +130,7 @@ ws_fail(struct transfer *t, enum perr e, const char *why)
 {
 	if (!t->resp_ready)
 		transfer_set_error(t, e, "upstream %s: %s", t->rt.log_host, why);
-	else {
-		t->up_done = 1;
-		t->up_rc = CURLE_RECV_ERROR;
-	}
+	t->leg = LEG_FAILED;
 	ws_release(t);
 	transfer_resume(t);
 }
@@ -159,6 +157,7 @@ ws_connected(struct transfer *t, CURLcode rc)
 	}
 	ws->fd = (int)s;
 	ws->state = WS_SENDING;
+	t->leg = LEG_SENDING;
 	t->last_io = now_ms();
 	ws_event(&ws->src, EPOLLOUT);
 }
@@ -186,8 +185,7 @@ body_done(struct ws *ws)
 {
 	struct transfer *t = ws->t;
 
-	t->up_done = 1;
-	t->up_rc = CURLE_OK;
+	t->leg = LEG_DONE;
 	ws_release(t);
 	transfer_resume(t);
 }
