@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -179,6 +180,74 @@ peek_ready(struct evsrc *src, uint32_t events)
 	free(p);
 }
 
+/* How long the listener rests after running out of descriptors, and how
+ * often that is said: a level-triggered listener would otherwise spin. */
+#define FD_PAUSE_MS	100
+#define FD_WARN_MS	5000
+
+/* EMFILE/ENFILE: refuse one waiting client with the spare descriptor (so
+ * it gets an answer rather than a hang), rest the listener, and say so
+ * at most every FD_WARN_MS with a count. */
+static void
+out_of_fds(struct worker *w, int err)
+{
+	long long now = now_ms();
+	int fd;
+
+	if (w->spare_fd >= 0) {
+		close(w->spare_fd);
+		w->spare_fd = -1;
+		if ((fd = accept4(w->px->listen_fd, NULL, NULL,
+		    SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS, "the proxy "
+			    "is out of file descriptors; retry shortly", NULL);
+		w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	w->fd_refused++;
+	if (w->listen_resume == 0 && atomic_load(&w->listening)) {
+		loop_del(&w->loop, w->px->listen_fd);
+		w->listen_resume = now + FD_PAUSE_MS;
+	}
+	if (now - w->fd_warned_at >= FD_WARN_MS) {
+		log_json(LL_WARN, "out of file descriptors: new connections are "
+		    "refused for a moment; raise the limit (ulimit -n, "
+		    "LimitNOFILE=) or lower limits.max_connections",
+		    json_pack("{s:s, s:i, s:I}", "error", strerror(err),
+		    "worker", w->id, "refused", (json_int_t)w->fd_refused));
+		w->fd_warned_at = now;
+		w->fd_refused = 0;
+	}
+}
+
+static bool
+listen_resume_tick(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	if (w->listen_resume == 0 || now < w->listen_resume)
+		return false;
+	w->listen_resume = 0;
+	if (atomic_load(&w->listening) && loop_add(&w->loop, &w->listen_src,
+	    EPOLLIN | EPOLLEXCLUSIVE) != 0)
+		w->listen_resume = now + FD_PAUSE_MS;	/* try again */
+	return true;
+}
+
+static long long
+listen_resume_timeout(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	if (w->listen_resume == 0)
+		return -1;
+	return w->listen_resume > now ? w->listen_resume - now : 0;
+}
+
+static const struct loop_ops listen_ops = {
+	.tick = listen_resume_tick,
+	.timeout = listen_resume_timeout,
+};
+
 static void
 accept_ready(struct evsrc *src, uint32_t events)
 {
@@ -196,7 +265,9 @@ accept_ready(struct evsrc *src, uint32_t events)
 		fd = accept4(w->px->listen_fd, (struct sockaddr *)&ss, &sl,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR &&
+			if (errno == EMFILE || errno == ENFILE)
+				out_of_fds(w, errno);
+			else if (errno != EAGAIN && errno != EINTR &&
 			    errno != ECONNABORTED && errno != EINVAL)
 				log_msg(LL_WARN, "accept: %s", strerror(errno));
 			return;
@@ -285,6 +356,10 @@ accept_attach(struct worker *w, char *err, size_t errlen)
 		return -1;
 	}
 	atomic_store(&w->listening, 1);
+	w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	w->listen_resume = 0;
+	if (loop_hook_add(&w->loop, &listen_ops, w, err, errlen) != 0)
+		return -1;
 	return loop_hook_add(&w->loop, &peek_ops, w, err, errlen);
 }
 
@@ -292,7 +367,8 @@ void
 accept_unlisten(struct worker *w)
 {
 	if (atomic_load(&w->listening)) {
-		loop_del(&w->loop, w->px->listen_fd);
+		if (w->listen_resume == 0)	/* else already out of the set */
+			loop_del(&w->loop, w->px->listen_fd);
 		atomic_store(&w->listening, 0);
 	}
 }

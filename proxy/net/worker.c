@@ -595,6 +595,7 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	int fd;
 
 	memset(w, 0, sizeof(*w));
+	w->spare_fd = -1;
 	w->px = px;
 	w->rc_gen = atomic_load(&px->rc_gen);
 	w->rc = proxy_runconf_hold(px);
@@ -668,6 +669,9 @@ worker_free(struct worker *w)
 		curl_multi_cleanup(w->multi);
 	if (w->wake_src.fd >= 0)
 		close(w->wake_src.fd);
+	if (w->spare_fd >= 0)
+		close(w->spare_fd);
+	w->spare_fd = -1;
 	loop_clear(&w->loop);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
 	secmem_free(w->acache.val, CREDENTIAL_BUFSIZE);

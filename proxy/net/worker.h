@@ -118,6 +118,12 @@ struct worker {
 	char			*peekbuf;	/* first request head, peeked */
 	struct relay_list	 relays;	/* tunnels and intercepted TLS */
 	atomic_int		 listening;
+	/* out of descriptors (net/accept.c): a spare one to accept and
+	 * refuse with, and the listener paused until listen_resume */
+	int			 spare_fd;
+	long long		 listen_resume;		/* 0: not paused */
+	long long		 fd_warned_at;
+	long			 fd_refused;		/* since the last warning */
 	atomic_int		 finished;	/* the loop has ended */
 	struct tunnel_list	 connecting;	/* CONNECTs waiting for curl */
 	CURL			*easy_pool[64];	/* reset handles, reused */
