@@ -129,6 +129,17 @@ queue_error(struct transfer *t)
 	return rc;
 }
 
+/* MHD closes the connection of a body that ends in error only on its
+ * next run, and in external-epoll mode nothing asks for one (its timeout
+ * stays "none"): without another turn the client would hang with a
+ * truncated body until unrelated traffic woke the worker. */
+static ssize_t
+end_with_error(struct transfer *t)
+{
+	t->w->mhd_rerun = true;
+	return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
 static ssize_t
 response_reader(void *cls, uint64_t pos, char *out, size_t max)
 {
@@ -137,7 +148,7 @@ response_reader(void *cls, uint64_t pos, char *out, size_t max)
 
 	(void)pos;
 	if (t->client_gone)
-		return MHD_CONTENT_READER_END_WITH_ERROR;
+		return end_with_error(t);
 	if ((n = buf_pending(&t->down)) > 0) {
 		if (n > max)
 			n = max;
@@ -150,9 +161,10 @@ response_reader(void *cls, uint64_t pos, char *out, size_t max)
 			worker_schedule_unpause(t->w, t);
 		return (ssize_t)n;
 	}
-	if (t->leg == LEG_DONE || t->leg == LEG_FAILED)
-		return t->leg == LEG_DONE ? MHD_CONTENT_READER_END_OF_STREAM :
-		    MHD_CONTENT_READER_END_WITH_ERROR;
+	if (t->leg == LEG_DONE)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (t->leg == LEG_FAILED)
+		return end_with_error(t);
 	/* Nothing yet: sleep until curl writes (no busy loop). */
 	suspend(t, WAIT_DATA);
 	return 0;

@@ -429,6 +429,8 @@ next_timeout(struct worker *w)
 	if (MHD_get_timeout(w->mhd, &mt) == MHD_YES &&
 	    (t < 0 || (long long)mt < t))
 		t = (long long)mt;
+	if (w->mhd_rerun)
+		t = 0;
 	if (atomic_load(&w->px->draining) && (t < 0 || t > 100))
 		t = 100;	/* check for the end of the drain */
 	t = loop_timeout(&w->loop, now, t);
@@ -491,6 +493,7 @@ worker_turn(struct worker *w)
 	}
 	curl_drain_messages(w);
 	run_unpauses(w);
+	w->mhd_rerun = false;
 	MHD_run(w->mhd);
 	run_unpauses(w);
 	if (loop_tick(&w->loop, now_ms())) {

@@ -118,6 +118,7 @@ struct worker {
 	char			*peekbuf;	/* first request head, peeked */
 	struct relay_list	 relays;	/* tunnels and intercepted TLS */
 	atomic_int		 listening;
+	bool			 mhd_rerun;	/* MHD has work its timeout hides */
 	/* out of descriptors (net/accept.c): a spare one to accept and
 	 * refuse with, and the listener paused until listen_resume */
 	int			 spare_fd;
