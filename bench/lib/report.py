@@ -82,6 +82,8 @@ def summarize(runs, closes=False):
         "other_cpu": max((float(r.get("other_cpu_pct", 0)) for r in good), default=0.0),
         "cpu_us_req": med([float(r["target_cpu_us"]) / int(r["requests"]) for r in good
                            if "target_cpu_us" in r and int(r["requests"]) > 0]),
+        "cpu_us_all": [float(r["target_cpu_us"]) / int(r["requests"]) for r in good
+                       if "target_cpu_us" in r and int(r["requests"]) > 0],
     }
 
 
@@ -95,6 +97,8 @@ def main():
     ap.add_argument("--scopeproxy-log")
     ap.add_argument("--https")
     ap.add_argument("--https-notes")
+    ap.add_argument("--syscalls")
+    ap.add_argument("--syscalls-note", default="")
     a = ap.parse_args()
 
     out = []
@@ -255,6 +259,8 @@ def main():
             p("  | " + ln.rstrip("\n")[:150])
         p("")
 
+    syscalls_section(p, a.syscalls, a.syscalls_note, stats)
+
     checks4 = https_section(p, a.https, a.https_notes)
 
     def verdicts(title, cl, width=40):
@@ -279,6 +285,65 @@ def main():
         verdicts("Issue 4 targets (HTTPS_PROXY)", checks4, 44)
         p("")
     print("\n".join(out))
+
+
+def syscalls_section(p, path, note, stats):
+    """CPU per request (all targets) and syscalls per request (strace -c -f
+    for the breakdown, perf stat for the undisturbed total)."""
+    p("CPU and syscalls per request (median, min..max over rounds)")
+    p("-" * 78)
+    p(f"{'target':<14}{'CPU us/req':>11}{'min..max':>13}")
+    for name, s in stats.items():
+        if s and s["cpu_us_all"]:
+            v = s["cpu_us_all"]
+            p(f"{name:<14}{med(v):>11.1f}{min(v):>7.1f}..{max(v):<6.1f}")
+    runs = []
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                kv = dict(x.split("=", 1) for x in line.split() if "=" in x)
+                if int(kv.get("requests", 0)) > 0 and "total" in kv:
+                    runs.append(kv)
+    if note:
+        p(f"  note: {note}")
+    if not runs:
+        p("  syscalls: no figures")
+        p("")
+        return
+    p("")
+    p(f"{'target':<14}{'strace sys/req':>15}{'min..max':>14}{'perf sys/req':>13}{'min..max':>14}"
+      f"{'perf CPU us/req':>16}")
+    names = []
+    for r in runs:
+        if r["target"] not in names:
+            names.append(r["target"])
+    for name in names:
+        cells = []
+        for tool in ("strace", "perf"):
+            v = [int(r["total"]) / int(r["requests"]) for r in runs
+                 if r["target"] == name and r["tool"] == tool]
+            cells.append(f"{med(v):>8.2f}{min(v):>8.2f}..{max(v):<5.2f}" if v else f"{'-':>8}{'':>15}")
+        cpu = [float(r["task_clock_ms"]) * 1000 / int(r["requests"]) for r in runs
+               if r["target"] == name and r["tool"] == "perf" and "task_clock_ms" in r]
+        p(f"{name:<14}{cells[0]:>28} {cells[1]:>26}{(f'{med(cpu):.1f}' if cpu else '-'):>14}")
+    p("  per syscall (strace, median calls/req; errors/req in brackets):")
+    for name in names:
+        per = {}
+        st = [r for r in runs if r["target"] == name and r["tool"] == "strace"]
+        for r in st:
+            n = int(r["requests"])
+            for item in filter(None, r.get("calls", "").split(",")):
+                sc, calls, errs = (item.split(":") + ["0", "0"])[:3]
+                per.setdefault(sc, ([], []))
+                per[sc][0].append(int(calls) / n)
+                per[sc][1].append(int(errs) / n)
+        top = sorted(per.items(), key=lambda kv: -med(kv[1][0]))
+        parts = [f"{sc} {med(c):.2f}" + (f" ({med(e):.2f})" if med(e) >= 0.01 else "")
+                 for sc, (c, e) in top if med(c) >= 0.01]
+        p(f"  {name:<12}" + ", ".join(parts))
+    p("  (strace slows the traced process, so it batches fewer events per epoll_wait;")
+    p("   the perf column counts the same requests without ptrace)")
+    p("")
 
 
 def load_jsonl(path):

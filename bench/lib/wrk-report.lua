@@ -8,6 +8,13 @@
 --   BENCH_WRK_HEADERS  extra header lines, separated by "\n" ("Name: value").
 --   BENCH_WRK_METHOD   request method (default GET).
 --   BENCH_WRK_BODY     request body (wrk adds its Content-Length).
+--   BENCH_WRK_MAX_REQUESTS  stop after about this many responses (each of
+--                      the wrk threads stops after its share); used by the
+--                      syscalls-per-request runs.  Default: no limit.
+--   BENCH_WRK_THREADS_N  wrk -t, to split BENCH_WRK_MAX_REQUESTS.
+--   BENCH_WRK_DONE_FILE  an empty file: each thread that has its share
+--                      adds a line; the last one sends wrk SIGINT, so the
+--                      run ends then instead of after -d.
 --
 -- done() prints one machine-readable line (latencies in microseconds):
 --   BENCH_RESULT requests=N duration_us=N bytes=N rps=F p50_us=N p90_us=N
@@ -40,6 +47,31 @@ if extra and extra ~= "" then
       local name, value = string.match(line, "^([^:]+):%s*(.*)$")
       if name then
          wrk.headers[name] = value
+      end
+   end
+end
+
+-- A fixed number of requests: each thread stops after its share.
+local max_requests = tonumber(os.getenv("BENCH_WRK_MAX_REQUESTS") or "")
+local nthreads = tonumber(os.getenv("BENCH_WRK_THREADS_N") or "") or 1
+if max_requests and max_requests > 0 then
+   local share = math.ceil(max_requests / nthreads)
+   local seen = 0
+   function response(status, headers, body)
+      seen = seen + 1
+      if seen == share then
+         wrk.thread:stop()
+         -- wrk itself waits for -d; the last thread to finish ends it
+         -- early with SIGINT (wrk then prints its summary as usual).
+         local f = os.getenv("BENCH_WRK_DONE_FILE")
+         if f and f ~= "" then
+            -- (after this thread has ended: only wrk's main thread
+            -- can take the signal then, and it cuts its sleep short)
+            os.execute(string.format(
+               "echo x >>'%s'; [ \"$(wc -l <'%s')\" -ge %d ] && " ..
+               "{ (sleep 0.2; kill -INT $PPID) >/dev/null 2>&1 & }",
+               f, f, nthreads))
+         end
       end
    end
 end
