@@ -119,6 +119,12 @@ queue_error(struct transfer *t)
 		snprintf(v, sizeof(v), "%s realm=\"scopeproxy\"", t->err_header);
 		MHD_add_response_header(r, "Proxy-Authenticate", v);
 	}
+	/* Missing run-task state does not go away by retrying at once:
+	 * the OpenAI SDKs then show the reason instead of retrying. */
+	if (t->err == PERR_AGENT_TASK_MISSING ||
+	    t->err == PERR_AGENT_IDENTITY_MISSING ||
+	    t->err == PERR_AGENT_IDENTITY_INVALID)
+		MHD_add_response_header(r, "x-should-retry", "false");
 	if (t->status == 400 || t->status == 405 || t->status == 413 ||
 	    t->status == 431 || t->err == PERR_SHUTTING_DOWN)
 		MHD_add_response_header(r, "Connection", "close");

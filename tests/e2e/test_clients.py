@@ -392,7 +392,9 @@ class NodeSDKCases(E2ECase):
         rejects = [a for a in self.audit_lines() if a.get('error') == 'agent_task_missing']
         log('  note: the Node SDK sent %d request(s) for one call (x-should-retry: %s)'
             % (len(rejects), res.get('headers', {}).get('x-should-retry')))
-        want = 1 if res.get('headers', {}).get('x-should-retry') == 'false' else 3
+        # the proxy says x-should-retry: false, so the SDK asks once
+        self.assertEqual(res.get('headers', {}).get('x-should-retry'), 'false', res)
+        want = 1
         self.assertEqual(len(rejects), want, self.context(out))
 
 

@@ -239,6 +239,8 @@ class Plaintext(ConfinementCase):
         r = request(d.port, raw('POST', 'http://api.openai.com/v1/responses', 'api.openai.com',
                                 body=b'{}'))
         self.assertProxyError(r, 503, 'agent_task_missing', d)
+        # the OpenAI SDKs then show the reason instead of retrying
+        self.assertEqual(r.header('x-should-retry'), 'false')
         self.assertNothingFor('POST http://api.openai.com/v1/responses')
 
     def test_plaintext_mode_value_is_checked(self):
