@@ -191,13 +191,15 @@ peek_ready(struct evsrc *src, uint32_t events)
 static void
 out_of_fds(struct worker *w, int err)
 {
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
 	long long now = now_ms();
 	int fd;
 
 	if (w->spare_fd >= 0) {
 		close(w->spare_fd);
 		w->spare_fd = -1;
-		if ((fd = accept4(w->px->listen_fd, NULL, NULL,
+		if ((fd = accept4(w->px->listen_fd, (struct sockaddr *)&ss, &sl,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
 			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS, "the proxy "
 			    "is out of file descriptors; retry shortly", NULL);

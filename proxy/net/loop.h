@@ -43,7 +43,7 @@ struct loop_hook {
 
 struct loop {
 	int			 epfd;
-	TAILQ_HEAD(, loop_hook)	 hooks;
+	TAILQ_HEAD(loop_hooks, loop_hook) hooks;
 	void			**grave;	/* freed after the event batch */
 	size_t			 ngrave, capgrave;
 };

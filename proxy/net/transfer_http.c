@@ -25,7 +25,7 @@ transfer_release_upstream(struct transfer *t)
 {
 	ws_release(t);
 	if (t->easy != NULL) {
-		curl_multi_remove_handle(t->w->multi, t->easy);
+		upstream_detach(t->w->multi, t->easy, &t->owner);
 		worker_easy_put(t->w, t->easy);
 		t->easy = NULL;
 	}
@@ -215,7 +215,7 @@ transfer_curl_done(struct curl_owner *o, CURLcode rc)
 	t->leg = rc == CURLE_OK ? LEG_DONE : LEG_FAILED;
 	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone)
 		transfer_set_error(t, upstream_error_kind(rc), "upstream %s: %s",
-		    t->rt.log_host, curl_easy_strerror(rc));
+		    t->rt.log_host, upstream_strerror(rc));
 	transfer_release_upstream(t);
 	/* Whatever it waits for (the head, data, or room for more upload,
 	 * which is now read and dropped) has an answer. */

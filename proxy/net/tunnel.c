@@ -19,6 +19,7 @@
 #include "net/metrics.h"
 #include "net/relay.h"
 #include "net/tunnel.h"
+#include "net/upstream.h"
 #include "net/worker.h"
 
 static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -105,6 +106,7 @@ start_blind(struct tunnel *tn)
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, tn);
+	upstream_bound_resolve(e, &tn->owner);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_PROXY, "");
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
@@ -128,7 +130,7 @@ tunnel_abort_all(void *arg)
 
 	while ((tn = LIST_FIRST(&w->connecting)) != NULL) {
 		LIST_REMOVE(tn, entry);
-		curl_multi_remove_handle(w->multi, tn->easy);
+		upstream_detach(w->multi, tn->easy, &tn->owner);
 		curl_easy_cleanup(tn->easy);
 		close(tn->fd);
 		tunnel_free(tn);
@@ -169,8 +171,8 @@ tunnel_curl_done(struct curl_owner *o, CURLcode rc)
 		char msg[300];
 
 		snprintf(msg, sizeof(msg), "upstream %s:%d: %s", tn->req.host,
-		    tn->req.port, curl_easy_strerror(rc));
-		curl_multi_remove_handle(w->multi, tn->easy);
+		    tn->req.port, upstream_strerror(rc));
+		upstream_detach(w->multi, tn->easy, &tn->owner);
 		curl_easy_cleanup(tn->easy);
 		refuse(tn, rc == CURLE_OPERATION_TIMEDOUT ? PERR_UPSTREAM_TIMEOUT :
 		    PERR_UPSTREAM_UNREACHABLE, msg, NULL);
@@ -179,7 +181,7 @@ tunnel_curl_done(struct curl_owner *o, CURLcode rc)
 	/* The answer goes out only now that the upstream is there. */
 	if (write_all(tn->fd, established, sizeof(established) - 1) != 0 ||
 	    (r = relay_new(w, (long long)(w->rc->cfg->tunnel_idle_timeout * 1000))) == NULL) {
-		curl_multi_remove_handle(w->multi, tn->easy);
+		upstream_detach(w->multi, tn->easy, &tn->owner);
 		curl_easy_cleanup(tn->easy);
 		close(tn->fd);
 		tunnel_free(tn);

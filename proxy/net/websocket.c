@@ -49,7 +49,7 @@ ws_release(struct transfer *t)
 	if (ws->easy != NULL) {
 		/* connect-only handles are never pooled: the connection is
 		 * theirs alone */
-		curl_multi_remove_handle(t->w->multi, ws->easy);
+		upstream_detach(t->w->multi, ws->easy, &t->owner);
 		curl_easy_cleanup(ws->easy);
 	}
 	if (ws->out.data != NULL)
@@ -152,7 +152,7 @@ ws_connected(struct transfer *t, CURLcode rc)
 		curl_easy_getinfo(ws->easy, CURLINFO_ACTIVESOCKET, &s);
 	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
 		ws_fail(t, rc == CURLE_OK ? PERR_UPSTREAM_UNREACHABLE :
-		    upstream_error_kind(rc), curl_easy_strerror(rc));
+		    upstream_error_kind(rc), upstream_strerror(rc));
 		return;
 	}
 	ws->fd = (int)s;
@@ -283,7 +283,7 @@ ws_event(struct evsrc *src, uint32_t events)
 			return;
 		}
 		if (rc != CURLE_OK) {
-			ws_fail(t, PERR_UPSTREAM_UNREACHABLE, curl_easy_strerror(rc));
+			ws_fail(t, PERR_UPSTREAM_UNREACHABLE, upstream_strerror(rc));
 			return;
 		}
 		buf_consume(&ws->out, sent);

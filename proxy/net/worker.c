@@ -21,6 +21,7 @@
 #include "net/relay.h"
 #include "net/transfer.h"
 #include "net/tunnel.h"
+#include "net/upstream.h"
 #include "net/worker.h"
 
 /* A connection on its way into MHD (see worker_add_connection). */
@@ -220,6 +221,7 @@ curl_drain_messages(struct worker *w)
 			continue;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
 		    (char **)&o);
+		upstream_resolve_done(o);
 		o->done(o, msg->data.result);
 	}
 }

@@ -30,6 +30,7 @@ struct ca;
  * its owner, which finishes its own transfer. */
 struct curl_owner {
 	void	(*done)(struct curl_owner *o, CURLcode rc);
+	bool	 resolving;	/* holds one of the bounded resolutions */
 };
 
 /* One generation of reloadable settings. SIGHUP builds a new one; each
@@ -110,9 +111,9 @@ struct worker {
 	CURLM			*multi;
 	long long		 curl_deadline;	/* monotonic ms, -1: none */
 	struct peek_list	 peeks;		/* oldest first (net/accept.c) */
-	LIST_HEAD(, transfer)	 unpause;	/* transfers to curl_easy_pause(CONT) */
-	LIST_HEAD(, transfer)	 reg_waiters;	/* parked for a registration */
-	LIST_HEAD(, transfer)	 live;		/* every transfer, for shutdown */
+	LIST_HEAD(unpause_list, transfer) unpause;	/* transfers to curl_easy_pause(CONT) */
+	LIST_HEAD(waiter_list, transfer) reg_waiters;	/* parked for a registration */
+	LIST_HEAD(live_list, transfer) live;		/* every transfer, for shutdown */
 	char			*secbuf;	/* locked scratch for minting */
 	struct assertion_cache	 acache;	/* holds a ref on acache.id */
 	char			*peekbuf;	/* first request head, peeked */
