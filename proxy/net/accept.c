@@ -250,6 +250,18 @@ static const struct loop_ops listen_ops = {
 	.timeout = listen_resume_timeout,
 };
 
+/* How long a new connection may take to send its first head: at most
+ * PEEK_TIMEOUT_MS, and never longer than an idle client is kept
+ * (timeouts.client_idle), which a silent new client is too. */
+static long long
+peek_timeout(const struct worker *w)
+{
+	double idle = w->rc->cfg->client_idle_timeout * 1000;
+
+	return idle > 0 && idle < PEEK_TIMEOUT_MS ? (long long)idle :
+	    PEEK_TIMEOUT_MS;
+}
+
 static void
 accept_ready(struct evsrc *src, uint32_t events)
 {
@@ -290,7 +302,7 @@ accept_ready(struct evsrc *src, uint32_t events)
 		p->w = w;
 		memcpy(&p->addr, &ss, sl);
 		p->addrlen = sl;
-		p->deadline = now_ms() + PEEK_TIMEOUT_MS;
+		p->deadline = now_ms() + peek_timeout(w);
 		TAILQ_INSERT_TAIL(&w->peeks, p, entry);
 		if (loop_add(&w->loop, &p->src, EPOLLIN | EPOLLRDHUP | EPOLLET) != 0) {
 			peek_drop(p);
