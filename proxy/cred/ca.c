@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,7 +23,7 @@ struct leaf {
 	char		*host;
 	X509		*cert;
 	time_t		 made;
-	struct leaf	*prev, *next;	/* LRU: head is the most recent */
+	TAILQ_ENTRY(leaf) entry;	/* LRU: the first is the most recent */
 };
 
 struct ca {
@@ -32,7 +33,7 @@ struct ca {
 	X509		*cert;
 	EVP_PKEY	*leaf_key;	/* one key for every leaf: cheap */
 	pthread_mutex_t	 lock;
-	struct leaf	*head, *tail;
+	TAILQ_HEAD(leaf_lru, leaf) lru;
 	size_t		 nleaves;
 };
 
@@ -280,6 +281,7 @@ ca_open(const char *dir, int create, struct ca **out, char *err, size_t errlen)
 	if (ca == NULL)
 		return -1;
 	pthread_mutex_init(&ca->lock, NULL);
+	TAILQ_INIT(&ca->lru);
 	if ((ca->dir = strdup(dir)) == NULL ||
 	    asprintf(&ca->cert_path, "%s/%s", dir, CA_CERT_FILE) < 0 ||
 	    asprintf(&keypath, "%s/%s", dir, CA_KEY_FILE) < 0) {
@@ -372,26 +374,13 @@ make_leaf(struct ca *ca, const char *host)
 static void
 lru_unlink(struct ca *ca, struct leaf *l)
 {
-	if (l->prev)
-		l->prev->next = l->next;
-	else
-		ca->head = l->next;
-	if (l->next)
-		l->next->prev = l->prev;
-	else
-		ca->tail = l->prev;
-	l->prev = l->next = NULL;
+	TAILQ_REMOVE(&ca->lru, l, entry);
 }
 
 static void
 lru_push(struct ca *ca, struct leaf *l)
 {
-	l->next = ca->head;
-	if (ca->head)
-		ca->head->prev = l;
-	ca->head = l;
-	if (ca->tail == NULL)
-		ca->tail = l;
+	TAILQ_INSERT_HEAD(&ca->lru, l, entry);
 }
 
 static void
@@ -410,7 +399,7 @@ ca_leaf(struct ca *ca, const char *host, X509 **cert, EVP_PKEY **key,
 	time_t now = time(NULL);
 
 	pthread_mutex_lock(&ca->lock);
-	for (l = ca->head; l != NULL; l = l->next)
+	TAILQ_FOREACH(l, &ca->lru, entry)
 		if (strcmp(l->host, host) == 0)
 			break;
 	/* Leaves live a week; renew well before that. */
@@ -433,7 +422,7 @@ ca_leaf(struct ca *ca, const char *host, X509 **cert, EVP_PKEY **key,
 		l->made = now;
 		ca->nleaves++;
 		while (ca->nleaves > CA_LEAF_CACHE) {
-			struct leaf *old = ca->tail;
+			struct leaf *old = TAILQ_LAST(&ca->lru, leaf_lru);
 
 			lru_unlink(ca, old);
 			leaf_free(old);
@@ -464,12 +453,12 @@ ca_cache_size(struct ca *ca)
 void
 ca_free(struct ca *ca)
 {
-	struct leaf *l, *next;
+	struct leaf *l;
 
 	if (ca == NULL)
 		return;
-	for (l = ca->head; l != NULL; l = next) {
-		next = l->next;
+	while ((l = TAILQ_FIRST(&ca->lru)) != NULL) {
+		TAILQ_REMOVE(&ca->lru, l, entry);
 		leaf_free(l);
 	}
 	EVP_PKEY_free(ca->key);
