@@ -222,6 +222,17 @@ class Ownership(FilesCase):
         rc, err = self.stop(p)
         self.assertIn('owned by', err)
         self.assertIn(self.auth, err)
+        # a link is followed (Kubernetes Secret volumes are links) and the
+        # checks apply to the file it leads to
+        link = self.path('auth-link.json')
+        os.symlink(self.auth, link)
+        r = run_cmd([scopeproxy_bin(), 'classify', 'POST', 'https://api.openai.com/v1/responses',
+                     '--auth-file', link], env=clean_env())
+        self.assertEqual(json.loads(r.stdout)['action'], 'reject', r)
+        os.chown(self.auth, os.geteuid(), os.getegid())
+        r = run_cmd([scopeproxy_bin(), 'classify', 'POST', 'https://api.openai.com/v1/responses',
+                     '--auth-file', link], env=clean_env())
+        self.assertEqual(json.loads(r.stdout)['action'], 'assert', r)
         # root-owned is fine (a Kubernetes Secret volume is root's)
         os.chown(self.auth, 0, 0)
         r = run_cmd([scopeproxy_bin(), 'classify', 'POST', 'https://api.openai.com/v1/responses',
