@@ -16,6 +16,7 @@
 #include "core/headers.h"
 #include "core/log.h"
 #include "net/accept.h"
+#include "net/linger.h"
 #include "net/tunnel.h"
 #include "net/worker.h"
 
@@ -33,7 +34,8 @@ struct peek {
 #define PEEK_TIMEOUT_MS	10000
 
 void
-send_and_close(int fd, enum perr e, const char *message, const char *extra)
+send_and_close(struct worker *w, int fd, enum perr e, const char *message,
+    const char *extra)
 {
 	char head[256], junk[8192], *body = perr_body(e, message);
 	int hl, i;
@@ -55,8 +57,7 @@ send_and_close(int fd, enum perr e, const char *message, const char *extra)
 		(void)!write(fd, body, strlen(body));
 		free(body);
 	}
-	shutdown(fd, SHUT_WR);
-	close(fd);
+	linger_close(w, fd);
 }
 
 /* Takes p off the list and out of the epoll set; the socket stays. */
@@ -103,7 +104,7 @@ take_connect(struct worker *w, struct peek *p)
 		if (r == 1)
 			connect_req_free(&req);
 		if (r == -1) {
-			send_and_close(p->src.fd, code, err, NULL);
+			send_and_close(w, p->src.fd, code, err, NULL);
 			log_json(LL_INFO, "request", json_pack("{s:s, s:i, s:s}",
 			    "method", "CONNECT", "status", perr_status(code),
 			    "error", perr_code(code)));
@@ -118,7 +119,8 @@ take_connect(struct worker *w, struct peek *p)
 /* The first head on a connection is checked raw, before MHD sees it,
  * for what MHD would rewrite or answer with its own HTML page. Later
  * heads on a kept-alive connection are checked after MHD's parse only
- * (request_check). Returns 1 to hand over, 0 to wait, -1 when answered. */
+ * (request_check). Returns 1 to hand over, 0 to wait, -1 when answered
+ * (p is then off the list). */
 static int
 precheck_head(struct worker *w, struct peek *p)
 {
@@ -134,7 +136,8 @@ precheck_head(struct worker *w, struct peek *p)
 	if ((r = head_validate(w->peekbuf, (size_t)n, max, &code, err,
 	    sizeof(err))) >= 0)
 		return r;
-	send_and_close(p->src.fd, code, err, NULL);
+	peek_unlink(p);		/* before the socket lingers on its own */
+	send_and_close(w, p->src.fd, code, err, NULL);
 	log_json(LL_INFO, "request", json_pack("{s:i, s:s, s:s}", "status",
 	    perr_status(code), "error", perr_code(code), "detail", err));
 	return -1;
@@ -167,12 +170,12 @@ peek_ready(struct evsrc *src, uint32_t events)
 	}
 	if ((r = precheck_head(w, p)) == 0)
 		return;		/* the head is not complete yet */
-	peek_unlink(p);
-	if (r < 0) {
+	if (r < 0) {		/* answered, and unlinked */
 		conn_slot_release(&p->slot);
 		free(p);
 		return;
 	}
+	peek_unlink(p);
 	/* MHD closes the socket if it refuses it. */
 	if (worker_add_connection(w, p->src.fd, (struct sockaddr *)&p->addr,
 	    p->addrlen, &p->slot, NULL) != 0)
@@ -201,8 +204,8 @@ out_of_fds(struct worker *w, int err)
 		w->spare_fd = -1;
 		if ((fd = accept4(w->px->listen_fd, (struct sockaddr *)&ss, &sl,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
-			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS, "the proxy "
-			    "is out of file descriptors; retry shortly", NULL);
+			send_and_close(NULL, fd, PERR_TOO_MANY_CONNECTIONS,
+			    "the proxy is out of file descriptors; retry shortly", NULL);
 		w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	}
 	w->fd_refused++;
@@ -287,7 +290,7 @@ accept_ready(struct evsrc *src, uint32_t events)
 			return;
 		}
 		if (conn_slot_acquire(&w->px->conns, &slot) != 0) {
-			send_and_close(fd, PERR_TOO_MANY_CONNECTIONS,
+			send_and_close(w, fd, PERR_TOO_MANY_CONNECTIONS,
 			    "the proxy has reached limits.max_connections", NULL);
 			continue;
 		}
@@ -372,7 +375,8 @@ accept_attach(struct worker *w, char *err, size_t errlen)
 	atomic_store(&w->listening, 1);
 	w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	w->listen_resume = 0;
-	if (loop_hook_add(&w->loop, &listen_ops, w, err, errlen) != 0)
+	if (loop_hook_add(&w->loop, &listen_ops, w, err, errlen) != 0 ||
+	    linger_attach(w, err, errlen) != 0)
 		return -1;
 	return loop_hook_add(&w->loop, &peek_ops, w, err, errlen);
 }

@@ -16,8 +16,9 @@ int	 accept_attach(struct worker *w, char *err, size_t errlen);
 void	 accept_unlisten(struct worker *w);
 
 /* Answers e in JSON on a socket the proxy owns (not MHD's) and closes
- * it. extra: one more header line without CRLF, or NULL. */
-void	 send_and_close(int fd, enum perr e, const char *message,
-	    const char *extra);
+ * it, lingering on w's loop (net/linger.h; w NULL: at once). extra: one
+ * more header line without CRLF, or NULL. */
+void	 send_and_close(struct worker *w, int fd, enum perr e,
+	    const char *message, const char *extra);
 
 #endif

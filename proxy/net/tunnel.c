@@ -71,7 +71,7 @@ tunnel_free(struct tunnel *tn)
 static void
 refuse(struct tunnel *tn, enum perr e, const char *msg, const char *extra)
 {
-	send_and_close(tn->fd, e, msg, extra);
+	send_and_close(tn->w, tn->fd, e, msg, extra);
 	log_connect(tn, perr_status(e), "reject", perr_code(e));
 	tunnel_free(tn);
 }
@@ -411,7 +411,7 @@ tunnel_start(struct worker *w, int fd, const struct sockaddr_storage *ss,
 
 	if (tn == NULL) {
 		connect_req_free(req);
-		send_and_close(fd, PERR_INTERNAL, "out of memory", NULL);
+		send_and_close(w, fd, PERR_INTERNAL, "out of memory", NULL);
 		conn_slot_release(slot);
 		return;
 	}

@@ -92,6 +92,8 @@ struct adoption;
 
 struct peek;
 TAILQ_HEAD(peek_list, peek);
+struct lingerer;
+TAILQ_HEAD(linger_list, lingerer);
 LIST_HEAD(relay_list, relay);
 LIST_HEAD(tunnel_list, tunnel);
 
@@ -111,6 +113,8 @@ struct worker {
 	CURLM			*multi;
 	long long		 curl_deadline;	/* monotonic ms, -1: none */
 	struct peek_list	 peeks;		/* oldest first (net/accept.c) */
+	struct linger_list	 lingering;	/* refused, draining (net/linger.c) */
+	int			 nlingering;
 	LIST_HEAD(unpause_list, transfer) unpause;	/* transfers to curl_easy_pause(CONT) */
 	LIST_HEAD(waiter_list, transfer) reg_waiters;	/* parked for a registration */
 	LIST_HEAD(live_list, transfer) live;		/* every transfer, for shutdown */

@@ -218,6 +218,20 @@ class SizeLimits(ProxyTestCase):
         self.assertEqual(self.up.requests, [])
 
 
+    def test_refused_head_is_drained_before_close(self):
+        # A client still sending a huge head when the proxy refuses it must
+        # be able to finish sending and then read the 431: closing with
+        # unread bytes resets the connection (EPIPE for the sender, and the
+        # answer may be lost), so the proxy drains before it closes.
+        d = self.start_daemon()
+        head = abs_req(self.hp, b'/h', extra=b'X-Huge: ' + b'a' * (24 << 20) + b'\r\n')
+        with HTTPClient(d.port, timeout=15) as c:
+            c.send(head)        # BrokenPipeError here is the failure
+            resp = c.read_response('GET')
+        self.assertProxyError(resp, 431, 'headers_too_large', d)
+        self.assertEqual(self.up.requests, [])
+
+
 class ConnectionLimit(ProxyTestCase):
     def test_over_limit_connection_gets_clear_error_then_recovers(self):
         d = self.start_daemon('--max-connections', '2')
