@@ -28,6 +28,7 @@
 #include "net/worker.h"
 #include "cli.h"
 #include "doctor.h"
+#include "memtrim.h"
 #include "runconf.h"
 
 static int
@@ -252,6 +253,7 @@ struct daemon {
 	bool			 pid_written, info_written;
 	pthread_mutex_t		 pin_lock;
 	struct runconf		*reg_pin[2];	/* see current_settings */
+	struct memtrim		 trim;
 };
 
 /* The registrar's view of the settings (registrar thread). It uses what
@@ -436,7 +438,9 @@ daemon_signals(struct daemon *d)
 		struct pollfd pf[2] = { { .fd = d->sfd, .events = POLLIN },
 		    { .fd = idstore_watch_fd(), .events = POLLIN } };
 
-		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
+		int wait = memtrim_tick(&d->trim, &d->px.conns, now_ms());
+
+		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, wait) < 0 && errno != EINTR)
 			return 1;
 		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN)) {
 			idstore_handle_watch();
@@ -521,6 +525,7 @@ run(struct config *c)
 	memset(&d, 0, sizeof(d));
 	d.cfg = c;
 	d.sfd = -1;
+	memtrim_init(&d.trim);
 	d.px.cfg = c;
 	d.px.audit_fd = -1;
 	d.px.listen_fd = -1;
