@@ -717,8 +717,11 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	}
 	if (t->reused >= 0)
 		json_object_set_new(o, "upstream_reused", json_boolean(t->reused));
-	if (t->is_error)
+	if (t->is_error) {
 		json_object_set_new(o, "error", json_string(perr_code(t->err)));
+		if (t->err_msg != NULL)
+			json_object_set_new(o, "detail", json_string(t->err_msg));
+	}
 	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		json_object_set_new(o, "aborted", json_string(
 		    toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone ?

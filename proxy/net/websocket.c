@@ -113,9 +113,8 @@ ws_begin(struct transfer *t, const struct hdr_vec *in,
 	ws->easy = e;
 	/* Strip the default port: curl wants a URL, the Host line above is
 	 * what the upstream sees. */
-	upstream_setopt_common(e, t->w, t);
+	upstream_setopt_common(e, t->w, t, t->rt.host, true);
 	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
 	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
 		transfer_set_error(t, PERR_INTERNAL, "cannot start an upstream connection");
 		return -1;
@@ -151,8 +150,15 @@ ws_connected(struct transfer *t, CURLcode rc)
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(ws->easy, CURLINFO_ACTIVESOCKET, &s);
 	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
-		ws_fail(t, rc == CURLE_OK ? PERR_UPSTREAM_UNREACHABLE :
-		    upstream_error_kind(rc), upstream_strerror(rc));
+		char why[800];
+
+		upstream_describe(why, sizeof(why), t->w, ws->easy, t->rt.host,
+		    t->rt.port, rc);
+		if (!t->resp_ready)
+			transfer_set_error(t, rc == CURLE_OK ?
+			    PERR_UPSTREAM_UNREACHABLE : upstream_error_kind(rc),
+			    "upstream %s", why);
+		ws_fail(t, PERR_UPSTREAM_UNREACHABLE, why);
 		return;
 	}
 	ws->fd = (int)s;
