@@ -18,6 +18,7 @@
 #include "net/accept.h"
 #include "net/metrics.h"
 #include "net/relay.h"
+#include "net/tlswarn.h"
 #include "net/tunnel.h"
 #include "net/upstream.h"
 #include "net/worker.h"
@@ -318,9 +319,22 @@ intercept_ssl(struct tunnel *tn, char *err, size_t errlen)
 	}
 	X509_free(leaf);
 	EVP_PKEY_free(key);
-	if (ssl != NULL)
+	if (ssl != NULL) {
 		SSL_set_accept_state(ssl);
+		tlswarn_arm(ssl);
+	}
 	return ssl;
+}
+
+/* The client may have given up on our certificate. */
+static void
+intercept_done(struct relay *r)
+{
+	struct icpt *ic = SSL_get_ex_data(r->a.ssl, icpt_index);
+
+	if (ic != NULL)
+		tlswarn_check(r->a.ssl, ic->host, ca_cert_path(r->w->px->ca),
+		    r->w->px->cfg->ca_dir);
 }
 
 static void
@@ -376,6 +390,7 @@ start_intercept(struct tunnel *tn)
 		return;
 	}
 	r->kind = MT_INTERCEPT;
+	r->on_done = intercept_done;
 	conn_slot_move(&r->slot, &tn->slot);
 	r->a.kind = EP_SSL;
 	r->a.ssl = ssl;

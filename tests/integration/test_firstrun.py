@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""What a new user sees first: the start-up lines (CA created or reused,
+with the `ca env` hint; the auth file; the address) and the warning when
+a client aborts the TLS handshake of an intercepted tunnel because it does
+not trust the proxy's CA (real `openssl s_client` and Python ssl clients
+without the CA; one warning per host per interval; none for a client that
+trusts the CA or leaves before the handshake)."""
+
+import os
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import LOOPBACK, ProxyTestCase, main, run_cmd, clean_env, tls_material  # noqa: E402
+
+WARN = 'a client aborted the TLS handshake'
+
+
+def connect_tunnel(port, host):
+    s = socket.create_connection((LOOPBACK, port), timeout=5)
+    s.sendall(('CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n' % (host, host)).encode())
+    head = b''
+    while b'\r\n\r\n' not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            raise AssertionError('CONNECT answered %r' % head)
+        head += chunk
+    assert head.startswith(b'HTTP/1.1 200'), head
+    return s
+
+
+class Case(ProxyTestCase):
+    def setUp(self):
+        super().setUp()
+        self.work = tempfile.mkdtemp(prefix='scopeproxy-firstrun-')
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.ca_dir = os.path.join(self.work, 'ca')
+        self.auth = os.path.join(self.work, 'auth.json')
+
+    def daemon(self, *args):
+        return self.start_daemon('--ca-dir', self.ca_dir, '--auth-file', self.auth, *args)
+
+    def warnings(self, d):
+        return [l for l in d.logs() if l.get('level') == 'warn' and l.get('msg', '').startswith(WARN)]
+
+
+class StartupLines(Case):
+
+    def test_ca_created_then_reused(self):
+        d = self.daemon()
+        msgs = {l['msg']: l for l in d.logs()}
+        created = [l for m, l in msgs.items() if m.startswith('interception CA created')]
+        self.assertEqual(len(created), 1, d.stderr_text())
+        self.assertEqual(created[0]['certificate'], os.path.join(self.ca_dir, 'ca.crt'))
+        self.assertIn('eval "$(scopeproxy ca env --ca-dir \'%s\')"' % self.ca_dir, created[0]['hint'])
+        self.assertNotIn('interception CA reused', msgs)
+        d.stop()
+        d2 = self.daemon()
+        msgs = [l['msg'] for l in d2.logs()]
+        self.assertIn('interception CA reused', msgs, d2.stderr_text())
+        self.assertFalse([m for m in msgs if m.startswith('interception CA created')], msgs)
+
+    def test_listening_names_address_and_auth_file(self):
+        d = self.daemon()
+        line = [l for l in d.logs() if l.get('msg') == 'listening']
+        self.assertEqual(len(line), 1, d.stderr_text())
+        self.assertEqual(line[0]['address'], '127.0.0.1')
+        self.assertEqual(line[0]['port'], d.port)
+        self.assertEqual(line[0]['auth_file'], self.auth)
+
+
+class TLSAbortWarning(Case):
+
+    def setUp(self):
+        super().setUp()
+        self.d = self.daemon()
+        self.ca = os.path.join(self.ca_dir, 'ca.crt')
+        # a CA that is not the proxy's: the client trusts something, not us
+        self.other_ca = tls_material().ca
+
+    def s_client(self, host):
+        r = run_cmd(['openssl', 's_client', '-proxy', '127.0.0.1:%d' % self.d.port,
+                     '-connect', '%s:443' % host, '-servername', host, '-CAfile', self.other_ca,
+                     '-verify_return_error', '-brief'], env=clean_env(), input=b'')
+        self.assertNotEqual(r.returncode, 0, 'openssl trusted the proxy without its CA')
+        return r
+
+    def wait_warnings(self, n, timeout=3.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.warnings(self.d)) < n:
+            time.sleep(0.05)
+        time.sleep(0.3)     # and no more than n
+        return self.warnings(self.d)
+
+    def test_openssl_without_ca_warns_once_per_host(self):
+        self.s_client('api.openai.com')
+        self.s_client('api.openai.com')
+        self.s_client('chatgpt.com')
+        w = self.wait_warnings(2)
+        self.assertEqual(sorted(l['host'] for l in w), ['api.openai.com', 'chatgpt.com'],
+                         self.d.stderr_text())
+        for l in w:
+            self.assertEqual(l['certificate'], self.ca)
+            self.assertIn('scopeproxy ca env', l['fix'])
+            self.assertIn(self.ca, l['fix'])
+            self.assertEqual(l['reason'], 'alert', l)
+
+    def test_python_without_ca_warns(self):
+        s = connect_tunnel(self.d.port, 'api.openai.com')
+        ctx = ssl.create_default_context(cafile=self.other_ca)
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            ctx.wrap_socket(s, server_hostname='api.openai.com')
+        s.close()
+        w = self.wait_warnings(1)
+        self.assertEqual([l['host'] for l in w], ['api.openai.com'], self.d.stderr_text())
+
+    def test_close_right_after_server_hello_warns(self):
+        s = connect_tunnel(self.d.port, 'api.openai.com')
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname='api.openai.com')
+        with self.assertRaises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        s.sendall(out.read())           # ClientHello
+        self.assertTrue(s.recv(65536))  # ServerHello and the rest of the flight
+        s.close()                       # no alert: gone
+        w = self.wait_warnings(1)
+        self.assertEqual([(l['host'], l['reason']) for l in w],
+                         [('api.openai.com', 'closed after ServerHello')], self.d.stderr_text())
+
+    def test_no_warning_for_trusting_or_silent_clients(self):
+        # trusts the proxy's CA: a full handshake, then a close at once
+        # (before the TLS 1.3 session tickets: still a trusting client)
+        ctx = ssl.create_default_context(cafile=self.ca)
+        for _ in range(10):
+            s = connect_tunnel(self.d.port, 'api.openai.com')
+            ctx.wrap_socket(s, server_hostname='api.openai.com').close()
+        # leaves before its ClientHello; sends something that is not TLS
+        connect_tunnel(self.d.port, 'api.openai.com').close()
+        s = connect_tunnel(self.d.port, 'chatgpt.com')
+        s.sendall(b'GET / HTTP/1.1\r\nHost: chatgpt.com\r\n\r\n')
+        s.close()
+        # names another host in its SNI than it CONNECTed to (refused by us)
+        s = connect_tunnel(self.d.port, 'api.openai.com')
+        with self.assertRaises(ssl.SSLError):
+            ssl.create_default_context(cafile=self.ca).wrap_socket(s, server_hostname='chatgpt.com')
+        s.close()
+        self.assertEqual(self.wait_warnings(1, timeout=1.0), [], self.d.stderr_text())
+
+
+if __name__ == '__main__':
+    main()
