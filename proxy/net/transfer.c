@@ -17,6 +17,7 @@
 #include "cred/registrar.h"
 #include "net/local.h"
 #include "net/metrics.h"
+#include "net/audit.h"
 #include "net/transfer_int.h"
 #include "net/websocket.h"
 #include "net/worker.h"
@@ -732,40 +733,33 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	log_json(LL_INFO, "request", o);
 }
 
-/* One line per request that reached classification: what was decided
- * and what came back. The task is named by a fingerprint only. */
-static void
-audit_request(struct transfer *t)
+/* The audit line of a request that reached classification: what was
+ * decided and what came back. The task is named by a fingerprint only. */
+json_t *
+transfer_audit_line(struct transfer *t)
 {
-	char ts[64], *line;
+	struct audit_rec a = {
+		.method = t->method, .host = t->rt.host, .port = t->rt.port,
+		.path = t->rt.log_path, .mode = t->mode, .provider = t->provider,
+		.route = route_kind_name((enum route_kind)t->route_kind),
+		.action = action_name((enum action)t->action),
+		.task = t->task_fp[0] ? t->task_fp : NULL, .status = t->status,
+		.error = t->is_error ? perr_code(t->err) : NULL,
+	};
 	json_t *o;
-	size_t n;
 
-	if (t->w->px->audit_fd < 0 || t->provider == NULL)
-		return;
-	log_time(ts);
-	o = json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:s, s:o, s:i}",
-	    "time", ts, "method", t->method ? t->method : "",
-	    "host", t->rt.log_host, "path", t->rt.log_path, "mode", t->mode,
-	    "provider", t->provider,
-	    "route", route_kind_name((enum route_kind)t->route_kind),
-	    "action", action_name((enum action)t->action),
-	    "task", t->task_fp[0] ? json_string(t->task_fp) : json_null(),
-	    "status", t->status);
-	if (o == NULL)
-		return;
-	if (t->is_error)
-		json_object_set_new(o, "error", json_string(perr_code(t->err)));
-	if (t->retried)
+	if ((o = audit_line(&a)) != NULL && t->retried)
 		json_object_set_new(o, "retried", json_true());
-	line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	json_decref(o);
-	if (line == NULL)
+	return o;
+}
+
+void
+transfer_audit(struct transfer *t)
+{
+	if (t->audited || t->w->px->audit_fd < 0 || t->provider == NULL)
 		return;
-	n = strlen(line);
-	line[n] = '\n';
-	(void)!write(t->w->px->audit_fd, line, n + 1);
-	free(line);
+	t->audited = true;
+	audit_write(t->w->px, transfer_audit_line(t));
 }
 
 void
@@ -780,7 +774,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 		return;
 	*con_cls = NULL;
 	log_request(t, toe);
-	audit_request(t);
+	transfer_audit(t);
 	metrics_request_open(-1);
 	metrics_request(t->mode, t->provider, t->route_kind, t->action,
 	    t->status, t->is_error ? perr_code(t->err) : NULL);

@@ -90,6 +90,7 @@ struct transfer {
 	bool			 replay_ok;
 	bool			 inspecting;	/* holding an error answer to read it */
 	bool			 retried;
+	bool			 audited;	/* its line is written */
 	bool			 reg_waited_out;
 	long long		 reg_deadline;
 	LIST_ENTRY(transfer)	 reg_entry;	/* w->reg_waiters, when parked */

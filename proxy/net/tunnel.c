@@ -16,6 +16,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "net/accept.h"
+#include "net/audit.h"
 #include "net/metrics.h"
 #include "net/relay.h"
 #include "net/tlswarn.h"
@@ -49,9 +50,16 @@ struct icpt {
 
 static int icpt_index = -1;
 
+/* The CONNECT's log and audit lines; action is one of the request
+ * lines' words (passthrough: a blind tunnel) or intercept. */
 static void
 log_connect(struct tunnel *tn, int status, const char *action, const char *code)
 {
+	struct audit_rec a = {
+		.method = "CONNECT", .host = tn->req.host, .port = tn->req.port,
+		.mode = "connect", .provider = tn->provider, .action = action,
+		.status = status, .error = code,
+	};
 	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:s?, s:s?}",
 	    "client", tn->client, "method", "CONNECT",
 	    "host", tn->req.host ? tn->req.host : "",
@@ -60,6 +68,8 @@ log_connect(struct tunnel *tn, int status, const char *action, const char *code)
 
 	log_json(LL_INFO, "request", o);
 	metrics_connect(action);
+	if (tn->w->px->audit_fd >= 0)
+		audit_write(tn->w->px, audit_line(&a));
 }
 
 static void
@@ -192,7 +202,7 @@ tunnel_curl_done(struct curl_owner *o, CURLcode rc)
 	memcpy(r->client, tn->client, sizeof(r->client));
 	if (asprintf(&r->what, "tunnel %s:%d", tn->req.host, tn->req.port) < 0)
 		r->what = NULL;
-	log_connect(tn, 200, "tunnel", NULL);
+	log_connect(tn, 200, "passthrough", NULL);
 	tunnel_free(tn);
 	if (relay_start(r) != 0) {
 		log_msg(LL_WARN, "cannot start a tunnel relay");

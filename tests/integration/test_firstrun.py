@@ -1,11 +1,14 @@
 #!/usr/bin/python3
 """What a new user sees first: the start-up lines (CA created or reused,
-with the `ca env` hint; the auth file; the address) and the warning when
+with the `ca env` hint; the auth file; the address); the warning when
 a client aborts the TLS handshake of an intercepted tunnel because it does
 not trust the proxy's CA (real `openssl s_client` and Python ssl clients
 without the CA; one warning per host per interval; none for a client that
-trusts the CA or leaves before the handshake)."""
+trusts the CA or leaves before the handshake); and the audit lines of
+CONNECTs (blind, intercepted, refused), in the request lines' format.
+(The WebSocket's 101 and close lines are in test_websocket.py.)"""
 
+import json
 import os
 import shutil
 import socket
@@ -17,7 +20,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import LOOPBACK, ProxyTestCase, main, run_cmd, clean_env, tls_material  # noqa: E402
+from harness import LOOPBACK, ProxyTestCase, main, request, run_cmd, clean_env, tls_material  # noqa: E402
 
 WARN = 'a client aborted the TLS handshake'
 
@@ -154,6 +157,63 @@ class TLSAbortWarning(Case):
             ssl.create_default_context(cafile=self.ca).wrap_socket(s, server_hostname='chatgpt.com')
         s.close()
         self.assertEqual(self.wait_warnings(1, timeout=1.0), [], self.d.stderr_text())
+
+
+AUDIT_KEYS = ['time', 'method', 'host', 'port', 'path', 'mode', 'provider', 'route', 'action',
+              'task', 'status']
+
+
+class ConnectAudit(Case):
+    """Every CONNECT decision is an audit line, with the request lines'
+    fields in the same order: host and port apart, one action vocabulary."""
+
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream(tls=True)
+        self.audit = os.path.join(self.work, 'audit.jsonl')
+        self.d = self.daemon('--audit-log', self.audit, '--upstream-ca', tls_material().ca,
+                             '--resolve', 'upstream.test:443:127.0.0.1:%d' % self.up.port,
+                             '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port)
+
+    def lines(self, n, timeout=3.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(self.audit) as f:
+                    out = [json.loads(l) for l in f.read().splitlines()]
+            except OSError:
+                out = []
+            if len(out) >= n or time.monotonic() > deadline:
+                return out
+            time.sleep(0.02)
+
+    def test_blind_intercepted_and_refused_connects(self):
+        s = connect_tunnel(self.d.port, 'upstream.test')           # blind
+        s.close()
+        s = connect_tunnel(self.d.port, 'api.openai.com')          # intercepted
+        s.close()
+        r = request(self.d.port, b'CONNECT upstream.test:8443 HTTP/1.1\r\nHost: upstream.test:8443\r\n\r\n')
+        self.assertEqual(r.status, 403)
+        got = self.lines(3)
+        self.assertEqual(len(got), 3, got)
+        for l in got:
+            self.assertEqual(list(l)[:len(AUDIT_KEYS)], AUDIT_KEYS, l)
+        want = [('CONNECT', 'upstream.test', 443, None, 'connect', 'custom', None, 'passthrough', None, 200),
+                ('CONNECT', 'api.openai.com', 443, None, 'connect', 'openai', None, 'intercept', None, 200),
+                # refused before classification: no provider
+                ('CONNECT', 'upstream.test', 8443, None, 'connect', None, None, 'reject', None, 403)]
+        self.assertEqual([tuple(l[k] for k in AUDIT_KEYS[1:]) for l in got], want, got)
+        self.assertEqual(got[2].get('error'), 'connect_port_not_allowed')
+
+    def test_request_lines_have_host_and_port_apart(self):
+        r = request(self.d.port, ('GET https://upstream.test/x?q=1 HTTP/1.1\r\nHost: upstream.test\r\n\r\n')
+                    .encode())
+        self.assertEqual(r.status, 200, r)
+        got = self.lines(1)
+        self.assertEqual(len(got), 1, got)
+        self.assertEqual(list(got[0])[:len(AUDIT_KEYS)], AUDIT_KEYS, got)
+        self.assertEqual((got[0]['host'], got[0]['port'], got[0]['path'], got[0]['action']),
+                         ('upstream.test', 443, '/x', 'passthrough'), got)
 
 
 if __name__ == '__main__':

@@ -1108,7 +1108,7 @@ class Recovery(RegCase):
         self.assertTrue(lines[0].get('retried'), lines)
         self.assertEqual(lines[0]['task'], fingerprint('task-new-ok'))
         self.assertEqual(lines[0]['status'], 200)
-        self.assertEqual(lines[0]['host'], 'api.openai.com:443', lines)
+        self.assertEqual((lines[0]['host'], lines[0]['port']), ('api.openai.com', 443), lines)
 
     def test_second_rejection_goes_back_without_a_loop(self):
         tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej', 'task-new-ok'}))
