@@ -147,6 +147,19 @@ end_with_error(struct transfer *t)
 	return MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
+static void
+keep_tail(struct transfer *t, const char *p, size_t n)
+{
+	size_t k = sizeof(t->tail);
+
+	if (n >= k)
+		memcpy(t->tail, p + n - k, k);
+	else {
+		memmove(t->tail, t->tail + n, k - n);
+		memcpy(t->tail + k - n, p, n);
+	}
+}
+
 static ssize_t
 response_reader(void *cls, uint64_t pos, char *out, size_t max)
 {
@@ -162,6 +175,7 @@ response_reader(void *cls, uint64_t pos, char *out, size_t max)
 		memcpy(out, buf_head(&t->down), n);
 		buf_consume(&t->down, n);
 		t->bytes_out += (long long)n;
+		keep_tail(t, out, n);
 		if (buf_pending(&t->down) == 0 && t->down.cap > 2 * MHD_BLOCK)
 			buf_free(&t->down);	/* idle streams stay small */
 		if (t->recv_paused)
@@ -690,6 +704,22 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 	return MHD_NO;
 }
 
+/* An event stream the client closed on an event boundary (after the
+ * final event, or between two) was ended by the client, not cut. */
+static bool
+closed_between_events(struct transfer *t)
+{
+	const char *ct = hdr_get(t->head.headers.v, t->head.headers.n,
+	    "Content-Type");
+
+	return !t->is_error && ct != NULL &&
+	    strncasecmp(ct, "text/event-stream", 17) == 0 &&
+	    buf_pending(&t->down) == 0 && t->bytes_out >= 2 &&
+	    (memcmp(t->tail + 2, "\n\n", 2) == 0 ||
+	    memcmp(t->tail + 2, "\r\r", 2) == 0 ||
+	    (t->bytes_out >= 4 && memcmp(t->tail, "\r\n\r\n", 4) == 0));
+}
+
 static void
 log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 {
@@ -723,7 +753,11 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 		if (t->err_msg != NULL)
 			json_object_set_new(o, "detail", json_string(t->err_msg));
 	}
-	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK &&
+	    (toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone) &&
+	    closed_between_events(t))
+		json_object_set_new(o, "closed", json_string("client"));
+	else if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		json_object_set_new(o, "aborted", json_string(
 		    toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone ?
 		    "client" : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ?

@@ -80,6 +80,7 @@ struct transfer {
 	bool			 client_gone;
 	long long		 bytes_in;
 	long long		 bytes_out;
+	char			 tail[4];	/* the last bytes sent */
 	long long		 start_ms;
 	long long		 last_io;	/* last byte to or from upstream */
 

@@ -20,7 +20,8 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import LOOPBACK, ProxyTestCase, main, request, run_cmd, clean_env, tls_material  # noqa: E402
+from harness import (LOOPBACK, SSE, ProxyTestCase, Raw, chunk, main, request, run_cmd,  # noqa: E402
+                     clean_env, tls_material)
 
 WARN = 'a client aborted the TLS handshake'
 
@@ -157,6 +158,66 @@ class TLSAbortWarning(Case):
             ssl.create_default_context(cafile=self.ca).wrap_socket(s, server_hostname='chatgpt.com')
         s.close()
         self.assertEqual(self.wait_warnings(1, timeout=1.0), [], self.d.stderr_text())
+
+
+class LogLines(Case):
+    """The request log: no libmicrohttpd chatter at debug; an event stream
+    the client closed between events is 'closed', not 'aborted'; an
+    upstream error says where it went."""
+
+    def test_no_libmicrohttpd_noise_at_debug(self):
+        up = self.start_upstream()
+        d = self.daemon('--log-level', 'debug')
+        hp = '127.0.0.1:%d' % up.port
+        self.assertEqual(request(d.port, ('GET http://%s/x HTTP/1.1\r\nHost: %s\r\n\r\n'
+                                          % (hp, hp)).encode()).status, 200)
+        request(d.port, b'GARBAGE\r\n\r\n')
+        d.stop()
+        noise = [l for l in d.logs() if l.get('msg') == 'libmicrohttpd']
+        self.assertEqual(noise, [], d.stderr_text())
+
+    def sse_closed_by_client(self, behaviour, read_until):
+        up = self.start_upstream()
+        up.route('/sse', behaviour)
+        d = self.daemon()
+        hp = '127.0.0.1:%d' % up.port
+        s = socket.create_connection((LOOPBACK, d.port), timeout=5)
+        s.sendall(('GET http://%s/sse HTTP/1.1\r\nHost: %s\r\n\r\n' % (hp, hp)).encode())
+        got = b''
+        while read_until not in got:
+            data = s.recv(65536)
+            self.assertTrue(data, got)
+            got += data
+        s.close()
+        line = d.wait_log(lambda l: l.get('msg') == 'request' and l.get('path') == '/sse')
+        self.assertIsNotNone(line, d.stderr_text())
+        return line
+
+    def test_sse_closed_after_final_event_is_not_an_abort(self):
+        # the upstream keeps the stream open after its last event
+        line = self.sse_closed_by_client(SSE(n=3, hold=5), b'"seq": 2')
+        self.assertNotIn('aborted', line)
+        self.assertEqual(line.get('closed'), 'client', line)
+
+    def test_sse_cut_mid_event_is_an_abort(self):
+        head = (b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n'
+                b'Transfer-Encoding: chunked\r\n\r\n')
+        line = self.sse_closed_by_client(Raw(head + chunk(b'data: {"half":'), close=False), b'half')
+        self.assertEqual(line.get('aborted'), 'client', line)
+        self.assertNotIn('closed', line)
+
+    def test_upstream_error_names_host_and_resolve(self):
+        dead = socket.socket()
+        dead.bind((LOOPBACK, 0))
+        port = dead.getsockname()[1]
+        dead.close()
+        d = self.daemon('--resolve', 'api.example.test:80:127.0.0.1:%d' % port)
+        r = request(d.port, b'GET http://api.example.test/x HTTP/1.1\r\nHost: api.example.test\r\n\r\n')
+        self.assertEqual(r.status, 502, r)
+        want = 'upstream api.example.test:80 (--resolve to 127.0.0.1:%d): ' % port
+        self.assertIn(want, json.loads(r.body)['error']['message'])
+        line = d.wait_log(lambda l: l.get('msg') == 'request' and l.get('status') == 502)
+        self.assertIn(want, line.get('detail', ''), line)
 
 
 AUDIT_KEYS = ['time', 'method', 'host', 'port', 'path', 'mode', 'provider', 'route', 'action',
