@@ -352,6 +352,33 @@ class UpstreamProxy(CredCase):
         self.assertEqual(r.returncode, 2, r)
         self.assertIn(b'upstream_no_proxy[0]', r.stderr)
 
+    def test_doctor_reaches_through_the_proxy(self):
+        ca_dir = os.path.join(self.work, 'doctor-ca')
+        hosts = ('api.openai.com', 'chatgpt.com', 'chat.openai.com')
+        resolve = []
+        for h in hosts:
+            resolve += ['--resolve', '%s:443:127.0.0.1:%d' % (h, self.up.port)]
+
+        def doctor(proxy):
+            r = run_cmd([scopeproxy_bin(), 'doctor', '--network', '--listen', '127.0.0.1:0',
+                         '--auth-file', self.auth, '--ca-dir', ca_dir, '--upstream-ca', self.tls.ca,
+                         '--upstream-proxy', proxy, '--connect-timeout', '2'] + resolve,
+                        env=clean_env(), timeout=30)
+            out = r.stdout.decode()
+            self.assertNotIn(PROXY_PASS, out + r.stderr.decode())
+            return r, [l for l in out.splitlines() if ' reach ' in ' %s ' % l]
+        r, reach = doctor(self.proxy_url())
+        self.assertEqual(len(reach), 3, r)
+        self.assertTrue(all(l.startswith('ok') and 'through upstream proxy http://<redacted>@' in l
+                            for l in reach), reach)
+        self.assertEqual(self.rec.all_bytes().count(b'CONNECT '), 3)
+        self.assertEqual(self.up.requests, [], 'doctor sends nothing')
+        dead = free_port()
+        r, reach = doctor(self.proxy_url(dead))
+        self.assertEqual(r.returncode, 1, r)
+        self.assertTrue(all(l.startswith('FAIL') and 'upstream proxy http://<redacted>@127.0.0.1:%d' % dead in l
+                            for l in reach), reach)
+
 
 class UpstreamProxyWebSocket(WSCase):
     """A credentialed Responses WebSocket relayed through tinyproxy: the
