@@ -608,7 +608,7 @@ class Success(RegCase):
         self.assertEqual(len(reqs), 1, 'exactly one registration')
         lines = [a for a in self.audit(d) if a.get('action') == 'assert']
         self.assertEqual([a.get('task') for a in lines], [fingerprint(task)] * 2, 'audit task fingerprints')
-        self.assertEqual([a.get('host') for a in lines], ['api.openai.com:443'] * 2,
+        self.assertEqual([(a.get('host'), a.get('port')) for a in lines], [('api.openai.com', 443)] * 2,
                          'audit host: the http:// request went upstream over TLS to :443')
         self.assertIn('auth.json', d.stderr_text(), 'the write-back should be logged, naming the file')
         return d
