@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/access.h"
 #include "core/config.h"
 #include "core/providers.h"
 #include "cred/ca.h"
@@ -169,25 +170,33 @@ check_clock(struct doctor *dr)
 }
 
 /* DNS + TCP + TLS verified for the host, the way the daemon's upstream
- * legs are (--resolve, upstream_ca). Nothing is sent. */
+ * legs are (--resolve, upstream_ca, the upstream proxy). Nothing is
+ * sent. */
 static void
-check_reach(struct doctor *dr, const struct config *c, const char *host)
+check_reach(struct doctor *dr, const struct config *c,
+    const struct access *a, const char *host)
 {
 	struct curl_slist *to = NULL, *n;
-	char url[300], ebuf[CURL_ERROR_SIZE] = "";
+	char url[300], via[400] = "", ebuf[CURL_ERROR_SIZE] = "";
+	const char *proxy = access_upstream_proxy(a, host);
 	CURLcode rc;
 	CURL *e;
 	size_t i;
 
 	if ((e = curl_easy_init()) == NULL)
 		return;
+	if (proxy != NULL)
+		snprintf(via, sizeof(via), " through upstream proxy %s",
+		    a->proxy_shown);
 	for (i = 0; i < c->nresolve; i++)
 		if ((n = curl_slist_append(to, c->resolve[i])) != NULL)
 			to = n;
 	snprintf(url, sizeof(url), "https://%s/", host);
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
-	curl_easy_setopt(e, CURLOPT_PROXY, "");
+	curl_easy_setopt(e, CURLOPT_PROXY, proxy != NULL ? proxy : "");
+	curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+	curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, ebuf);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
@@ -197,17 +206,21 @@ check_reach(struct doctor *dr, const struct config *c, const char *host)
 	if (c->upstream_ca != NULL) {
 		curl_easy_setopt(e, CURLOPT_CAINFO, c->upstream_ca);
 		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
+		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, c->upstream_ca);
+		curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, "/etc/ssl/certs");
 	}
 	rc = curl_easy_perform(e);
 	if (rc == CURLE_OK)
-		report(dr, "ok", "reach", "%s:443: TLS verified", host);
+		report(dr, "ok", "reach", "%s:443: TLS verified%s", host, via);
 	else
-		report(dr, "FAIL", "reach", "%s:443: %s%s", host,
-		    ebuf[0] ? ebuf : curl_easy_strerror(rc),
+		report(dr, "FAIL", "reach", "%s:443%s: %s%s", host, via,
+		    /* curl's buffer may spell the proxy URL out */
+		    proxy == NULL && ebuf[0] ? ebuf : curl_easy_strerror(rc),
 		    rc == CURLE_PEER_FAILED_VERIFICATION ||
 		    rc == CURLE_SSL_CACERT_BADFILE ? "; trust its CA with "
-		    "--upstream-ca FILE" : "; check DNS, the network, or a "
-		    "--resolve mapping");
+		    "--upstream-ca FILE" : proxy != NULL ? "; check the "
+		    "upstream proxy, upstream_no_proxy or a --resolve mapping" :
+		    "; check DNS, the network, or a --resolve mapping");
 	curl_easy_cleanup(e);
 	curl_slist_free_all(to);
 }
@@ -216,11 +229,17 @@ static void
 check_providers(struct doctor *dr, const struct config *c)
 {
 	struct provider_table *t;
+	struct access a;
 	char err[512];
 	size_t i, j;
 
 	if ((t = runcfg_providers(c, err, sizeof(err))) == NULL) {
 		report(dr, "FAIL", "providers", "%s", err);
+		return;
+	}
+	if (access_init(&a, c, err, sizeof(err)) != 0) {
+		report(dr, "FAIL", "providers", "%s", err);
+		providers_free(t);
 		return;
 	}
 	/* The hosts a credential goes to: named ones, on 443. */
@@ -232,8 +251,9 @@ check_providers(struct doctor *dr, const struct config *c)
 		for (j = 0; j < p->nhosts; j++)
 			if (p->hosts[j].kind == HOST_NAME &&
 			    strchr(p->hosts[j].text, '*') == NULL)
-				check_reach(dr, c, p->hosts[j].text);
+				check_reach(dr, c, &a, p->hosts[j].text);
 	}
+	access_free(&a);
 	providers_free(t);
 }
 

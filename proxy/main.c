@@ -334,8 +334,13 @@ daemon_open(struct daemon *d)
 	}
 	if (tunnel_tls_init(&d->px, err, sizeof(err)) != 0)
 		goto fail;
-	if (d->px.ca != NULL)
-		log_json(LL_INFO, "interception CA ready", json_pack("{s:s}",
+	if (d->px.ca != NULL && ca_created(d->px.ca))
+		log_json(LL_INFO, "interception CA created: HTTPS_PROXY clients "
+		    "must trust it", json_pack("{s:s, s:s++}",
+		    "certificate", ca_cert_path(d->px.ca),
+		    "hint", "eval \"$(scopeproxy ca env --ca-dir '", c->ca_dir, "')\""));
+	else if (d->px.ca != NULL)
+		log_json(LL_INFO, "interception CA reused", json_pack("{s:s}",
 		    "certificate", ca_cert_path(d->px.ca)));
 	idstore_log = idstore_logger;
 	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
@@ -404,8 +409,9 @@ daemon_start(struct daemon *d)
 		return -1;
 	}
 	d->info_written = c->server_info != NULL;
-	log_json(LL_INFO, "listening", json_pack("{s:s, s:i, s:i}",
-	    "address", c->listen_host, "port", d->port, "threads", d->n));
+	log_json(LL_INFO, "listening", json_pack("{s:s, s:i, s:i, s:s}",
+	    "address", c->listen_host, "port", d->port, "threads", d->n,
+	    "auth_file", c->auth_file));
 	return 0;
 fail:
 	log_msg(LL_ERROR, "%s", err);

@@ -78,6 +78,9 @@ static const char usage_text[] =
 "                               send HOST:PORT's traffic to ADDR:PORT (repeatable);\n"
 "                               Host and TLS name stay HOST\n"
 "      --upstream-ca FILE       extra CA bundle trusted for upstream TLS (adds to the system store)\n"
+"      --upstream-proxy URL     reach upstreams through this HTTP(S) proxy\n"
+"                               (http[s]://[user:pass@]host:port; TLS goes through CONNECT;\n"
+"                               HTTP(S)_PROXY in the environment is never used)\n"
 "      --gateway PREFIX=URL     route origin-form paths under PREFIX to URL (repeatable);\n"
 "                               built in: /v1/=https://api.openai.com/v1/ and\n"
 "                               /backend-api/codex/=https://chatgpt.com/backend-api/codex/\n"
@@ -127,7 +130,7 @@ static const char usage_text[] =
 "configuration error.\n";
 
 enum {
-	OPT_SERVER_INFO = 256, OPT_RESOLVE, OPT_UPSTREAM_CA, OPT_GATEWAY,
+	OPT_SERVER_INFO = 256, OPT_RESOLVE, OPT_UPSTREAM_CA, OPT_UPSTREAM_PROXY, OPT_GATEWAY,
 	OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_LOG_FILE, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
 	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
@@ -143,6 +146,7 @@ static const struct option long_opts[] = {
 	{ "server-info", required_argument, NULL, OPT_SERVER_INFO },
 	{ "resolve", required_argument, NULL, OPT_RESOLVE },
 	{ "upstream-ca", required_argument, NULL, OPT_UPSTREAM_CA },
+	{ "upstream-proxy", required_argument, NULL, OPT_UPSTREAM_PROXY },
 	{ "gateway", required_argument, NULL, OPT_GATEWAY },
 	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 	{ "log-format", required_argument, NULL, OPT_LOG_FORMAT },
@@ -220,6 +224,8 @@ static const struct flag_def {
 	    0, 0 },
 	{ OPT_UPSTREAM_CA, "--upstream-ca", FT_STRING, "upstream_ca", NULL, NULL,
 	    0, 0 },
+	{ OPT_UPSTREAM_PROXY, "--upstream-proxy", FT_STRING, "upstream_proxy",
+	    NULL, NULL, 0, 0 },
 	{ OPT_LOG_LEVEL, "--log-level", FT_STRING, "log_level", NULL, NULL, 0, 0 },
 	{ OPT_LOG_FORMAT, "--log-format", FT_STRING, "log_format", NULL, NULL, 0,
 	    0 },

@@ -54,6 +54,27 @@ access_init(struct access *a, const struct config *c, char *err, size_t errlen)
 		}
 		a->nallow++;
 	}
+	if (c->upstream_proxy != NULL) {
+		a->proxy = c->upstream_proxy;
+		if ((a->proxy_shown = config_url_redacted(a->proxy)) == NULL ||
+		    (c->nupstream_no_proxy > 0 && (a->direct = calloc(
+		    c->nupstream_no_proxy, sizeof(*a->direct))) == NULL)) {
+			access_free(a);
+			return -1;
+		}
+	}
+	for (i = 0; a->proxy != NULL && i < c->nupstream_no_proxy; i++) {
+		const char *why = host_pattern_parse(c->upstream_no_proxy[i],
+		    &a->direct[i]);
+
+		if (why != NULL) {
+			snprintf(err, errlen, "upstream_no_proxy[%zu]: '%s': %s",
+			    i, c->upstream_no_proxy[i], why);
+			access_free(a);
+			return -1;
+		}
+		a->ndirect++;
+	}
 	return 0;
 }
 
@@ -69,6 +90,10 @@ access_free(struct access *a)
 	for (i = 0; i < a->nallow; i++)
 		free(a->allow[i].text);
 	free(a->allow);
+	for (i = 0; i < a->ndirect; i++)
+		free(a->direct[i].text);
+	free(a->direct);
+	free(a->proxy_shown);
 	memset(a, 0, sizeof(*a));
 }
 
@@ -112,4 +137,17 @@ access_connect_port_ok(const struct access *a, int port)
 		if (a->ports[i] == port)
 			return 1;
 	return 0;
+}
+
+const char *
+access_upstream_proxy(const struct access *a, const char *host)
+{
+	size_t i;
+
+	if (a->proxy == NULL)
+		return NULL;
+	for (i = 0; i < a->ndirect; i++)
+		if (host_pattern_match(&a->direct[i], host))
+			return NULL;
+	return a->proxy;
 }

@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/providers.h"
 #include "core/target.h"
 
 enum key_type { K_STR, K_BOOL, K_AUTOBOOL, K_INT, K_LL, K_SECS, K_OBJ, K_FN };
@@ -32,6 +33,8 @@ static int key_providers(struct config *, json_t *, const char *, char *, size_t
 static int key_connect_ports(struct config *, json_t *, const char *, char *, size_t);
 static int key_proxy_auth(struct config *, json_t *, const char *, char *, size_t);
 static int key_allowed_hosts(struct config *, json_t *, const char *, char *, size_t);
+static int key_upstream_proxy(struct config *, json_t *, const char *, char *, size_t);
+static int key_no_proxy(struct config *, json_t *, const char *, char *, size_t);
 static int key_websocket(struct config *, json_t *, const char *, char *, size_t);
 static int key_plaintext(struct config *, json_t *, const char *, char *, size_t);
 static int key_reg_codes(struct config *, json_t *, const char *, char *, size_t);
@@ -80,6 +83,8 @@ static const struct keyspec top_keys[] = {
 	{ "log_format", K_FN, 0, 0, 0, NULL, key_log_format },
 	{ "log_file", K_STR, OFF(log_file), 0, 0, NULL, NULL },
 	{ "upstream_ca", K_STR, OFF(upstream_ca), 0, 0, NULL, NULL },
+	{ "upstream_proxy", K_FN, 0, 0, 0, NULL, key_upstream_proxy },
+	{ "upstream_no_proxy", K_FN, 0, 0, 0, NULL, key_no_proxy },
 	{ "resolve", K_FN, 0, 0, 0, NULL, key_resolve },
 	{ "gateway", K_FN, 0, 0, 0, NULL, key_gateway },
 	{ "limits", K_OBJ, 0, 0, 0, limits_keys, NULL },
@@ -472,6 +477,81 @@ key_allowed_hosts(struct config *c, json_t *v, const char *path, char *err,
 	return 0;
 }
 
+static int
+key_upstream_proxy(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	const char *u, *host;
+	size_t n;
+
+	free(c->upstream_proxy);
+	c->upstream_proxy = NULL;
+	if (json_is_null(v))
+		return 0;
+	if (!json_is_string(v))
+		return type_error(err, errlen, path, "null or a proxy URL");
+	u = json_string_value(v);
+	/* Only HTTP proxies: CONNECT keeps the end-to-end TLS ours. */
+	if (strncasecmp(u, "http://", 7) == 0)
+		host = u + 7;
+	else if (strncasecmp(u, "https://", 8) == 0)
+		host = u + 8;
+	else {
+		snprintf(err, errlen, "%s: want http://[user:pass@]host:port or "
+		    "https://...", path);
+		return -1;
+	}
+	n = strcspn(host, "/?#");
+	if (memchr(host, '@', n) != NULL)
+		host = (const char *)memchr(host, '@', n) + 1;
+	if (*host == '\0' || *host == '/' || *host == ':' || *host == '@') {
+		snprintf(err, errlen, "%s: the proxy URL has no host", path);
+		return -1;
+	}
+	c->upstream_proxy = strdup(u);
+	return c->upstream_proxy == NULL ? -1 : 0;
+}
+
+static int
+key_no_proxy(struct config *c, json_t *v, const char *path, char *err,
+    size_t errlen)
+{
+	struct host_pattern hp;
+	const char *why;
+	char ipath[256];
+	size_t i;
+	json_t *e;
+
+	for (i = 0; i < c->nupstream_no_proxy; i++)
+		free(c->upstream_no_proxy[i]);
+	free(c->upstream_no_proxy);
+	c->upstream_no_proxy = NULL;
+	c->nupstream_no_proxy = 0;
+	if (json_is_null(v))
+		return 0;
+	if (!json_is_array(v))
+		return type_error(err, errlen, path, "null or array of host patterns");
+	if ((c->upstream_no_proxy = calloc(json_array_size(v) + 1,
+	    sizeof(char *))) == NULL)
+		return -1;
+	json_array_foreach(v, i, e) {
+		snprintf(ipath, sizeof(ipath), "%s[%zu]", path, i);
+		if (!json_is_string(e))
+			return type_error(err, errlen, ipath, "host pattern string");
+		if ((why = host_pattern_parse(json_string_value(e), &hp)) != NULL) {
+			snprintf(err, errlen, "%s: '%s': %s", ipath,
+			    json_string_value(e), why);
+			return -1;
+		}
+		free(hp.text);
+		if ((c->upstream_no_proxy[c->nupstream_no_proxy] =
+		    strdup(json_string_value(e))) == NULL)
+			return -1;
+		c->nupstream_no_proxy++;
+	}
+	return 0;
+}
+
 static void
 free_strv(char ***v, size_t *n)
 {
@@ -721,122 +801,6 @@ config_finish(struct config *c, char *err, size_t errlen)
 	return 0;
 }
 
-static json_t *
-str_or_null(const char *s)
-{
-	return s ? json_string(s) : json_null();
-}
-
-/* A URL as it may be printed: userinfo (a password, a token) becomes
- * "<redacted>". */
-static json_t *
-url_redacted(const char *url)
-{
-	const char *auth, *end, *at;
-	json_t *o;
-	char *s;
-
-	if (url == NULL)
-		return json_null();
-	auth = strstr(url, "://");
-	auth = auth ? auth + 3 : url;
-	end = auth + strcspn(auth, "/?#");
-	at = memchr(auth, '@', (size_t)(end - auth));
-	if (at == NULL)
-		return json_string(url);
-	if (asprintf(&s, "%.*s<redacted>%s", (int)(auth - url), url, at) < 0)
-		return json_null();
-	o = json_string(s);
-	free(s);
-	return o;
-}
-
-json_t *
-config_to_json(const struct config *c)
-{
-	json_t *root, *gw, *res, *ports, *allowed;
-	char listen[300];
-	size_t i;
-
-	snprintf(listen, sizeof(listen), strchr(c->listen_host, ':') ?
-	    "[%s]:%d" : "%s:%d", c->listen_host, c->listen_port);
-	gw = json_object();
-	for (i = 0; i < c->gateway.n; i++)
-		json_object_set_new(gw, c->gateway.r[i].prefix,
-		    json_string(c->gateway.r[i].base));
-	res = json_array();
-	for (i = 0; i < c->nresolve; i++)
-		json_array_append_new(res, json_string(c->resolve[i]));
-	root = json_pack("{s:s, s:b, s:b, s:i, s:o, s:s, s:s, s:o, s:o, s:o, s:o,"
-	    " s:{s:I, s:I, s:I}, s:{s:f, s:f, s:f, s:f},"
-	    " s:o, s:b, s:o, s:O}",
-	    "listen", listen,
-	    "allow_remote_listen", c->allow_remote_listen,
-	    "allow_unauthenticated_remote", c->allow_unauth_remote,
-	    "threads", c->threads,
-	    "server_info", str_or_null(c->server_info),
-	    "log_level", log_level_name(c->log_level),
-	    "log_format", log_format_name(c->log_format),
-	    "log_file", str_or_null(c->log_file),
-	    "upstream_ca", str_or_null(c->upstream_ca),
-	    "resolve", res,
-	    "gateway", gw,
-	    "limits", "max_body_size", (json_int_t)c->max_body_size,
-	    "max_header_size", (json_int_t)c->max_header_size,
-	    "max_connections", (json_int_t)c->max_connections,
-	    "timeouts", "connect", c->connect_timeout,
-	    "upstream_idle", c->upstream_idle_timeout,
-	    "client_idle", c->client_idle_timeout,
-	    "total", c->total_timeout,
-	    "auth_file", str_or_null(c->auth_file),
-	    "allow_insecure_auth_file", c->allow_insecure_auth_file,
-	    "audit_log", str_or_null(c->audit_log),
-	    "providers", c->providers ? c->providers : json_null());
-	if (root == NULL)
-		return NULL;
-	ports = json_array();
-	for (i = 0; i < c->nconnect_ports; i++)
-		json_array_append_new(ports, json_integer(c->connect_ports[i]));
-	allowed = c->allowed_hosts_set ? json_array() : json_null();
-	for (i = 0; i < c->nallowed_hosts; i++)
-		json_array_append_new(allowed, json_string(c->allowed_hosts[i]));
-	json_object_set_new(json_object_get(root, "timeouts"), "tunnel_idle",
-	    json_real(c->tunnel_idle_timeout));
-	json_object_set_new(json_object_get(root, "timeouts"), "drain",
-	    json_real(c->drain_timeout));
-	json_object_set_new(root, "pid_file", str_or_null(c->pid_file));
-	json_object_set_new(root, "intercept", json_boolean(c->intercept));
-	json_object_set_new(root, "ca_dir", str_or_null(c->ca_dir));
-	json_object_set_new(root, "connect_ports", ports);
-	/* never print the secret itself */
-	json_object_set_new(root, "proxy_auth", c->proxy_auth_basic ?
-	    json_pack("{s:s}", "basic", "<redacted>") : c->proxy_auth_bearer ?
-	    json_pack("{s:s}", "bearer", "<redacted>") : json_null());
-	json_object_set_new(root, "allowed_hosts", allowed);
-	json_object_set_new(root, "websocket",
-	    json_string(c->websocket_relay ? "relay" : "refuse"));
-	json_object_set_new(root, "plaintext_credentials",
-	    json_string(c->plaintext_refuse ? "refuse" : "upgrade"));
-	json_object_set_new(root, "task_registration", json_pack(
-	    "{s:o, s:o, s:f, s:f, s:f, s:i, s:f}",
-	    "enabled", c->reg_enabled < 0 ? json_null() : json_boolean(c->reg_enabled),
-	    "base_url", url_redacted(c->reg_base_url),
-	    "cooldown", c->reg_cooldown, "wait", c->reg_wait,
-	    "timeout", c->reg_timeout, "attempts", c->reg_attempts,
-	    "backoff", c->reg_backoff));
-	{
-		json_t *codes = json_array(), *tr = json_object_get(root,
-		    "task_registration");
-
-		for (i = 0; i < c->nreg_codes; i++)
-			json_array_append_new(codes, json_string(c->reg_codes[i]));
-		json_object_set_new(tr, "replay_max_body",
-		    json_integer(c->reg_replay_max));
-		json_object_set_new(tr, "invalid_task_codes", codes);
-	}
-	return root;
-}
-
 void
 config_free(struct config *c)
 {
@@ -845,6 +809,8 @@ config_free(struct config *c)
 	free(c->listen_host);
 	free(c->server_info);
 	free(c->upstream_ca);
+	free(c->upstream_proxy);
+	free_strv(&c->upstream_no_proxy, &c->nupstream_no_proxy);
 	for (i = 0; i < c->nresolve; i++)
 		free(c->resolve[i]);
 	free(c->resolve);

@@ -20,6 +20,9 @@ struct config {
 	int		 log_format;	/* enum log_format */
 	char		*log_file;	/* NULL: stderr */
 	char		*upstream_ca;
+	char		*upstream_proxy;	/* URL; userinfo is a secret */
+	char		**upstream_no_proxy;	/* host patterns: go direct */
+	size_t		 nupstream_no_proxy;
 	char		**resolve;	/* curl CONNECT_TO entries */
 	size_t		 nresolve;
 	struct gateway	 gateway;
@@ -67,6 +70,9 @@ struct config {
 };
 
 void	 config_defaults(struct config *c);
+/* url with any userinfo replaced by "<redacted>" (a new string), or NULL
+ * on ENOMEM. */
+char	*config_url_redacted(const char *url);
 /* Applies a JSON document on top of c. where names the source in errors. */
 int	 config_apply_json(struct config *c, json_t *root, const char *where,
 	    char *err, size_t errlen);

@@ -8,6 +8,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ struct ca {
 	pthread_mutex_t	 lock;
 	TAILQ_HEAD(leaf_lru, leaf) lru;
 	size_t		 nleaves;
+	bool		 created;	/* by this ca_open, not loaded */
 };
 
 static int
@@ -305,8 +307,10 @@ ca_open(const char *dir, int create, struct ca **out, char *err, size_t errlen)
 		if (mkdirs(dir, err, errlen) != 0 ||
 		    fileperm_check_dir(dir, err, errlen) != 0)
 			break;
-		if ((rc = create_ca(ca, keypath, err, errlen)) <= 0)
+		if ((rc = create_ca(ca, keypath, err, errlen)) <= 0) {
+			ca->created = rc == 0;
 			break;
+		}
 		EVP_PKEY_free(ca->key);
 		X509_free(ca->cert);
 		ca->key = NULL;
@@ -324,6 +328,12 @@ out:
 	}
 	*out = ca;
 	return 0;
+}
+
+bool
+ca_created(const struct ca *ca)
+{
+	return ca->created;
 }
 
 X509 *

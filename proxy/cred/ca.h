@@ -6,6 +6,7 @@
 #define SP_CA_H
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #define CA_KEY_FILE	"ca.key"
@@ -23,6 +24,8 @@ int	 ca_open(const char *dir, int create, struct ca **out, char *err,
 void	 ca_free(struct ca *ca);
 X509	*ca_cert(const struct ca *ca);
 const char *ca_cert_path(const struct ca *ca);
+/* True when ca_open made a new CA rather than loading one. */
+bool	 ca_created(const struct ca *ca);
 
 /* A leaf for host (a DNS name or an IP literal without brackets): new
  * references to the cached certificate and the shared leaf key.

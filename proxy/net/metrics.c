@@ -104,7 +104,7 @@ metrics_minted(void)
 void
 metrics_connect(const char *action)
 {
-	int i = strcmp(action, "tunnel") == 0 ? 0 :
+	int i = strcmp(action, "passthrough") == 0 ? 0 :
 	    strcmp(action, "intercept") == 0 ? 1 : 2;
 
 	atomic_fetch_add_explicit(&M.connects[i], 1, memory_order_relaxed);

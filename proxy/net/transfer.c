@@ -17,6 +17,7 @@
 #include "cred/registrar.h"
 #include "net/local.h"
 #include "net/metrics.h"
+#include "net/audit.h"
 #include "net/transfer_int.h"
 #include "net/websocket.h"
 #include "net/worker.h"
@@ -146,6 +147,19 @@ end_with_error(struct transfer *t)
 	return MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
+static void
+keep_tail(struct transfer *t, const char *p, size_t n)
+{
+	size_t k = sizeof(t->tail);
+
+	if (n >= k)
+		memcpy(t->tail, p + n - k, k);
+	else {
+		memmove(t->tail, t->tail + n, k - n);
+		memcpy(t->tail + k - n, p, n);
+	}
+}
+
 static ssize_t
 response_reader(void *cls, uint64_t pos, char *out, size_t max)
 {
@@ -161,6 +175,7 @@ response_reader(void *cls, uint64_t pos, char *out, size_t max)
 		memcpy(out, buf_head(&t->down), n);
 		buf_consume(&t->down, n);
 		t->bytes_out += (long long)n;
+		keep_tail(t, out, n);
 		if (buf_pending(&t->down) == 0 && t->down.cap > 2 * MHD_BLOCK)
 			buf_free(&t->down);	/* idle streams stay small */
 		if (t->recv_paused)
@@ -689,6 +704,22 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 	return MHD_NO;
 }
 
+/* An event stream the client closed on an event boundary (after the
+ * final event, or between two) was ended by the client, not cut. */
+static bool
+closed_between_events(struct transfer *t)
+{
+	const char *ct = hdr_get(t->head.headers.v, t->head.headers.n,
+	    "Content-Type");
+
+	return !t->is_error && ct != NULL &&
+	    strncasecmp(ct, "text/event-stream", 17) == 0 &&
+	    buf_pending(&t->down) == 0 && t->bytes_out >= 2 &&
+	    (memcmp(t->tail + 2, "\n\n", 2) == 0 ||
+	    memcmp(t->tail + 2, "\r\r", 2) == 0 ||
+	    (t->bytes_out >= 4 && memcmp(t->tail, "\r\n\r\n", 4) == 0));
+}
+
 static void
 log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 {
@@ -717,9 +748,16 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	}
 	if (t->reused >= 0)
 		json_object_set_new(o, "upstream_reused", json_boolean(t->reused));
-	if (t->is_error)
+	if (t->is_error) {
 		json_object_set_new(o, "error", json_string(perr_code(t->err)));
-	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		if (t->err_msg != NULL)
+			json_object_set_new(o, "detail", json_string(t->err_msg));
+	}
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK &&
+	    (toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone) &&
+	    closed_between_events(t))
+		json_object_set_new(o, "closed", json_string("client"));
+	else if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		json_object_set_new(o, "aborted", json_string(
 		    toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || t->client_gone ?
 		    "client" : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ?
@@ -729,40 +767,33 @@ log_request(struct transfer *t, enum MHD_RequestTerminationCode toe)
 	log_json(LL_INFO, "request", o);
 }
 
-/* One line per request that reached classification: what was decided
- * and what came back. The task is named by a fingerprint only. */
-static void
-audit_request(struct transfer *t)
+/* The audit line of a request that reached classification: what was
+ * decided and what came back. The task is named by a fingerprint only. */
+json_t *
+transfer_audit_line(struct transfer *t)
 {
-	char ts[64], *line;
+	struct audit_rec a = {
+		.method = t->method, .host = t->rt.host, .port = t->rt.port,
+		.path = t->rt.log_path, .mode = t->mode, .provider = t->provider,
+		.route = route_kind_name((enum route_kind)t->route_kind),
+		.action = action_name((enum action)t->action),
+		.task = t->task_fp[0] ? t->task_fp : NULL, .status = t->status,
+		.error = t->is_error ? perr_code(t->err) : NULL,
+	};
 	json_t *o;
-	size_t n;
 
-	if (t->w->px->audit_fd < 0 || t->provider == NULL)
-		return;
-	log_time(ts);
-	o = json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:s, s:s, s:s, s:o, s:i}",
-	    "time", ts, "method", t->method ? t->method : "",
-	    "host", t->rt.log_host, "path", t->rt.log_path, "mode", t->mode,
-	    "provider", t->provider,
-	    "route", route_kind_name((enum route_kind)t->route_kind),
-	    "action", action_name((enum action)t->action),
-	    "task", t->task_fp[0] ? json_string(t->task_fp) : json_null(),
-	    "status", t->status);
-	if (o == NULL)
-		return;
-	if (t->is_error)
-		json_object_set_new(o, "error", json_string(perr_code(t->err)));
-	if (t->retried)
+	if ((o = audit_line(&a)) != NULL && t->retried)
 		json_object_set_new(o, "retried", json_true());
-	line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	json_decref(o);
-	if (line == NULL)
+	return o;
+}
+
+void
+transfer_audit(struct transfer *t)
+{
+	if (t->audited || t->w->px->audit_fd < 0 || t->provider == NULL)
 		return;
-	n = strlen(line);
-	line[n] = '\n';
-	(void)!write(t->w->px->audit_fd, line, n + 1);
-	free(line);
+	t->audited = true;
+	audit_write(t->w->px, transfer_audit_line(t));
 }
 
 void
@@ -777,7 +808,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 		return;
 	*con_cls = NULL;
 	log_request(t, toe);
-	audit_request(t);
+	transfer_audit(t);
 	metrics_request_open(-1);
 	metrics_request(t->mode, t->provider, t->route_kind, t->action,
 	    t->status, t->is_error ? perr_code(t->err) : NULL);

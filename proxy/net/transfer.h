@@ -80,6 +80,7 @@ struct transfer {
 	bool			 client_gone;
 	long long		 bytes_in;
 	long long		 bytes_out;
+	char			 tail[4];	/* the last bytes sent */
 	long long		 start_ms;
 	long long		 last_io;	/* last byte to or from upstream */
 
@@ -90,6 +91,7 @@ struct transfer {
 	bool			 replay_ok;
 	bool			 inspecting;	/* holding an error answer to read it */
 	bool			 retried;
+	bool			 audited;	/* its line is written */
 	bool			 reg_waited_out;
 	long long		 reg_deadline;
 	LIST_ENTRY(transfer)	 reg_entry;	/* w->reg_waiters, when parked */

@@ -213,9 +213,13 @@ transfer_curl_done(struct curl_owner *o, CURLcode rc)
 	curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &nconn);
 	t->reused = nconn == 0;
 	t->leg = rc == CURLE_OK ? LEG_DONE : LEG_FAILED;
-	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone)
-		transfer_set_error(t, upstream_error_kind(rc), "upstream %s: %s",
-		    t->rt.log_host, upstream_strerror(rc));
+	if (rc != CURLE_OK && !t->resp_ready && !t->client_gone) {
+		char why[800];
+
+		upstream_describe(why, sizeof(why), t->w, t->easy, t->rt.host,
+		    t->rt.port, rc);
+		transfer_set_error(t, upstream_error_kind(rc), "upstream %s", why);
+	}
 	transfer_release_upstream(t);
 	/* Whatever it waits for (the head, data, or room for more upload,
 	 * which is now read and dropped) has an answer. */
@@ -287,7 +291,7 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 		transfer_set_error(t, PERR_INTERNAL, "cannot create an upstream transfer");
 		return -1;
 	}
-	upstream_setopt_common(e, t->w, t);
+	upstream_setopt_common(e, t->w, t, t->rt.host, false);
 	curl_easy_setopt(e, CURLOPT_URL, t->rt.url);
 	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);

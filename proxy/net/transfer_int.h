@@ -4,6 +4,8 @@
  * loop uses transfer.h only. */
 #ifndef SP_TRANSFER_INT_H
 #define SP_TRANSFER_INT_H
+#include <jansson.h>
+
 #include "core/headers.h"
 #include "net/transfer.h"
 
@@ -19,6 +21,10 @@ void	 transfer_set_error(struct transfer *t, enum perr e, const char *fmt,
 /* Parks t until a run-task registration ends or task_registration.wait
  * passes (transfer_reg_poll). */
 void	 transfer_park(struct transfer *t);
+/* Writes t's audit line, once (a WebSocket's at its 101). */
+void	 transfer_audit(struct transfer *t);
+/* t's audit line as a new object (a WebSocket's close line starts so). */
+json_t	*transfer_audit_line(struct transfer *t);
 
 /* transfer_http.c */
 /* Starts the HTTP leg; on failure t carries the error answer. */

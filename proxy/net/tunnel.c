@@ -16,8 +16,10 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "net/accept.h"
+#include "net/audit.h"
 #include "net/metrics.h"
 #include "net/relay.h"
+#include "net/tlswarn.h"
 #include "net/tunnel.h"
 #include "net/upstream.h"
 #include "net/worker.h"
@@ -35,6 +37,7 @@ struct tunnel {
 	struct connect_req	 req;
 	CURL			*easy;
 	const char		*provider;
+	const char		*detail;	/* why it was refused */
 	long long		 start;
 	struct conn_slot	 slot;		/* the client's, until a relay */
 	LIST_ENTRY(tunnel)	 entry;		/* w->connecting */
@@ -47,17 +50,26 @@ struct icpt {
 
 static int icpt_index = -1;
 
+/* The CONNECT's log and audit lines; action is one of the request
+ * lines' words (passthrough: a blind tunnel) or intercept. */
 static void
 log_connect(struct tunnel *tn, int status, const char *action, const char *code)
 {
-	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:s?}",
+	struct audit_rec a = {
+		.method = "CONNECT", .host = tn->req.host, .port = tn->req.port,
+		.mode = "connect", .provider = tn->provider, .action = action,
+		.status = status, .error = code,
+	};
+	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:s?, s:s?}",
 	    "client", tn->client, "method", "CONNECT",
 	    "host", tn->req.host ? tn->req.host : "",
 	    "port", tn->req.port, "status", status, "provider", tn->provider,
-	    "action", action, "error", code);
+	    "action", action, "error", code, "detail", tn->detail);
 
 	log_json(LL_INFO, "request", o);
 	metrics_connect(action);
+	if (tn->w->px->audit_fd >= 0)
+		audit_write(tn->w->px, audit_line(&a));
 }
 
 static void
@@ -72,6 +84,7 @@ static void
 refuse(struct tunnel *tn, enum perr e, const char *msg, const char *extra)
 {
 	send_and_close(tn->w, tn->fd, e, msg, extra);
+	tn->detail = msg;
 	log_connect(tn, perr_status(e), "reject", perr_code(e));
 	tunnel_free(tn);
 }
@@ -91,7 +104,6 @@ static void
 start_blind(struct tunnel *tn)
 {
 	struct worker *w = tn->w;
-	struct config *c = w->rc->cfg;
 	char url[300];
 	CURL *e;
 
@@ -103,16 +115,8 @@ start_blind(struct tunnel *tn)
 	}
 	/* curl resolves and connects without blocking the loop; the socket
 	 * is then relayed as raw bytes. */
+	upstream_setopt_common(e, w, &tn->owner, tn->req.host, true);
 	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, tn);
-	upstream_bound_resolve(e, &tn->owner);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_PROXY, "");
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-	    (long)(c->connect_timeout * 1000));
-	if (w->px->connect_to != NULL)
-		curl_easy_setopt(e, CURLOPT_CONNECT_TO, w->px->connect_to);
 	if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
 		curl_easy_cleanup(e);
 		refuse(tn, PERR_INTERNAL, "cannot open an upstream connection", NULL);
@@ -168,10 +172,11 @@ tunnel_curl_done(struct curl_owner *o, CURLcode rc)
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(tn->easy, CURLINFO_ACTIVESOCKET, &s);
 	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
-		char msg[300];
+		char why[800], msg[820];
 
-		snprintf(msg, sizeof(msg), "upstream %s:%d: %s", tn->req.host,
-		    tn->req.port, upstream_strerror(rc));
+		upstream_describe(why, sizeof(why), w, tn->easy, tn->req.host,
+		    tn->req.port, rc);
+		snprintf(msg, sizeof(msg), "upstream %s", why);
 		upstream_detach(w->multi, tn->easy, &tn->owner);
 		curl_easy_cleanup(tn->easy);
 		refuse(tn, rc == CURLE_OPERATION_TIMEDOUT ? PERR_UPSTREAM_TIMEOUT :
@@ -197,7 +202,7 @@ tunnel_curl_done(struct curl_owner *o, CURLcode rc)
 	memcpy(r->client, tn->client, sizeof(r->client));
 	if (asprintf(&r->what, "tunnel %s:%d", tn->req.host, tn->req.port) < 0)
 		r->what = NULL;
-	log_connect(tn, 200, "tunnel", NULL);
+	log_connect(tn, 200, "passthrough", NULL);
 	tunnel_free(tn);
 	if (relay_start(r) != 0) {
 		log_msg(LL_WARN, "cannot start a tunnel relay");
@@ -324,9 +329,22 @@ intercept_ssl(struct tunnel *tn, char *err, size_t errlen)
 	}
 	X509_free(leaf);
 	EVP_PKEY_free(key);
-	if (ssl != NULL)
+	if (ssl != NULL) {
 		SSL_set_accept_state(ssl);
+		tlswarn_arm(ssl);
+	}
 	return ssl;
+}
+
+/* The client may have given up on our certificate. */
+static void
+intercept_done(struct relay *r)
+{
+	struct icpt *ic = SSL_get_ex_data(r->a.ssl, icpt_index);
+
+	if (ic != NULL)
+		tlswarn_check(r->a.ssl, ic->host, ca_cert_path(r->w->px->ca),
+		    r->w->px->cfg->ca_dir);
 }
 
 static void
@@ -382,6 +400,7 @@ start_intercept(struct tunnel *tn)
 		return;
 	}
 	r->kind = MT_INTERCEPT;
+	r->on_done = intercept_done;
 	conn_slot_move(&r->slot, &tn->slot);
 	r->a.kind = EP_SSL;
 	r->a.ssl = ssl;

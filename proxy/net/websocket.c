@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "net/audit.h"
 #include "net/metrics.h"
 #include "net/relay.h"
 #include "core/target.h"
@@ -113,9 +114,8 @@ ws_begin(struct transfer *t, const struct hdr_vec *in,
 	ws->easy = e;
 	/* Strip the default port: curl wants a URL, the Host line above is
 	 * what the upstream sees. */
-	upstream_setopt_common(e, t->w, t);
+	upstream_setopt_common(e, t->w, t, t->rt.host, true);
 	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
 	if (curl_multi_add_handle(t->w->multi, e) != CURLM_OK) {
 		transfer_set_error(t, PERR_INTERNAL, "cannot start an upstream connection");
 		return -1;
@@ -151,8 +151,15 @@ ws_connected(struct transfer *t, CURLcode rc)
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(ws->easy, CURLINFO_ACTIVESOCKET, &s);
 	if (rc != CURLE_OK || s == CURL_SOCKET_BAD) {
-		ws_fail(t, rc == CURLE_OK ? PERR_UPSTREAM_UNREACHABLE :
-		    upstream_error_kind(rc), upstream_strerror(rc));
+		char why[800];
+
+		upstream_describe(why, sizeof(why), t->w, ws->easy, t->rt.host,
+		    t->rt.port, rc);
+		if (!t->resp_ready)
+			transfer_set_error(t, rc == CURLE_OK ?
+			    PERR_UPSTREAM_UNREACHABLE : upstream_error_kind(rc),
+			    "upstream %s", why);
+		ws_fail(t, PERR_UPSTREAM_UNREACHABLE, why);
 		return;
 	}
 	ws->fd = (int)s;
@@ -347,10 +354,29 @@ ws_event(struct evsrc *src, uint32_t events)
 
 /* --- after the 101 ------------------------------------------------------ */
 
+/* What the relay needs at its end: MHD's handle, and the audit close
+ * line (the request's fields, then the byte counts). */
+struct ws_end {
+	struct MHD_UpgradeResponseHandle *urh;
+	struct proxy	*px;
+	json_t		*audit;		/* NULL: no audit log */
+};
+
 static void
 upgrade_done(struct relay *r)
 {
-	MHD_upgrade_action(r->ud, MHD_UPGRADE_ACTION_CLOSE);
+	struct ws_end *end = r->ud;
+
+	if (end->audit != NULL) {
+		json_object_set_new(end->audit, "event", json_string("close"));
+		json_object_set_new(end->audit, "bytes_up",
+		    json_integer(r->bytes_ab));
+		json_object_set_new(end->audit, "bytes_down",
+		    json_integer(r->bytes_ba));
+		audit_write(end->px, end->audit);
+	}
+	MHD_upgrade_action(end->urh, MHD_UPGRADE_ACTION_CLOSE);
+	free(end);
 }
 
 static void
@@ -361,15 +387,22 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	struct transfer *t = cls;
 	struct worker *w = t->w;
 	struct ws *ws = t->ws;
-	struct relay *r;
+	struct ws_end *end = NULL;
+	struct relay *r = NULL;
 
 	(void)con;
 	(void)req_cls;
-	if (ws == NULL || (r = relay_new(w,
+	if (ws == NULL || (end = calloc(1, sizeof(*end))) == NULL ||
+	    (r = relay_new(w,
 	    (long long)(w->rc->cfg->upstream_idle_timeout * 1000))) == NULL) {
+		free(end);
 		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
 		return;
 	}
+	end->urh = urh;
+	end->px = w->px;
+	if (t->audited)
+		end->audit = transfer_audit_line(t);
 	/* The client socket is the relay's now, not the hang-up watch's. */
 	if (t->cl != NULL && t->cl->src.fd == (int)sock) {
 		epoll_ctl(w->loop.epfd, EPOLL_CTL_DEL, t->cl->src.fd, NULL);
@@ -387,7 +420,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	ws->easy = NULL;	/* the relay owns the upstream now */
 	t->easy = NULL;
 	ws_unwatch(ws);
-	r->ud = urh;
+	r->ud = end;
 	r->on_done = upgrade_done;
 	if (t->cl != NULL)
 		memcpy(r->client, t->cl->addr, sizeof(r->client));
@@ -398,6 +431,8 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	    relay_start(r) != 0) {
 		log_msg(LL_WARN, "cannot start a WebSocket relay");
 		curl_easy_cleanup(r->b.easy);
+		json_decref(end->audit);
+		free(end);
 		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
 		buf_free(&r->ab);
 		buf_free(&r->ba);
@@ -432,5 +467,9 @@ ws_queue_upgrade(struct transfer *t)
 	rc = MHD_queue_response(t->con, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
 	MHD_destroy_response(resp);
 	t->phase = PH_DONE;
+	/* Audited now, not at the close: a daemon killed mid-session has
+	 * still recorded the handshake it asserted. */
+	if (rc == MHD_YES)
+		transfer_audit(t);
 	return rc;
 }

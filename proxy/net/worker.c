@@ -555,13 +555,14 @@ start_mhd(struct worker *w, char *err, size_t errlen)
 	    MHD_ALLOW_UPGRADE, 0,
 	    NULL, NULL,
 	    transfer_access, w,
+	    /* first, or MHD says so through its default logger */
+	    MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, w,
 	    MHD_OPTION_URI_LOG_CALLBACK, transfer_uri_log, w,
 	    MHD_OPTION_NOTIFY_COMPLETED, transfer_completed, w,
 	    MHD_OPTION_NOTIFY_CONNECTION, mhd_notify_connection, w,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, mem,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections + 16,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->client_idle_timeout,
-	    MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, w,
 	    MHD_OPTION_END);
 	if (w->mhd == NULL) {
 		snprintf(err, errlen, "cannot start libmicrohttpd");

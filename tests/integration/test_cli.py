@@ -198,14 +198,46 @@ class CheckConfig(CliTestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn(b'does-not-exist.json', r.stderr)
 
-    def test_shipped_config_is_valid(self):
+    def test_shipped_config_is_valid_and_freezes_no_default(self):
+        # The installed file holds only what a user changed: none of its
+        # keys may repeat a built-in default (which a later release could
+        # change), and with it the effective configuration is the default.
         src = os.environ.get('SCOPEPROXY_SRCDIR') or os.path.join(os.path.dirname(__file__), '..', '..')
         path = os.path.join(src, 'config', 'scopeproxy.json')
-        if not os.path.exists(path):
-            self.skipTest('config/scopeproxy.json not present yet')
+        with open(path) as f:
+            shipped = json.load(f)
         r = sp('check-config', '--config', path)
         self.assertEqual(r.returncode, 0, r.stderr.decode())
-        json.loads(r.stdout)
+        with_file = json.loads(r.stdout)
+        r = sp('check-config')
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        defaults = json.loads(r.stdout)
+        frozen = sorted(k for k, v in shipped.items() if defaults.get(k) == v or
+                        (isinstance(v, dict) and any(defaults.get(k, {}).get(s) == x
+                                                     for s, x in v.items())))
+        self.assertEqual(frozen, [], 'config/scopeproxy.json pins built-in defaults')
+        self.assertEqual(with_file, defaults)
+
+    def test_install_keeps_an_edited_config(self):
+        builddir = os.path.dirname(os.path.dirname(os.path.abspath(scopeproxy_bin())))
+        if not os.path.exists(os.path.join(builddir, 'Makefile')):
+            self.skipTest('no build directory next to %s' % scopeproxy_bin())
+        dest = os.path.join(self.tmp, 'dest')
+
+        def install():
+            r = run_cmd(['make', '-s', '-C', builddir, 'install-data', 'DESTDIR=' + dest], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr.decode())
+            found = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs if f == 'scopeproxy.json']
+            self.assertEqual(len(found), 1, found)
+            return found[0]
+        path = install()
+        with open(path) as f:
+            self.assertEqual(json.load(f), {})
+        with open(path, 'w') as f:
+            json.dump({'log_level': 'debug'}, f)
+        self.assertEqual(install(), path)
+        with open(path) as f:
+            self.assertEqual(json.load(f), {'log_level': 'debug'}, 'make install overwrote the user\'s configuration')
 
 
 class StartUp(CliTestCase):

@@ -141,7 +141,7 @@ class Plaintext(ConfinementCase):
         for line in lines:
             self.assertEqual(line['action'], 'assert', line)
             self.assertEqual(line['task'], fingerprint(TASK), line)
-            self.assertTrue(line['host'].endswith(':443'), line)
+            self.assertEqual(line['port'], 443, line)
 
     def test_later_head_on_kept_alive_connection(self):
         d = self.daemon()

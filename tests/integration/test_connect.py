@@ -391,7 +391,8 @@ class ConnectCase(ProxyTestCase):
             pass
         check_no_secrets(self, d, forbidden, skip_empty=False)
 
-    def audit_lines(self, d, count, timeout=3.0):
+    def audit_lines(self, d, count, timeout=3.0, connects=False):
+        """The request lines (and the CONNECT lines too with connects=True)."""
         deadline = now() + timeout
         while True:
             try:
@@ -399,6 +400,7 @@ class ConnectCase(ProxyTestCase):
                     lines = [json.loads(l) for l in f.read().splitlines() if l.strip()]
             except OSError:
                 lines = []
+            lines = [l for l in lines if connects or l.get('method') != 'CONNECT']
             if len(lines) >= count or now() > deadline:
                 return lines
             time.sleep(0.02)
@@ -787,8 +789,14 @@ class BlindTunnel(ConnectCase):
                         proxy=d.proxy, cacert=self.tls.ca)
         self.assertEqual((res.rc, res.connect_code, res.code), (0, 200, 200), res)
         self.assertEqual(json.loads(res.body)['headers'][-1], ['Authorization', 'Bearer ' + SECRET])
-        self.assertEqual(self.audit_lines(d, 1, timeout=0.3), [],
-                         'blind tunnels carry no credential (no audit line expected)')
+        # one line per tunnel: the client's own bytes went out untouched
+        self.assertEqual(self.audit_lines(d, 1, timeout=0.3), [], 'no request line for a blind tunnel')
+        lines = self.audit_lines(d, 3, connects=True)
+        self.assertEqual([(l['method'], l['host'], l['port'], l['mode'], l['action'], l['task'],
+                           l['status']) for l in lines],
+                         [('CONNECT', 'localhost', up.port, 'connect', 'passthrough', None, 200),
+                          ('CONNECT', 'upstream.test', 443, 'connect', 'passthrough', None, 200),
+                          ('CONNECT', 'upstream.test', 443, 'connect', 'passthrough', None, 200)], lines)
 
     def test_no_intercept_flag_tunnels_first_party_blind(self):
         up = self.start_upstream(tls=True)

@@ -214,9 +214,13 @@ class CredCase(ProxyTestCase):
         d.audit_seen = len(self.audit(d))
 
     def assertAudit(self, line, **want):
-        for k in ('time', 'method', 'host', 'path', 'mode', 'provider', 'route', 'action',
+        for k in ('time', 'method', 'host', 'port', 'path', 'mode', 'provider', 'route', 'action',
                   'task', 'status'):
             self.assertIn(k, line, 'audit line lacks %r: %r' % (k, line))
+        if ':' in want.get('host', ''):
+            # host='name:port' is checked as the two fields it is written as
+            want['host'], port = want['host'].rsplit(':', 1)
+            want['port'] = int(port)
         for k, v in want.items():
             self.assertEqual(line.get(k), v, 'audit %s in %r' % (k, line))
         self.assertRegex(line['time'], r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d')
@@ -1198,7 +1202,7 @@ class Audit(CredCase):
                           (False, None, '/v1/messages')])
         for l in lines:
             self.assertNotIn('error', l, 'upstream answers are not proxy errors: %r' % l)
-            self.assertIn(l['host'].split(':')[0], ('api.openai.com', 'api.anthropic.com'), l)
+            self.assertIn(l['host'], ('api.openai.com', 'api.anthropic.com'), l)
         # Now no task: a reject line.
         write_auth(auth, record(k.v2))
         deadline = now() + 2.0

@@ -608,7 +608,7 @@ class Success(RegCase):
         self.assertEqual(len(reqs), 1, 'exactly one registration')
         lines = [a for a in self.audit(d) if a.get('action') == 'assert']
         self.assertEqual([a.get('task') for a in lines], [fingerprint(task)] * 2, 'audit task fingerprints')
-        self.assertEqual([a.get('host') for a in lines], ['api.openai.com:443'] * 2,
+        self.assertEqual([(a.get('host'), a.get('port')) for a in lines], [('api.openai.com', 443)] * 2,
                          'audit host: the http:// request went upstream over TLS to :443')
         self.assertIn('auth.json', d.stderr_text(), 'the write-back should be logged, naming the file')
         return d
@@ -1108,7 +1108,7 @@ class Recovery(RegCase):
         self.assertTrue(lines[0].get('retried'), lines)
         self.assertEqual(lines[0]['task'], fingerprint('task-new-ok'))
         self.assertEqual(lines[0]['status'], 200)
-        self.assertEqual(lines[0]['host'], 'api.openai.com:443', lines)
+        self.assertEqual((lines[0]['host'], lines[0]['port']), ('api.openai.com', 443), lines)
 
     def test_second_rejection_goes_back_without_a_loop(self):
         tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej', 'task-new-ok'}))

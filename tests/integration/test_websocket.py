@@ -1398,7 +1398,7 @@ class NoTask(WSCase):
         self.assertProxyError(resp, 503, 'agent_task_missing', d)
         self.assertNoUpstreamConnection(up)
         self.assertNoUpstreamConnection(tup, grace=0)
-        lines = [x for x in self.audit_lines(d, 4) if x.get('method') == 'GET']
+        lines = [x for x in self.audit_lines(d, 5) if x.get('method') == 'GET']
         self.assertEqual(len(lines), 4, lines)
         self.assertTrue(all(x.get('action') == 'reject' and x.get('task') is None
                             and x.get('status') == 503 for x in lines), lines)
@@ -1613,28 +1613,43 @@ class AuditAndLogs(WSCase):
         check_assertion(conn.header('Authorization'))
         self.assertTrue(conn.tls, 'a credentialed handshake must arrive over TLS')
         self.forbidden |= {conn.header('Authorization').split(' ', 1)[1], 'secretquery'}
+        # the handshake's line is written at the 101, while the session runs
+        lines = self.audit_lines(d, 1)
+        self.assertEqual(len(lines), 1, lines)
+        fp = fingerprint(TASK_ID)
+        a = lines[0]
+        # written as http://, the credentialed handshake went to :443 (over
+        # TLS); the pass-through one went where the client wrote it
+        self.assertEqual((a['method'], a['host'], a['port'], a['path'], a['mode'], a['provider'],
+                          a['route'], a['action'], a['task'], a['status']),
+                         ('GET', 'api.openai.com', 443, '/v1/responses', 'forward', 'openai',
+                          'inference', 'assert', fp, 101), a)
+        self.assertNotIn('event', a)
         ws.send_frame(OP_TEXT, b'a')
         ws.recv_frame()
         ws.send_frame(OP_CLOSE, close_payload(1000))
         ws.recv_frame()
         self.assertTrue(ws.wait_eof(3))
         ws.close()
+        # and a close line: the same fields, then the bytes relayed
+        lines = self.audit_lines(d, 2)
+        self.assertEqual(len(lines), 2, lines)
+        a2 = lines[1]
+        self.assertEqual({k: v for k, v in a2.items() if k not in ('time', 'event', 'bytes_up', 'bytes_down')},
+                         {k: v for k, v in a.items() if k != 'time'}, a2)
+        self.assertEqual(a2['event'], 'close', a2)
+        self.assertGreater(a2['bytes_up'], 0, a2)
+        self.assertGreater(a2['bytes_down'], 0, a2)
         c2 = self.forward_client(d)
         resp, ws2, key, _ = self.handshake(c2, 'http://ws.example.test/chat', 'ws.example.test')
         self.check_101(resp, key, up, d)
         ws2.close()
-        lines = self.audit_lines(d, 2)
-        fp = fingerprint(TASK_ID)
-        self.assertEqual(len(lines), 2, lines)
-        a, b = lines
-        # written as http://, the credentialed handshake went to :443 (over
-        # TLS); the pass-through one went where the client wrote it
-        self.assertEqual((a['method'], a['host'], a['path'], a['provider'], a['route'], a['action'],
-                          a['task'], a['status']),
-                         ('GET', 'api.openai.com:443', '/v1/responses', 'openai', 'inference', 'assert',
-                          fp, 101), a)
-        self.assertEqual((b['host'], b['path'], b['action'], b['task'], b['status']),
-                         ('ws.example.test:80', '/chat', 'passthrough', None, 101), b)
+        lines = self.audit_lines(d, 4)
+        self.assertEqual(len(lines), 4, lines)
+        b, b2 = lines[2:]
+        self.assertEqual((b['host'], b['port'], b['path'], b['action'], b['task'], b['status']),
+                         ('ws.example.test', 80, '/chat', 'passthrough', None, 101), b)
+        self.assertEqual(b2.get('event'), 'close', b2)
         req = d.wait_log(lambda x: x.get('path') == '/v1/responses' and x.get('status') == 101)
         self.assertIsNotNone(req, 'no request log line with status 101:\n%s' % d.tail(3000))
 
