@@ -11,22 +11,13 @@
 #ifndef SP_CLASSIFY_H
 #define SP_CLASSIFY_H
 
-struct provider_table;
-
-enum route_kind {
-	ROUTE_OTHER,		/* anything not listed as a route: pass-through */
-	ROUTE_INFERENCE,
-	ROUTE_COMPACTION
-};
+#include "core/providers.h"	/* enum route_kind, PROVIDER_CUSTOM */
 
 enum action {
 	ACTION_PASSTHROUGH,	/* forward byte-for-byte, no credential touched */
 	ACTION_ASSERT,		/* replace Authorization with an AgentAssertion */
 	ACTION_REJECT		/* answer 503 locally, contact no upstream */
 };
-
-/* Id reported for a destination that matches no provider. */
-#define PROVIDER_CUSTOM	"custom"
 
 /*
  * provider points into the table passed to classify() (or is the static

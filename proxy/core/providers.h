@@ -59,7 +59,14 @@
 
 #include <jansson.h>
 
-#include "core/classify.h"
+/* Id reported for a destination that matches no provider. */
+#define PROVIDER_CUSTOM	"custom"
+
+enum route_kind {
+	ROUTE_OTHER,		/* anything not listed as a route: pass-through */
+	ROUTE_INFERENCE,
+	ROUTE_COMPACTION
+};
 
 enum provider_policy {
 	POLICY_PASSTHROUGH,
