@@ -19,7 +19,10 @@
 #include "core/config.h"
 #include "cred/idstore.h"
 #include "core/log.h"
+#include "net/accept.h"
 #include "net/metrics.h"
+#include "net/relay.h"
+#include "net/transfer.h"
 #include "cred/registrar.h"
 #include "cred/secmem.h"
 #include "safefile.h"
@@ -366,6 +369,12 @@ fail:
 	return -1;
 }
 
+/* What every worker runs besides its MHD daemon: accepting, relays,
+ * CONNECT tunnels, requests. Shutdown ends their work in this order. */
+static worker_attach_fn *const worker_modules[] = {
+	accept_attach, relay_attach, tunnel_attach, transfer_attach, NULL
+};
+
 /* The workers, the registrar, then the files that say we are ready.
  * Logs why it fails. */
 static int
@@ -384,7 +393,8 @@ daemon_start(struct daemon *d)
 		return -1;
 	for (i = 0; i < d->n; i++) {
 		d->started = i + 1;
-		if (worker_init(&d->ws[i], &d->px, i, err, sizeof(err)) != 0)
+		if (worker_init(&d->ws[i], &d->px, i, &transfer_reqs,
+		    worker_modules, err, sizeof(err)) != 0)
 			goto fail;
 		if (worker_start(&d->ws[i]) != 0) {
 			log_msg(LL_ERROR, "cannot start worker thread %d", i);

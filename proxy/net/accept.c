@@ -17,6 +17,7 @@
 #include "core/log.h"
 #include "net/accept.h"
 #include "net/linger.h"
+#include "net/reply.h"
 #include "net/tunnel.h"
 #include "net/worker.h"
 
@@ -32,33 +33,6 @@ struct peek {
 };
 
 #define PEEK_TIMEOUT_MS	10000
-
-void
-send_and_close(struct worker *w, int fd, enum perr e, const char *message,
-    const char *extra)
-{
-	char head[256], junk[8192], *body = perr_body(e, message);
-	int hl, i;
-
-	/* Read what the client sent first, or closing with unread bytes
-	 * resets the connection and the answer is lost. */
-	for (i = 0; i < 8 && recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
-		;
-
-	if (body != NULL) {
-		hl = snprintf(head, sizeof(head),
-		    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-		    "X-Scopeproxy-Error: %s\r\nContent-Length: %zu\r\n"
-		    "%s%sConnection: close\r\n\r\n", perr_status(e),
-		    MHD_get_reason_phrase_for((unsigned)perr_status(e)),
-		    perr_code(e), strlen(body), extra ? extra : "",
-		    extra ? "\r\n" : "");
-		(void)!write(fd, head, (size_t)hl);
-		(void)!write(fd, body, strlen(body));
-		free(body);
-	}
-	linger_close(w, fd);
-}
 
 /* Takes p off the list and out of the epoll set; the socket stays. */
 static void
@@ -248,9 +222,23 @@ listen_resume_timeout(void *arg, long long now)
 	return w->listen_resume > now ? w->listen_resume - now : 0;
 }
 
+/* SIGTERM: stop watching the listening socket. */
+static void
+unlisten(void *arg)
+{
+	struct worker *w = arg;
+
+	if (atomic_load(&w->listening)) {
+		if (w->listen_resume == 0)	/* else already out of the set */
+			loop_del(&w->loop, w->px->listen_fd);
+		atomic_store(&w->listening, 0);
+	}
+}
+
 static const struct loop_ops listen_ops = {
 	.tick = listen_resume_tick,
 	.timeout = listen_resume_timeout,
+	.drain = unlisten,
 };
 
 /* How long a new connection may take to send its first head: at most
@@ -379,14 +367,4 @@ accept_attach(struct worker *w, char *err, size_t errlen)
 	    linger_attach(w, err, errlen) != 0)
 		return -1;
 	return loop_hook_add(&w->loop, &peek_ops, w, err, errlen);
-}
-
-void
-accept_unlisten(struct worker *w)
-{
-	if (atomic_load(&w->listening)) {
-		if (w->listen_resume == 0)	/* else already out of the set */
-			loop_del(&w->loop, w->px->listen_fd);
-		atomic_store(&w->listening, 0);
-	}
 }

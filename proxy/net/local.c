@@ -9,15 +9,12 @@
 #include "cred/registrar.h"
 #include "net/local.h"
 #include "net/metrics.h"
-#include "net/transfer_int.h"
-#include "net/worker.h"
 
 static void
-local_answer(struct transfer *t, int status, json_t *body)
+local_answer(struct local_answer *out, int status, json_t *body)
 {
-	t->mode = "local";
-	t->local_status = status;
-	t->local_body = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	out->status = status;
+	out->body = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(body);
 }
 
@@ -32,7 +29,7 @@ local_format_time(time_t when, char out[32])
 
 /* /readyz: ready only with a usable identity and a sane clock. */
 static void
-readiness(struct transfer *t)
+readiness(struct local_answer *out)
 {
 	enum identity_status st;
 	enum reg_state rs;
@@ -43,7 +40,7 @@ readiness(struct transfer *t)
 	id = idstore_get(&st, why, sizeof(why));
 	identity_unref(id);
 	if (time(NULL) < 1704067200)	/* 2024-01-01: signatures would be stale */
-		local_answer(t, 503, json_pack("{s:s, s:s}", "status",
+		local_answer(out, 503, json_pack("{s:s, s:s}", "status",
 		    "not_ready", "reason", "system clock is not set"));
 	else if (st == IDENTITY_NO_TASK &&
 	    (rs = registrar_state(rwhy, sizeof(rwhy), &retry)) != REG_DISABLED &&
@@ -56,34 +53,36 @@ readiness(struct transfer *t)
 			json_object_set_new(o, "reason", json_string(rwhy));
 			json_object_set_new(o, "retry_at", json_string(when));
 		}
-		local_answer(t, 503, o);
+		local_answer(out, 503, o);
 	} else if (st != IDENTITY_OK)
-		local_answer(t, 503, json_pack("{s:s, s:s, s:s}", "status",
+		local_answer(out, 503, json_pack("{s:s, s:s, s:s}", "status",
 		    "not_ready", "reason", identity_status_str(st), "detail",
 		    st == IDENTITY_NO_TASK ? MSG_TASK_MISSING : why));
 	else
-		local_answer(t, 200, json_pack("{s:s}", "status", "ready"));
+		local_answer(out, 200, json_pack("{s:s}", "status", "ready"));
 }
 
-void
-local_answer_endpoint(struct transfer *t)
+int
+local_answer_endpoint(enum route_local which, struct local_answer *out)
 {
-	switch (t->rt.local) {
+	out->status = 0;
+	out->ctype = NULL;
+	out->body = NULL;
+	switch (which) {
 	case ROUTE_LOCAL_NONE:
 		break;
 	case ROUTE_LOCAL_HEALTHZ:
-		local_answer(t, 200, json_pack("{s:s}", "status", "ok"));
+		local_answer(out, 200, json_pack("{s:s}", "status", "ok"));
 		break;
 	case ROUTE_LOCAL_METRICS:
-		t->mode = "local";
-		t->local_status = 200;
-		t->local_ctype = "text/plain; version=0.0.4";
-		t->local_body = metrics_render();
-		if (t->local_body == NULL)
-			transfer_set_error(t, PERR_INTERNAL, "out of memory");
+		out->status = 200;
+		out->ctype = "text/plain; version=0.0.4";
+		if ((out->body = metrics_render()) == NULL)
+			return -1;
 		break;
 	case ROUTE_LOCAL_READYZ:
-		readiness(t);
+		readiness(out);
 		break;
 	}
+	return 0;
 }

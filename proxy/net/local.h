@@ -3,10 +3,18 @@
 #define SP_LOCAL_H
 #include <time.h>
 
-struct transfer;
+#include "core/route.h"
 
-/* Fills t's local answer for t->rt.local (/healthz, /readyz, /metrics). */
-void	 local_answer_endpoint(struct transfer *t);
+/* What the client is answered; body is malloc'd, the caller's to free. */
+struct local_answer {
+	int		 status;
+	const char	*ctype;		/* NULL: application/json */
+	char		*body;
+};
+
+/* Fills *out for which (/healthz, /readyz, /metrics; not NONE). -1: out
+ * of memory for the /metrics text. */
+int	 local_answer_endpoint(enum route_local which, struct local_answer *out);
 /* "2026-01-02T03:04:05Z" */
 void	 local_format_time(time_t when, char out[32]);
 

@@ -151,6 +151,16 @@ loop_tick(struct loop *l, long long now)
 	return ran;
 }
 
+void
+loop_drain(struct loop *l)
+{
+	struct loop_hook *h;
+
+	TAILQ_FOREACH(h, &l->hooks, entry)
+		if (h->ops->drain != NULL)
+			h->ops->drain(h->arg);
+}
+
 bool
 loop_busy(struct loop *l)
 {

@@ -28,6 +28,8 @@ struct loop_ops {
 	long long	 interval;
 	/* ms the loop may sleep at most for the module's sake, -1: any */
 	long long	(*timeout)(void *arg, long long now);
+	/* SIGTERM: take no new work (called every turn of a drain) */
+	void		(*drain)(void *arg);
 	/* holds work in flight: a drain waits for it */
 	bool		(*busy)(void *arg);
 	/* shutdown: ends everything at once, in the order of registration */
@@ -65,6 +67,7 @@ int	 loop_poll(struct loop *l, int timeout_ms);
 long long loop_timeout(struct loop *l, long long now, long long limit);
 /* Runs the hooks' due ticks; true if any did anything. */
 bool	 loop_tick(struct loop *l, long long now);
+void	 loop_drain(struct loop *l);
 bool	 loop_busy(struct loop *l);
 void	 loop_stop(struct loop *l);
 

@@ -179,7 +179,7 @@ response_reader(void *cls, uint64_t pos, char *out, size_t max)
 		if (buf_pending(&t->down) == 0 && t->down.cap > 2 * MHD_BLOCK)
 			buf_free(&t->down);	/* idle streams stay small */
 		if (t->recv_paused)
-			worker_schedule_unpause(t->w, t);
+			transfer_schedule_unpause(t);
 		return (ssize_t)n;
 	}
 	if (t->leg == LEG_DONE)
@@ -270,7 +270,9 @@ static int
 route_request(struct transfer *t)
 {
 	struct route_icpt icpt, *ip = NULL;
+	struct local_answer la;
 	enum perr e;
+	int rc;
 	char err[256];
 
 	if (t->cl != NULL && t->cl->icpt_host != NULL) {
@@ -287,7 +289,13 @@ route_request(struct transfer *t)
 	t->mode = route_mode_name(t->rt.mode);
 	if (t->rt.local == ROUTE_LOCAL_NONE)
 		return 0;
-	local_answer_endpoint(t);
+	t->mode = "local";
+	rc = local_answer_endpoint(t->rt.local, &la);
+	t->local_status = la.status;
+	t->local_ctype = la.ctype;
+	t->local_body = la.body;
+	if (rc != 0)
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
 	return 1;
 }
 
@@ -650,7 +658,7 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 	t->bytes_in += (long long)take;
 	*size -= take;
 	if (t->send_paused)
-		worker_schedule_unpause(t->w, t);
+		transfer_schedule_unpause(t);
 	if (*size > 0)
 		suspend(t, WAIT_UPLOAD);	/* resumed as curl drains */
 	return MHD_YES;
@@ -683,7 +691,7 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 			return body_chunk(t, upload_data, upload_data_size);
 		t->upload_eof = true;
 		if (t->send_paused)
-			worker_schedule_unpause(t->w, t);
+			transfer_schedule_unpause(t);
 		t->phase = PH_RESPOND;
 		/* FALLTHROUGH */
 	case PH_RESPOND:

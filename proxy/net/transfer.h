@@ -108,14 +108,18 @@ enum MHD_Result transfer_access(void *cls, struct MHD_Connection *con,
 void	 transfer_completed(void *cls, struct MHD_Connection *con,
 	    void **con_cls, enum MHD_RequestTerminationCode toe);
 
-/* Called by the worker loop. */
+/* What a worker's MHD daemon and loop call for requests. */
+extern const struct worker_reqs transfer_reqs;
+/* Registers with w's loop: re-deciding requests parked for a
+ * registration, the upstream idle sweep (once a second) and the drain
+ * wait for requests in flight. */
+int	 transfer_attach(struct worker *w, char *err, size_t errlen);
+
 void	 transfer_curl_done(struct curl_owner *o, CURLcode rc);
 void	 transfer_unpause(struct transfer *t);
 void	 transfer_client_gone(struct transfer *t);
 /* Re-decides requests parked for a registration that ended or took too
- * long (the worker loop ticks at least every 250 ms while any is parked). */
+ * long (ticked at least every 250 ms while any is parked). */
 void	 transfer_reg_poll(struct worker *w, long long now);
-/* Ends upstream legs silent for longer than timeouts.upstream_idle. */
-void	 transfer_idle_sweep(struct worker *w, long long now);
 
 #endif

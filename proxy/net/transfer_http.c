@@ -1,6 +1,7 @@
 /* The HTTP leg of a proxied request: the libcurl easy handle, its
  * callbacks (head, body both ways, backpressure), completion, the replay
- * after invalid_task_id and the idle sweep. The client side is in
+ * after invalid_task_id and the idle sweep; and what a worker calls for
+ * its requests (transfer_reqs, transfer_attach). The client side is in
  * transfer.c. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +142,27 @@ on_read(char *p, size_t size, size_t n, void *ud)
 	if (t->wait == WAIT_UPLOAD)
 		transfer_resume(t);
 	return CURL_READFUNC_PAUSE;
+}
+
+void
+transfer_schedule_unpause(struct transfer *t)
+{
+	if (t->in_unpause)
+		return;
+	t->in_unpause = true;
+	LIST_INSERT_HEAD(&t->w->unpause, t, unpause_entry);
+}
+
+static void
+run_unpauses(struct worker *w)
+{
+	struct transfer *t;
+
+	while ((t = LIST_FIRST(&w->unpause)) != NULL) {
+		LIST_REMOVE(t, unpause_entry);
+		t->in_unpause = false;
+		transfer_unpause(t);
+	}
 }
 
 void
@@ -338,8 +360,9 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 	return 0;
 }
 
-void
-transfer_idle_sweep(struct worker *w, long long now)
+/* Ends upstream legs silent for longer than timeouts.upstream_idle. */
+static void
+idle_sweep(struct worker *w, long long now)
 {
 	long long idle = (long long)(w->rc->cfg->upstream_idle_timeout * 1000);
 	struct transfer *t;
@@ -367,4 +390,95 @@ transfer_idle_sweep(struct worker *w, long long now)
 		transfer_release_upstream(t);
 		transfer_resume(t);
 	}
+}
+
+/* --- the worker's side ---------------------------------------------------- */
+
+static void
+client_closed(struct transfer *t)
+{
+	t->cl = NULL;
+}
+
+/* Shutdown: ends every request at once; true if one was suspended. */
+static bool
+end_all(struct worker *w)
+{
+	struct transfer *t;
+	bool suspended = false;
+
+	LIST_FOREACH(t, &w->live, live_entry) {
+		suspended |= t->wait != WAIT_NONE;
+		transfer_client_gone(t);
+	}
+	return suspended;
+}
+
+const struct worker_reqs transfer_reqs = {
+	.access = transfer_access,
+	.uri_log = transfer_uri_log,
+	.completed = transfer_completed,
+	.client_gone = transfer_client_gone,
+	.client_closed = client_closed,
+	.unpauses = run_unpauses,
+	.end_all = end_all,
+};
+
+static bool
+reg_tick(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	(void)now;
+	if (LIST_EMPTY(&w->reg_waiters))
+		return false;
+	transfer_reg_poll(w, now_ms());
+	return true;
+}
+
+static long long
+reg_timeout(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	(void)now;
+	/* registrations end with a wake-up; deadlines need a tick */
+	return !LIST_EMPTY(&w->reg_waiters) ? 250 : -1;
+}
+
+static bool
+sweep_tick(void *arg, long long now)
+{
+	idle_sweep(arg, now);
+	return true;
+}
+
+static bool
+transfers_busy(void *arg)
+{
+	struct worker *w = arg;
+
+	return !LIST_EMPTY(&w->live);
+}
+
+static const struct loop_ops reg_ops = {
+	.tick = reg_tick,
+	.timeout = reg_timeout,
+};
+
+static const struct loop_ops sweep_ops = {
+	.tick = sweep_tick,
+	.interval = 1000,
+	.busy = transfers_busy,
+};
+
+int
+transfer_attach(struct worker *w, char *err, size_t errlen)
+{
+	LIST_INIT(&w->unpause);
+	LIST_INIT(&w->reg_waiters);
+	LIST_INIT(&w->live);
+	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0)
+		return -1;
+	return loop_hook_add(&w->loop, &sweep_ops, w, err, errlen);
 }

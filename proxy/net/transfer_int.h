@@ -1,7 +1,6 @@
 /* Between the pieces of one proxied request: transfer.c (the client side
  * and the decision), transfer_http.c (the libcurl HTTP leg), websocket.c
- * (the WebSocket leg) and local.c (the proxy's own answers). The worker
- * loop uses transfer.h only. */
+ * (the WebSocket leg). Everything else uses transfer.h. */
 #ifndef SP_TRANSFER_INT_H
 #define SP_TRANSFER_INT_H
 #include <jansson.h>
@@ -27,6 +26,8 @@ void	 transfer_audit(struct transfer *t);
 json_t	*transfer_audit_line(struct transfer *t);
 
 /* transfer_http.c */
+/* Asks the loop to unpause t's curl transfer once outside callbacks. */
+void	 transfer_schedule_unpause(struct transfer *t);
 /* Starts the HTTP leg; on failure t carries the error answer. */
 int	 transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 	    const struct hdr_edits *edits);

@@ -8,8 +8,8 @@
 #include <stdbool.h>
 
 #include "core/errors.h"
+#include "net/upstream_resolve.h"
 
-struct curl_owner;
 struct worker;
 
 /* Sets on e: owner as CURLOPT_PRIVATE, no signals, http/https only,
@@ -30,16 +30,5 @@ void	 upstream_describe(char *buf, size_t len, struct worker *w, CURL *e,
  * for it (curl's, or ours where curl's would mislead). */
 enum perr upstream_error_kind(CURLcode rc);
 const char *upstream_strerror(CURLcode rc);
-
-/* Name resolutions run one thread each (libcurl's threaded resolver), so
- * at most UPSTREAM_RESOLVE_MAX run at once in the process; past that a
- * leg fails at once (CURLE_ABORTED_BY_CALLBACK). upstream_bound_resolve
- * arms e for owner; upstream_resolve_done gives the slot back (idempotent;
- * done when the socket is opened, and on every way a leg ends). */
-#define UPSTREAM_RESOLVE_MAX	32
-void	 upstream_bound_resolve(CURL *e, struct curl_owner *owner);
-void	 upstream_resolve_done(struct curl_owner *owner);
-/* Removes e from multi, giving back what the leg held. */
-void	 upstream_detach(CURLM *multi, CURL *e, struct curl_owner *owner);
 
 #endif

@@ -16,12 +16,7 @@
 #include "cred/identity.h"
 #include "cred/secmem.h"
 #include "core/log.h"
-#include "net/accept.h"
 #include "net/loop.h"
-#include "net/relay.h"
-#include "net/transfer.h"
-#include "net/tunnel.h"
-#include "net/upstream.h"
 #include "net/worker.h"
 
 /* A connection on its way into MHD (see worker_add_connection). */
@@ -250,27 +245,6 @@ worker_easy_put(struct worker *w, CURL *e)
 		curl_easy_cleanup(e);
 }
 
-void
-worker_schedule_unpause(struct worker *w, struct transfer *t)
-{
-	if (t->in_unpause)
-		return;
-	t->in_unpause = true;
-	LIST_INSERT_HEAD(&w->unpause, t, unpause_entry);
-}
-
-static void
-run_unpauses(struct worker *w)
-{
-	struct transfer *t;
-
-	while ((t = LIST_FIRST(&w->unpause)) != NULL) {
-		LIST_REMOVE(t, unpause_entry);
-		t->in_unpause = false;
-		transfer_unpause(t);
-	}
-}
-
 /* --- MHD plumbing ------------------------------------------------------- */
 
 static void __attribute__((format(printf, 2, 0)))
@@ -298,7 +272,7 @@ client_hangup(struct evsrc *src, uint32_t events)
 
 	(void)events;
 	if (cl->t != NULL)
-		transfer_client_gone(cl->t);
+		cl->w->reqs->client_gone(cl->t);
 }
 
 static void
@@ -343,7 +317,7 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 	if (cl->src.fd >= 0)
 		loop_del(&w->loop, cl->src.fd);
 	if (cl->t != NULL)
-		cl->t->cl = NULL;
+		w->reqs->client_closed(cl->t);
 	free(cl->icpt_host);
 	conn_slot_release(&cl->slot);
 	free(cl);
@@ -366,57 +340,6 @@ worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
 	conn_slot_release(slot);
 	return rc;
 }
-
-/* --- transfers' periodic work -------------------------------------------
- * Registered here while transfer.c's lists are being converted; it is
- * transfer.c's to register once they are. */
-
-static bool
-transfers_tick(void *arg, long long now)
-{
-	struct worker *w = arg;
-
-	if (LIST_EMPTY(&w->reg_waiters))
-		return false;
-	transfer_reg_poll(w, now_ms());
-	return true;
-}
-
-static long long
-transfers_timeout(void *arg, long long now)
-{
-	struct worker *w = arg;
-
-	(void)now;
-	/* registrations end with a wake-up; deadlines need a tick */
-	return !LIST_EMPTY(&w->reg_waiters) ? 250 : -1;
-}
-
-static bool
-transfers_sweep(void *arg, long long now)
-{
-	transfer_idle_sweep(arg, now);
-	return true;
-}
-
-static bool
-transfers_busy(void *arg)
-{
-	struct worker *w = arg;
-
-	return !LIST_EMPTY(&w->live);
-}
-
-static const struct loop_ops reg_ops = {
-	.tick = transfers_tick,
-	.timeout = transfers_timeout,
-};
-
-static const struct loop_ops transfer_ops = {
-	.tick = transfers_sweep,
-	.interval = 1000,
-	.busy = transfers_busy,
-};
 
 /* --- the loop ----------------------------------------------------------- */
 
@@ -444,7 +367,6 @@ next_timeout(struct worker *w)
 static void
 shutdown_worker(struct worker *w)
 {
-	struct transfer *t;
 	int i;
 
 	loop_stop(&w->loop);
@@ -453,12 +375,8 @@ shutdown_worker(struct worker *w)
 	 * that arrives on a kept-alive connection meanwhile is refused at
 	 * once (px->stopping), so this settles in a few turns. */
 	for (i = 0; i < 50; i++) {
-		int suspended = 0;
+		bool suspended = w->reqs->end_all(w);
 
-		LIST_FOREACH(t, &w->live, live_entry) {
-			suspended |= t->wait != WAIT_NONE;
-			transfer_client_gone(t);
-		}
 		MHD_run(w->mhd);
 		if (!suspended && LIST_EMPTY(&w->live))
 			break;
@@ -470,7 +388,7 @@ shutdown_worker(struct worker *w)
 static bool
 drained(struct worker *w)
 {
-	accept_unlisten(w);
+	loop_drain(&w->loop);
 	if (now_ms() >= w->px->drain_deadline)
 		return true;
 	return !loop_busy(&w->loop);
@@ -494,12 +412,12 @@ worker_turn(struct worker *w)
 		    &running);
 	}
 	curl_drain_messages(w);
-	run_unpauses(w);
+	w->reqs->unpauses(w);
 	w->mhd_rerun = false;
 	MHD_run(w->mhd);
-	run_unpauses(w);
+	w->reqs->unpauses(w);
 	if (loop_tick(&w->loop, now_ms())) {
-		run_unpauses(w);
+		w->reqs->unpauses(w);
 		MHD_run(w->mhd);
 	}
 	loop_bury(&w->loop);
@@ -554,11 +472,11 @@ start_mhd(struct worker *w, char *err, size_t errlen)
 	    MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG | MHD_USE_TURBO |
 	    MHD_ALLOW_UPGRADE, 0,
 	    NULL, NULL,
-	    transfer_access, w,
+	    w->reqs->access, w,
 	    /* first, or MHD says so through its default logger */
 	    MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, w,
-	    MHD_OPTION_URI_LOG_CALLBACK, transfer_uri_log, w,
-	    MHD_OPTION_NOTIFY_COMPLETED, transfer_completed, w,
+	    MHD_OPTION_URI_LOG_CALLBACK, w->reqs->uri_log, w,
+	    MHD_OPTION_NOTIFY_COMPLETED, w->reqs->completed, w,
 	    MHD_OPTION_NOTIFY_CONNECTION, mhd_notify_connection, w,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, mem,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections + 16,
@@ -594,8 +512,9 @@ start_curl(struct worker *w, char *err, size_t errlen)
 }
 
 int
-worker_init(struct worker *w, struct proxy *px, int id, char *err,
-    size_t errlen)
+worker_init(struct worker *w, struct proxy *px, int id,
+    const struct worker_reqs *reqs, worker_attach_fn *const *attach,
+    char *err, size_t errlen)
 {
 	struct config *c = px->cfg;
 	int fd;
@@ -603,6 +522,7 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	memset(w, 0, sizeof(*w));
 	w->spare_fd = -1;
 	w->px = px;
+	w->reqs = reqs;
 	w->rc_gen = atomic_load(&px->rc_gen);
 	w->rc = proxy_runconf_hold(px);
 	w->id = id;
@@ -618,14 +538,11 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	evsrc_init(&w->wake_src, fd, wake_event, w);
 	if (loop_add(&w->loop, &w->wake_src, EPOLLIN) != 0)
 		goto sys;
-	/* Shutdown runs the hooks in this order: peeks, relays, tunnels. */
-	if (accept_attach(w, err, errlen) != 0 ||
-	    start_mhd(w, err, errlen) != 0 ||
-	    relay_attach(w, err, errlen) != 0 ||
-	    tunnel_attach(w, err, errlen) != 0 ||
-	    loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0 ||
-	    loop_hook_add(&w->loop, &transfer_ops, w, err, errlen) != 0)
+	if (start_mhd(w, err, errlen) != 0)
 		return -1;
+	for (; *attach != NULL; attach++)
+		if ((*attach)(w, err, errlen) != 0)
+			return -1;
 	if ((w->peekbuf = malloc((size_t)c->max_header_size)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return -1;

@@ -1,7 +1,9 @@
-/* One event loop per core: it accepts from the shared listening socket,
- * drives its own libmicrohttpd daemon (external epoll mode) and its own
- * libcurl multi handle from a single epoll set, so a request never hops
- * threads between the client side and the upstream side. */
+/* One event loop per core: it drives its own libmicrohttpd daemon
+ * (external epoll mode) and its own libcurl multi handle from a single
+ * epoll set, so a request never hops threads between the client side and
+ * the upstream side. The modules that work on it (accepting, relays,
+ * tunnels, requests) attach their own event sources and hooks; worker.c
+ * names none of them. */
 #ifndef SP_WORKER_H
 #define SP_WORKER_H
 #include <curl/curl.h>
@@ -19,19 +21,13 @@
 #include "cred/credential.h"
 #include "core/errors.h"
 #include "net/loop.h"
+#include "net/upstream_resolve.h"
 
 struct config;
 struct transfer;
 struct relay;
 struct tunnel;
 struct ca;
-
-/* What a curl handle's CURLOPT_PRIVATE points at: the first member of
- * its owner, which finishes its own transfer. */
-struct curl_owner {
-	void	(*done)(struct curl_owner *o, CURLcode rc);
-	bool	 resolving;	/* holds one of the bounded resolutions */
-};
 
 /* One generation of reloadable settings. SIGHUP builds a new one; each
  * worker adopts it at the top of its loop. Requests, tunnels and
@@ -90,6 +86,27 @@ struct icpt_target {
 
 struct adoption;
 
+/* A module that works on a worker's loop attaches to it: it adds its
+ * event sources and registers its hooks (net/loop.h). */
+typedef int	 worker_attach_fn(struct worker *w, char *err, size_t errlen);
+
+/* The request side a worker's MHD daemon serves (net/transfer.h's
+ * transfer_reqs), called by pointer: worker.c names no handler. */
+struct worker_reqs {
+	MHD_AccessHandlerCallback	 access;
+	void		*(*uri_log)(void *cls, const char *uri,
+			    struct MHD_Connection *con);
+	MHD_RequestCompletedCallback	 completed;
+	/* t's client hung up */
+	void		 (*client_gone)(struct transfer *t);
+	/* t's client connection is freed */
+	void		 (*client_closed)(struct transfer *t);
+	/* runs the curl unpauses asked for since the last call */
+	void		 (*unpauses)(struct worker *w);
+	/* shutdown: ends every request at once; true if one was suspended */
+	bool		 (*end_all)(struct worker *w);
+};
+
 struct peek;
 TAILQ_HEAD(peek_list, peek);
 struct lingerer;
@@ -99,6 +116,7 @@ LIST_HEAD(tunnel_list, tunnel);
 
 struct worker {
 	struct proxy		*px;
+	const struct worker_reqs *reqs;
 	struct runconf		*rc;		/* the generation this loop uses */
 	unsigned		 rc_gen;
 	struct runconf		**retired;	/* used before, still held */
@@ -137,15 +155,15 @@ struct worker {
 	struct adoption		*adopting;	/* inside worker_add_connection */
 };
 
-int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
-	    size_t errlen);
+/* Starts w's MHD daemon for reqs, then attaches the modules of attach
+ * (NULL-terminated) in order: shutdown ends their work in that order. */
+int	 worker_init(struct worker *w, struct proxy *px, int id,
+	    const struct worker_reqs *reqs, worker_attach_fn *const *attach,
+	    char *err, size_t errlen);
 int	 worker_start(struct worker *w);
 void	 worker_wake(struct worker *w);
 void	 worker_join(struct worker *w);	/* then worker_free() */
 void	 worker_free(struct worker *w);
-
-/* Asks the loop to unpause t's curl transfer once outside callbacks. */
-void	 worker_schedule_unpause(struct worker *w, struct transfer *t);
 
 long long now_ms(void);
 
