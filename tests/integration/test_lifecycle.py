@@ -467,6 +467,76 @@ def probe_new_connection(port, wait=1.0):
 # Base class
 # --------------------------------------------------------------------------
 
+EPOLL_FAULT_SHIM = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+/* EPOLL_CTL_ADDs of each accepted socket whose peer is SP_FAULT_PEER;
+ * the second one fails. */
+static int adds[65536];
+
+static int
+from_peer(int fd)
+{
+	struct sockaddr_in sin;
+	socklen_t sl = sizeof(sin);
+	const char *want = getenv("SP_FAULT_PEER");
+
+	return want != NULL && getpeername(fd, (struct sockaddr *)&sin, &sl) == 0 &&
+	    sin.sin_family == AF_INET && sin.sin_addr.s_addr == inet_addr(want);
+}
+
+int
+accept4(int fd, struct sockaddr *sa, socklen_t *sl, int flags)
+{
+	int (*real)(int, struct sockaddr *, socklen_t *, int) =
+	    (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
+	int s = real(fd, sa, sl, flags);
+
+	if (s >= 0 && s < 65536)
+		__atomic_store_n(&adds[s], 0, __ATOMIC_SEQ_CST);
+	return s;
+}
+
+int
+epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	int (*real)(int, int, int, struct epoll_event *) =
+	    (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
+
+	if (op == EPOLL_CTL_ADD && fd >= 0 && fd < 65536 && from_peer(fd) &&
+	    __atomic_add_fetch(&adds[fd], 1, __ATOMIC_SEQ_CST) == 2) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return real(epfd, op, fd, ev);
+}
+"""
+
+
+def build_epoll_fault_shim(work):
+    """A test-only LD_PRELOAD library (EPOLL_FAULT_SHIM); None without cc."""
+    cc = shutil.which('cc') or shutil.which('gcc')
+    if cc is None:
+        return None
+    os.makedirs(work, exist_ok=True)
+    src = os.path.join(work, 'epoll_fault.c')
+    so = os.path.join(work, 'epoll_fault.so')
+    with open(src, 'w') as f:
+        f.write(EPOLL_FAULT_SHIM)
+    r = subprocess.run([cc, '-shared', '-fPIC', '-O1', '-o', so, src, '-ldl'],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise AssertionError('cannot build the epoll fault shim: %s' % r.stdout.decode())
+    return so
+
+
 class LifecycleCase(ProxyTestCase):
     TIMEOUT = 40
 
@@ -798,6 +868,70 @@ class MetricsTest(LifecycleCase):
                          'with --max-connections 4; 1 = the scrape itself')
         r = get(d.port, '/healthz')
         self.assertEqual(r.status, 200, 'after 5 finished tunnels with --max-connections 4: %r' % r)
+
+    def test_failed_relay_start_releases_its_connection(self):
+        """A CONNECT whose relay cannot start (epoll refuses the socket)
+        must give its connection slot back, blind or intercepted; else each
+        one leaks a slot until --max-connections refuses everything. The
+        failure is real: an LD_PRELOAD shim fails the second
+        EPOLL_CTL_ADD of a client socket from 127.0.0.2 (the first is the
+        peek at its first bytes, the second the relay's)."""
+        shim = build_epoll_fault_shim(self.path('shim'))
+        if shim is None:
+            self.skipTest('no C compiler for the epoll fault shim')
+        tls = tls_material()
+        up = self.start_upstream()
+        cfg = self.path('config.json')
+        with open(cfg, 'w') as f:
+            json.dump({'connect_ports': [443, up.port]}, f)
+        auth = self.path('auth.json')
+        write_auth(auth)
+        d = self.start_daemon('--config', cfg, '--max-connections', '4', '--auth-file', auth,
+                              '--ca-dir', self.path('ca'), '--upstream-ca', tls.ca,
+                              '--resolve', 'api.openai.com:443:127.0.0.1:%d' % up.port,
+                              env={'LD_PRELOAD': shim, 'SP_FAULT_PEER': '127.0.0.2'},
+                              asan_options='verify_asan_link_order=0')
+        self.assertEqual(self.scrape(d).value('scopeproxy_connections_open'), 1)
+        seen = []
+        for i, authority in enumerate(['127.0.0.1:%d' % up.port, 'api.openai.com:443'] * 3):
+            s = socket.create_connection(('127.0.0.1', d.port), timeout=5,
+                                         source_address=('127.0.0.2', 0))
+            try:
+                s.sendall(b'CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n'
+                          % (authority.encode(), authority.encode()))
+                got = b''
+                while True:     # the proxy's 200 (or not), then the close
+                    try:
+                        b = s.recv(4096)
+                    except ConnectionResetError:
+                        b = b''
+                    if not b:
+                        break
+                    got += b
+            finally:
+                s.close()
+            answer = got.split(b'\r\n', 1)[0].decode('latin-1')
+            deadline = now() + 1.0
+            while True:
+                r = get(d.port, '/metrics')
+                if r.status != 200:
+                    val = '%d %s' % (r.status, r.header('X-Scopeproxy-Error'))
+                else:
+                    val = Metrics(r.body.decode(), parse_prometheus(r.body.decode())).value(
+                        'scopeproxy_connections_open')
+                if val == 1 or now() > deadline:
+                    break
+                time.sleep(0.05)
+            seen.append((authority, answer, val))
+        # the answer: the 200 (then the close), never a refusal
+        self.assertEqual(seen, [(a, 'HTTP/1.1 200 Connection established', 1) for a, _, _ in seen],
+                         'connections_open (or the refusal) after each CONNECT whose relay failed, '
+                         'blind and intercepted, with --max-connections 4; 1 = the scrape itself')
+        self.assertIn('cannot start a tunnel relay', d.stderr_text(),
+                      'the shim must have failed the blind relays')
+        m = self.scrape(d)
+        self.assertEqual((m.sample('scopeproxy_connect_total', action='tunnel'),
+                          m.sample('scopeproxy_connect_total', action='intercept')), (3, 3), m.text)
 
     def test_labels_stay_bounded_with_odd_requests(self):
         # dual: the credentialed POST written as http:// goes upstream over
