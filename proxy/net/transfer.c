@@ -15,6 +15,7 @@
 #include "cred/credential.h"
 #include "cred/idstore.h"
 #include "cred/registrar.h"
+#include "net/headgate.h"
 #include "net/local.h"
 #include "net/metrics.h"
 #include "net/audit.h"
@@ -91,6 +92,8 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	if ((cl = conn_client(con)) != NULL) {
 		cl->t = t;
 		t->cl = cl;
+		/* bytes MHD held when the proxy took the socket back */
+		t->client_gone = cl->gate.detached;
 	}
 	LIST_INSERT_HEAD(&w->live, t, live_entry);
 	metrics_request_open(1);
@@ -815,8 +818,10 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	if (t->leg == LEG_PARKED)
 		reg_unlink(t);
 	transfer_release_upstream(t);
-	if (t->cl != NULL)
+	if (t->cl != NULL) {
 		t->cl->t = NULL;
+		headgate_completed(t->cl, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+	}
 	if (t->in_unpause)
 		LIST_REMOVE(t, unpause_entry);
 	LIST_REMOVE(t, live_entry);

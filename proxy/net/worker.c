@@ -28,6 +28,7 @@
 struct adoption {
 	struct conn_slot		*slot;
 	const struct icpt_target	*icpt;
+	const struct head_gate		*gate;
 };
 
 void
@@ -290,14 +291,18 @@ mhd_logger(void *cls, const char *fmt, va_list ap)
 	log_json(LL_DEBUG, "libmicrohttpd", json_pack("{s:s}", "detail", msg));
 }
 
-/* Only the hang-up is watched; MHD does the reading. */
+/* The hang-up is watched; MHD does the reading, but for the next head
+ * of a gated connection. */
 static void
 client_hangup(struct evsrc *src, uint32_t events)
 {
 	struct client *cl = src->arg;
 
-	(void)events;
-	if (cl->t != NULL)
+	if (cl->gate.gated) {
+		headgate_event(cl, events);
+		return;
+	}
+	if ((events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && cl->t != NULL)
 		transfer_client_gone(cl->t);
 }
 
@@ -317,7 +322,10 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 		if (w->adopting != NULL) {
 			conn_slot_move(&cl->slot, w->adopting->slot);
 			icpt = w->adopting->icpt;
+			if (w->adopting->gate != NULL)
+				cl->gate = *w->adopting->gate;
 		}
+		cl->con = con;
 		if (icpt != NULL) {
 			/* a decrypted stream from an intercepted CONNECT */
 			cl->icpt_host = strdup(icpt->host);
@@ -332,14 +340,16 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 			sockaddr_name(ci->client_addr, cl->addr);
 		if (icpt != NULL && icpt->client != NULL)
 			snprintf(cl->addr, sizeof(cl->addr), "%s", icpt->client);
-		/* Only the hang-up matters here; MHD does the reading. */
+		/* The hang-up matters here, and the next head once gated. */
 		if (cl->src.fd >= 0)
-			loop_add(&w->loop, &cl->src, EPOLLRDHUP | EPOLLET);
+			loop_add(&w->loop, &cl->src, EPOLLRDHUP | EPOLLET |
+			    (cl->gate.on ? EPOLLIN : 0));
 		*socket_context = cl;
 		return;
 	}
 	if (cl == NULL)
 		return;
+	headgate_forget(cl);
 	if (cl->src.fd >= 0)
 		loop_del(&w->loop, cl->src.fd);
 	if (cl->t != NULL)
@@ -350,21 +360,38 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 	*socket_context = NULL;
 }
 
-int
-worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
-    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt)
+static int
+add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct adoption *a)
 {
-	struct adoption a = { slot, icpt };
 	int rc;
 
 	/* MHD_add_connection runs mhd_notify_connection before it returns
 	 * and passes it nothing of ours: the new connection adopts a. */
-	w->adopting = &a;
+	w->adopting = a;
 	rc = MHD_add_connection(w->mhd, fd, sa, sl) == MHD_YES ? 0 : -1;
 	w->adopting = NULL;
 	/* refused, or no memory for the client: the count goes back now */
-	conn_slot_release(slot);
+	conn_slot_release(a->slot);
 	return rc;
+}
+
+int
+worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt)
+{
+	struct adoption a = { slot, icpt, NULL };
+
+	return add_connection(w, fd, sa, sl, &a);
+}
+
+int
+worker_add_gated(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct conn_slot *slot, const struct head_gate *gate)
+{
+	struct adoption a = { slot, NULL, gate };
+
+	return add_connection(w, fd, sa, sl, &a);
 }
 
 /* --- transfers' periodic work -------------------------------------------
@@ -497,10 +524,12 @@ worker_turn(struct worker *w)
 	run_unpauses(w);
 	w->mhd_rerun = false;
 	MHD_run(w->mhd);
+	headgate_flush(w);
 	run_unpauses(w);
 	if (loop_tick(&w->loop, now_ms())) {
 		run_unpauses(w);
 		MHD_run(w->mhd);
+		headgate_flush(w);
 	}
 	loop_bury(&w->loop);
 	return 0;
@@ -608,6 +637,7 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	w->id = id;
 	w->curl_deadline = -1;
 	w->wake_src.fd = -1;
+	w->gate_dead = -1;
 	LIST_INIT(&w->relays);
 	LIST_INIT(&w->connecting);
 	TAILQ_INIT(&w->peeks);
@@ -618,9 +648,11 @@ worker_init(struct worker *w, struct proxy *px, int id, char *err,
 	evsrc_init(&w->wake_src, fd, wake_event, w);
 	if (loop_add(&w->loop, &w->wake_src, EPOLLIN) != 0)
 		goto sys;
-	/* Shutdown runs the hooks in this order: peeks, relays, tunnels. */
+	/* Shutdown runs the hooks in this order: peeks, gated heads, relays,
+	 * tunnels. */
 	if (accept_attach(w, err, errlen) != 0 ||
 	    start_mhd(w, err, errlen) != 0 ||
+	    headgate_attach(w, err, errlen) != 0 ||
 	    relay_attach(w, err, errlen) != 0 ||
 	    tunnel_attach(w, err, errlen) != 0 ||
 	    loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0 ||
@@ -678,6 +710,7 @@ worker_free(struct worker *w)
 	if (w->spare_fd >= 0)
 		close(w->spare_fd);
 	w->spare_fd = -1;
+	headgate_clear(w);
 	loop_clear(&w->loop);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
 	secmem_free(w->acache.val, CREDENTIAL_BUFSIZE);
