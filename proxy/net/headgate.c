@@ -207,6 +207,7 @@ nothing_held(struct client *cl)
 	n = recv(cl->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
 	if (n < 0 && errno != EAGAIN && errno != EINTR)
 		return false;
+	cl->gate.queued = n > 0;
 	if (stream_consumed(cl->src.fd, n < 0 ? 0 : (size_t)n < max ? n : -1,
 	    &used) != 0)
 		return false;
@@ -282,7 +283,9 @@ gate_next(struct client *cl)
 	idle = w->rc->cfg->client_idle_timeout * 1000;
 	g->deadline = now_ms() + (idle > 0 ? (long long)idle : 86400000LL);
 	TAILQ_INSERT_TAIL(&w->gate_idle, cl, gate_entry);
-	look(cl, -1, 0);
+	/* what arrives from now on raises an event; what was here, look at */
+	if (g->queued)
+		look(cl, -1, 0);
 }
 
 void
