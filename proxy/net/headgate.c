@@ -225,8 +225,9 @@ headgate_completed(struct client *cl, bool ok)
 {
 	struct head_gate *g;
 
-	if (cl == NULL || !cl->gate.on || cl->gate.detached)
-		return;
+	if (cl == NULL || !cl->gate.on || cl->gate.detached ||
+	    cl->w->gate_stopped)
+		return;		/* at shutdown nothing may stay suspended */
 	g = &cl->gate;
 	if (cl->src.fd < 0) {
 		g->on = false;	/* upgraded: the socket is a relay's */
@@ -374,6 +375,7 @@ gate_stop(void *arg)
 	struct client *cl;
 
 	headgate_flush(w);
+	w->gate_stopped = true;
 	while ((cl = TAILQ_FIRST(&w->gate_idle)) != NULL)
 		detach(cl, PERR__COUNT, NULL);
 	while ((cl = TAILQ_FIRST(&w->gate_heads)) != NULL)

@@ -145,6 +145,7 @@ struct worker {
 	TAILQ_HEAD(gate_list, client) gate_idle, gate_heads;
 	LIST_HEAD(gate_pending, client) gate_pending;
 	int			 gate_dead;
+	bool			 gate_stopped;	/* shutdown: MHD is let be */
 };
 
 int	 worker_init(struct worker *w, struct proxy *px, int id, char *err,
