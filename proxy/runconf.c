@@ -99,6 +99,8 @@ static const char usage_text[] =
 "      --idle-timeout SECS      abort an upstream silent for SECS (default 300, 0 = never)\n"
 "      --client-idle-timeout SECS\n"
 "                               close an idle client connection (default 300)\n"
+"      --head-timeout SECS      a request head, every one on a connection, must\n"
+"                               arrive whole within SECS (default 10)\n"
 "      --total-timeout SECS     cap on a whole upstream exchange (default 0 = none)\n"
 "      --auth-file FILE         agent identity (default $CODEX_HOME/auth.json,\n"
 "                               CODEX_HOME defaulting to ~/.codex); reloaded on change\n"
@@ -132,7 +134,7 @@ static const char usage_text[] =
 enum {
 	OPT_SERVER_INFO = 256, OPT_RESOLVE, OPT_UPSTREAM_CA, OPT_UPSTREAM_PROXY, OPT_GATEWAY,
 	OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_LOG_FILE, OPT_THREADS, OPT_MAX_BODY, OPT_MAX_HEADER, OPT_MAX_CONN,
-	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT,
+	OPT_CONNECT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_CLIENT_IDLE_TIMEOUT, OPT_HEAD_TIMEOUT,
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_NETWORK, OPT_CA_DIR, OPT_NO_INTERCEPT,
 	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PLAINTEXT, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
@@ -158,6 +160,7 @@ static const struct option long_opts[] = {
 	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
 	{ "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
 	{ "client-idle-timeout", required_argument, NULL, OPT_CLIENT_IDLE_TIMEOUT },
+	{ "head-timeout", required_argument, NULL, OPT_HEAD_TIMEOUT },
 	{ "total-timeout", required_argument, NULL, OPT_TOTAL_TIMEOUT },
 	{ "auth-file", required_argument, NULL, OPT_AUTH_FILE },
 	{ "allow-insecure-auth-file", no_argument, NULL, OPT_ALLOW_INSECURE },
@@ -247,6 +250,8 @@ static const struct flag_def {
 	    "upstream_idle", NULL, 0, 0 },
 	{ OPT_CLIENT_IDLE_TIMEOUT, "--client-idle-timeout", FT_REAL, "timeouts",
 	    "client_idle", NULL, 0, 0 },
+	{ OPT_HEAD_TIMEOUT, "--head-timeout", FT_REAL, "timeouts",
+	    "request_head", NULL, 0, 0 },
 	{ OPT_TOTAL_TIMEOUT, "--total-timeout", FT_REAL, "timeouts", "total",
 	    NULL, 0, 0 },
 };

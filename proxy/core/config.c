@@ -53,6 +53,7 @@ static const struct keyspec timeout_keys[] = {
 	{ "connect", K_SECS, OFF(connect_timeout), 0.001, 600, NULL, NULL },
 	{ "upstream_idle", K_SECS, OFF(upstream_idle_timeout), 0, DAY, NULL, NULL },
 	{ "client_idle", K_SECS, OFF(client_idle_timeout), 0, DAY, NULL, NULL },
+	{ "request_head", K_SECS, OFF(request_head_timeout), 0.1, 3600, NULL, NULL },
 	{ "total", K_SECS, OFF(total_timeout), 0, 7 * DAY, NULL, NULL },
 	{ "tunnel_idle", K_SECS, OFF(tunnel_idle_timeout), 0, DAY, NULL, NULL },
 	{ "drain", K_SECS, OFF(drain_timeout), 0, 3600, NULL, NULL },
@@ -116,6 +117,7 @@ config_defaults(struct config *c)
 	c->connect_timeout = 10;
 	c->upstream_idle_timeout = 300;
 	c->client_idle_timeout = 300;
+	c->request_head_timeout = 10;
 	c->tunnel_idle_timeout = 300;
 	c->drain_timeout = 30;
 	c->intercept = 1;

@@ -32,6 +32,7 @@ struct config {
 	double		 connect_timeout;	/* seconds */
 	double		 upstream_idle_timeout;
 	double		 client_idle_timeout;
+	double		 request_head_timeout;	/* a whole request head */
 	double		 total_timeout;		/* 0: none */
 	char		*auth_file;
 	int		 allow_insecure_auth_file;

@@ -29,6 +29,7 @@ static const struct {
 	[PERR_TLS_REQUIRED] = { 403, "tls_required", "invalid_request_error" },
 	[PERR_NONCANONICAL_ROUTE] = { 400, "noncanonical_route", "invalid_request_error" },
 	[PERR_SHUTTING_DOWN] = { 503, "shutting_down", "proxy_error" },
+	[PERR_REQUEST_TIMEOUT] = { 408, "request_timeout", "invalid_request_error" },
 	[PERR_INTERNAL] = { 500, "internal_error", "proxy_error" },
 };
 

@@ -64,12 +64,30 @@ int	 headers_outbound(const struct hdr *in, size_t n,
 /* Response headers the proxy must not copy back (framing and hop-by-hop). */
 int	 hdr_response_drop(const char *name, const struct hdr *h, size_t n);
 
-/* Raw check of a connection's first request head as it arrived, for what
+/* Raw check of a request head as it arrived, for what
  * MHD 0.9.75 would rewrite (obs-fold, empty names) or answer with its own
  * HTML page (malformed lines, bad lengths, oversize heads). Returns 1 when
  * the head is complete and sound, 0 when more bytes are needed, -1 with
  * *code and a message naming the fault. */
 int	 head_validate(const char *buf, size_t n, size_t max_head,
 	    enum perr *code, char *err, size_t errlen);
+
+/* Where a sound head ends and how long a body it declares (-1: not known
+ * from the head, as with Transfer-Encoding). */
+struct head_extent {
+	size_t		 head_len;
+	long long	 body_len;
+	int		 te;		/* Transfer-Encoding is present */
+};
+
+/* head_validate that also fills *hx (when not NULL) for a sound head. */
+int	 head_scan(const char *buf, size_t n, size_t max_head,
+	    struct head_extent *hx, enum perr *code, char *err, size_t errlen);
+
+/* A chunked request body as it arrived (b: its first byte). 1 when it
+ * is whole (*len: its bytes with the trailer section), 0 when more is
+ * needed, -1 with *code and a message when malformed. */
+int	 chunked_scan(const char *b, size_t n, size_t *len, enum perr *code,
+	    char *err, size_t errlen);
 
 #endif

@@ -29,10 +29,10 @@ struct peek {
 	socklen_t		 addrlen;
 	long long		 deadline;
 	struct conn_slot	 slot;
+	struct head_gate	 gate;		/* the heads checked */
 	TAILQ_ENTRY(peek)	 entry;		/* w->peeks, oldest first */
 };
 
-#define PEEK_TIMEOUT_MS	10000
 
 /* Takes p off the list and out of the epoll set; the socket stays. */
 static void
@@ -55,7 +55,7 @@ peek_drop(struct peek *p)
 /* A CONNECT head is read whole (it is ours, not MHD's), then the
  * tunnel code takes the socket. Returns 0 while the head is partial. */
 static int
-take_connect(struct worker *w, struct peek *p)
+take_connect(struct worker *w, struct peek *p, bool hup)
 {
 	struct connect_req req;
 	size_t max = (size_t)w->px->cfg->max_header_size;	/* peekbuf size */
@@ -68,8 +68,10 @@ take_connect(struct worker *w, struct peek *p)
 	if (n <= 0)
 		r = -2;
 	else if ((r = connect_parse(w->peekbuf, (size_t)n, max, &req, &code,
-	    err, sizeof(err))) == 0)
+	    err, sizeof(err))) == 0 && !hup)
 		return 0;
+	else if (r == 0)
+		r = -2;		/* half a head, and the client has gone */
 	peek_unlink(p);
 	if (r == 1 && recv(p->src.fd, w->peekbuf, req.head_len, MSG_DONTWAIT) ==
 	    (ssize_t)req.head_len)
@@ -91,10 +93,10 @@ take_connect(struct worker *w, struct peek *p)
 }
 
 /* The first head on a connection is checked raw, before MHD sees it,
- * for what MHD would rewrite or answer with its own HTML page. Later
- * heads on a kept-alive connection are checked after MHD's parse only
- * (request_check). Returns 1 to hand over, 0 to wait, -1 when answered
- * (p is then off the list). */
+ * for what MHD would rewrite or answer with its own HTML page (and with
+ * it any heads pipelined behind it; net/headgate.c checks the later
+ * ones). Returns 1 to hand over, 0 to wait, -1 when answered (p is then
+ * off the list). */
 static int
 precheck_head(struct worker *w, struct peek *p)
 {
@@ -107,8 +109,9 @@ precheck_head(struct worker *w, struct peek *p)
 	n = recv(p->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
 	if (n <= 0)
 		return 1;	/* let MHD see the error or the hang-up */
-	if ((r = head_validate(w->peekbuf, (size_t)n, max, &code, err,
-	    sizeof(err))) >= 0)
+	memset(&p->gate, 0, sizeof(p->gate));
+	if ((r = headgate_scan(&p->gate, w->peekbuf, (size_t)n, max, &code,
+	    err, sizeof(err))) >= 0)
 		return r;
 	peek_unlink(p);		/* before the socket lingers on its own */
 	send_and_close(w, p->src.fd, code, err, NULL);
@@ -123,11 +126,11 @@ peek_ready(struct evsrc *src, uint32_t events)
 	static const char connect[] = "CONNECT ";
 	struct peek *p = src->arg;
 	struct worker *w = p->w;
+	bool hup = (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
 	char b[8];
 	ssize_t n;
 	int r;
 
-	(void)events;
 	n = recv(p->src.fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
@@ -135,15 +138,22 @@ peek_ready(struct evsrc *src, uint32_t events)
 		peek_drop(p);
 		return;
 	}
-	/* Wait for more only while the bytes could still spell CONNECT. */
-	if ((size_t)n < sizeof(b) && memcmp(b, connect, (size_t)n) == 0)
-		return;
-	if ((size_t)n == sizeof(b) && memcmp(b, connect, sizeof(b)) == 0) {
-		(void)take_connect(w, p);
+	/* Wait for more only while the bytes could still spell CONNECT;
+	 * a client that hung up after part of a head sends no more. */
+	if ((size_t)n < sizeof(b) && memcmp(b, connect, (size_t)n) == 0) {
+		if (hup)
+			peek_drop(p);
 		return;
 	}
-	if ((r = precheck_head(w, p)) == 0)
+	if ((size_t)n == sizeof(b) && memcmp(b, connect, sizeof(b)) == 0) {
+		(void)take_connect(w, p, hup);
+		return;
+	}
+	if ((r = precheck_head(w, p)) == 0) {
+		if (hup)
+			peek_drop(p);
 		return;		/* the head is not complete yet */
+	}
 	if (r < 0) {		/* answered, and unlinked */
 		conn_slot_release(&p->slot);
 		free(p);
@@ -151,8 +161,9 @@ peek_ready(struct evsrc *src, uint32_t events)
 	}
 	peek_unlink(p);
 	/* MHD closes the socket if it refuses it. */
-	if (worker_add_connection(w, p->src.fd, (struct sockaddr *)&p->addr,
-	    p->addrlen, &p->slot, NULL) != 0)
+	p->gate.on = true;
+	if (worker_add_gated(w, p->src.fd, (struct sockaddr *)&p->addr,
+	    p->addrlen, &p->slot, &p->gate) != 0)
 		log_msg(LL_WARN, "libmicrohttpd refused a connection");
 	free(p);
 }
@@ -242,15 +253,15 @@ static const struct loop_ops listen_ops = {
 };
 
 /* How long a new connection may take to send its first head: at most
- * PEEK_TIMEOUT_MS, and never longer than an idle client is kept
+ * timeouts.request_head, and never longer than an idle client is kept
  * (timeouts.client_idle), which a silent new client is too. */
 static long long
 peek_timeout(const struct worker *w)
 {
 	double idle = w->rc->cfg->client_idle_timeout * 1000;
+	double head = w->rc->cfg->request_head_timeout * 1000;
 
-	return idle > 0 && idle < PEEK_TIMEOUT_MS ? (long long)idle :
-	    PEEK_TIMEOUT_MS;
+	return (long long)(idle > 0 && idle < head ? idle : head);
 }
 
 static void

@@ -91,6 +91,8 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	if ((cl = conn_client(con)) != NULL) {
 		cl->t = t;
 		t->cl = cl;
+		/* bytes MHD held when the proxy took the socket back */
+		t->client_gone = cl->gate.detached;
 	}
 	LIST_INSERT_HEAD(&w->live, t, live_entry);
 	metrics_request_open(1);

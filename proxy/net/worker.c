@@ -23,6 +23,7 @@
 struct adoption {
 	struct conn_slot		*slot;
 	const struct icpt_target	*icpt;
+	const struct head_gate		*gate;
 };
 
 void
@@ -264,14 +265,18 @@ mhd_logger(void *cls, const char *fmt, va_list ap)
 	log_json(LL_DEBUG, "libmicrohttpd", json_pack("{s:s}", "detail", msg));
 }
 
-/* Only the hang-up is watched; MHD does the reading. */
+/* The hang-up is watched; MHD does the reading, but for the next head
+ * of a gated connection. */
 static void
 client_hangup(struct evsrc *src, uint32_t events)
 {
 	struct client *cl = src->arg;
 
-	(void)events;
-	if (cl->t != NULL)
+	if (cl->gate.gated) {
+		headgate_event(cl, events);
+		return;
+	}
+	if ((events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && cl->t != NULL)
 		cl->w->reqs->client_gone(cl->t);
 }
 
@@ -291,7 +296,10 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 		if (w->adopting != NULL) {
 			conn_slot_move(&cl->slot, w->adopting->slot);
 			icpt = w->adopting->icpt;
+			if (w->adopting->gate != NULL)
+				cl->gate = *w->adopting->gate;
 		}
+		cl->con = con;
 		if (icpt != NULL) {
 			/* a decrypted stream from an intercepted CONNECT */
 			cl->icpt_host = strdup(icpt->host);
@@ -306,14 +314,16 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 			sockaddr_name(ci->client_addr, cl->addr);
 		if (icpt != NULL && icpt->client != NULL)
 			snprintf(cl->addr, sizeof(cl->addr), "%s", icpt->client);
-		/* Only the hang-up matters here; MHD does the reading. */
+		/* The hang-up matters here, and the next head once gated. */
 		if (cl->src.fd >= 0)
-			loop_add(&w->loop, &cl->src, EPOLLRDHUP | EPOLLET);
+			loop_add(&w->loop, &cl->src, EPOLLRDHUP | EPOLLET |
+			    (cl->gate.on ? EPOLLIN : 0));
 		*socket_context = cl;
 		return;
 	}
 	if (cl == NULL)
 		return;
+	headgate_forget(cl);
 	if (cl->src.fd >= 0)
 		loop_del(&w->loop, cl->src.fd);
 	if (cl->t != NULL)
@@ -324,21 +334,55 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 	*socket_context = NULL;
 }
 
-int
-worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
-    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt)
+/* A request ended: the request side's own work, then the gate on the
+ * connection's next head. */
+static void
+request_completed(void *cls, struct MHD_Connection *con, void **con_cls,
+    enum MHD_RequestTerminationCode toe)
 {
-	struct adoption a = { slot, icpt };
+	struct worker *w = cls;
+	const union MHD_ConnectionInfo *ci;
+	bool had = *con_cls != NULL;
+
+	w->reqs->completed(cls, con, con_cls, toe);
+	if (had && (ci = MHD_get_connection_info(con,
+	    MHD_CONNECTION_INFO_SOCKET_CONTEXT)) != NULL)
+		headgate_completed(ci->socket_context,
+		    toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+}
+
+static int
+add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct adoption *a)
+{
 	int rc;
 
 	/* MHD_add_connection runs mhd_notify_connection before it returns
 	 * and passes it nothing of ours: the new connection adopts a. */
-	w->adopting = &a;
+	w->adopting = a;
 	rc = MHD_add_connection(w->mhd, fd, sa, sl) == MHD_YES ? 0 : -1;
 	w->adopting = NULL;
 	/* refused, or no memory for the client: the count goes back now */
-	conn_slot_release(slot);
+	conn_slot_release(a->slot);
 	return rc;
+}
+
+int
+worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt)
+{
+	struct adoption a = { slot, icpt, NULL };
+
+	return add_connection(w, fd, sa, sl, &a);
+}
+
+int
+worker_add_gated(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct conn_slot *slot, const struct head_gate *gate)
+{
+	struct adoption a = { slot, NULL, gate };
+
+	return add_connection(w, fd, sa, sl, &a);
 }
 
 /* --- the loop ----------------------------------------------------------- */
@@ -415,10 +459,12 @@ worker_turn(struct worker *w)
 	w->reqs->unpauses(w);
 	w->mhd_rerun = false;
 	MHD_run(w->mhd);
+	headgate_flush(w);
 	w->reqs->unpauses(w);
 	if (loop_tick(&w->loop, now_ms())) {
 		w->reqs->unpauses(w);
 		MHD_run(w->mhd);
+		headgate_flush(w);
 	}
 	loop_bury(&w->loop);
 	return 0;
@@ -476,7 +522,7 @@ start_mhd(struct worker *w, char *err, size_t errlen)
 	    /* first, or MHD says so through its default logger */
 	    MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, w,
 	    MHD_OPTION_URI_LOG_CALLBACK, w->reqs->uri_log, w,
-	    MHD_OPTION_NOTIFY_COMPLETED, w->reqs->completed, w,
+	    MHD_OPTION_NOTIFY_COMPLETED, request_completed, w,
 	    MHD_OPTION_NOTIFY_CONNECTION, mhd_notify_connection, w,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, mem,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections + 16,
@@ -528,6 +574,7 @@ worker_init(struct worker *w, struct proxy *px, int id,
 	w->id = id;
 	w->curl_deadline = -1;
 	w->wake_src.fd = -1;
+	w->gate_dead = -1;
 	LIST_INIT(&w->relays);
 	LIST_INIT(&w->connecting);
 	TAILQ_INIT(&w->peeks);
@@ -538,7 +585,8 @@ worker_init(struct worker *w, struct proxy *px, int id,
 	evsrc_init(&w->wake_src, fd, wake_event, w);
 	if (loop_add(&w->loop, &w->wake_src, EPOLLIN) != 0)
 		goto sys;
-	if (start_mhd(w, err, errlen) != 0)
+	if (start_mhd(w, err, errlen) != 0 ||
+	    headgate_attach(w, err, errlen) != 0)
 		return -1;
 	for (; *attach != NULL; attach++)
 		if ((*attach)(w, err, errlen) != 0)
@@ -595,6 +643,7 @@ worker_free(struct worker *w)
 	if (w->spare_fd >= 0)
 		close(w->spare_fd);
 	w->spare_fd = -1;
+	headgate_clear(w);
 	loop_clear(&w->loop);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
 	secmem_free(w->acache.val, CREDENTIAL_BUFSIZE);

@@ -20,6 +20,7 @@
 #include "core/conn_slot.h"
 #include "cred/credential.h"
 #include "core/errors.h"
+#include "net/worker_int.h"
 #include "net/loop.h"
 #include "net/upstream_resolve.h"
 
@@ -73,6 +74,10 @@ struct client {
 	int			 icpt_port;
 	int			 icpt_ipv6;
 	struct conn_slot	 slot;
+	struct MHD_Connection	*con;
+	struct head_gate	 gate;		/* net/headgate.c */
+	TAILQ_ENTRY(client)	 gate_entry;	/* w->gate_idle or gate_heads */
+	LIST_ENTRY(client)	 pending_entry;	/* w->gate_pending */
 };
 
 /* What an intercepted CONNECT's decrypted stream carries into MHD: the
@@ -153,6 +158,12 @@ struct worker {
 	CURL			*easy_pool[64];	/* reset handles, reused */
 	int			 neasy_pool;
 	struct adoption		*adopting;	/* inside worker_add_connection */
+	/* net/headgate.c: gated connections by deadline, those whose
+	 * request ended in this MHD run, and an end-of-file descriptor */
+	TAILQ_HEAD(gate_list, client) gate_idle, gate_heads;
+	LIST_HEAD(gate_pending, client) gate_pending;
+	int			 gate_dead;
+	bool			 gate_stopped;	/* shutdown: MHD is let be */
 };
 
 /* Starts w's MHD daemon for reqs, then attaches the modules of attach
@@ -195,5 +206,9 @@ void	 worker_easy_put(struct worker *w, CURL *e);
  * refused it and closed fd; the slot is given back. */
 int	 worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
 	    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt);
+/* The same for a client socket whose first head(s) accept.c checked
+ * (gate): every later head is checked too (net/headgate.c). */
+int	 worker_add_gated(struct worker *w, int fd, const struct sockaddr *sa,
+	    socklen_t sl, struct conn_slot *slot, const struct head_gate *gate);
 
 #endif

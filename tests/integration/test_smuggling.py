@@ -6,8 +6,8 @@ Every case of CASES is sent in forward mode (absolute-form targets on a raw
 recording upstream) and in gateway mode (`--gateway /g/=` to the same
 upstream), and each of those twice: as the FIRST head of a fresh connection
 (checked raw by the proxy before libmicrohttpd sees it) and as a LATER head,
-after one good request on the same kept-alive connection (parsed by
-libmicrohttpd first).  Each run passes when exactly one of these holds:
+after one good request on the same kept-alive connection (checked raw the
+same way, by net/headgate.c, before libmicrohttpd reads it).  Each run passes when exactly one of these holds:
 
   rejected   the proxy answers its own JSON 4xx (X-Scopeproxy-Error, OpenAI
              error JSON), closes the connection after it, and no upstream

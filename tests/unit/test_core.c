@@ -262,6 +262,67 @@ START_TEST(raw_head_validation)
 	    "Transfer-Encoding: chunked\r\n\r\n", 1024, &code), -1);
 	ck_assert_int_eq(hv("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaaaaaaaaaa\r\n", 24, &code), -1);
 	ck_assert_int_eq(code, PERR_HEADERS_TOO_LARGE);
+	/* lengths MHD would answer with its own page */
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: 5 \r\n\r\n", 1024, &code), -1);
+	ck_assert_int_eq(code, PERR_BAD_REQUEST);
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: 18446744073709551621\r\n\r\n",
+	    1024, &code), -1);
+	ck_assert_int_eq(code, PERR_PAYLOAD_TOO_LARGE);
+	ck_assert_int_eq(hv("POST / HTTP/1.1\r\nContent-Length: 0000000000000000000005\r\n\r\n",
+	    1024, &code), 1);
+}
+END_TEST
+
+START_TEST(raw_head_extent)
+{
+	static const char post[] = "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+	static const char chunked[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+	struct head_extent hx;
+	enum perr code;
+	char err[200];
+
+	ck_assert_int_eq(head_scan(post, strlen(post), 1024, &hx, &code, err,
+	    sizeof(err)), 1);
+	ck_assert_uint_eq(hx.head_len, strlen(post) - 5);
+	ck_assert_int_eq(hx.body_len, 5);
+	ck_assert_int_eq(head_scan(chunked, strlen(chunked), 1024, &hx, &code,
+	    err, sizeof(err)), 1);
+	ck_assert_int_eq(hx.body_len, -1);
+	ck_assert(hx.te);
+}
+END_TEST
+
+static int
+cs(const char *body, size_t *len, enum perr *code)
+{
+	char err[200];
+
+	return chunked_scan(body, strlen(body), len, code, err, sizeof(err));
+}
+
+START_TEST(raw_chunked_body)
+{
+	enum perr code;
+	size_t len;
+
+	ck_assert_int_eq(cs("5\r\nhello\r\n0\r\n\r\nGET", &len, &code), 1);
+	ck_assert_uint_eq(len, 15);
+	ck_assert_int_eq(cs("5;a=\"b c\"\r\nhello\r\n0\r\nX-T: a\r\n\r\n", &len, &code), 1);
+	ck_assert_int_eq(cs("0000000000000000000005\r\nhello\r\n0\r\n\r\n", &len, &code), 1);
+	/* more is needed */
+	ck_assert_int_eq(cs("5\r\nhel", &len, &code), 0);
+	ck_assert_int_eq(cs("5\r\nhello\r\n0\r\n", &len, &code), 0);
+	ck_assert_int_eq(cs("5", &len, &code), 0);
+	/* malformed */
+	ck_assert_int_eq(cs("-5\r\nhello\r\n0\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("0x5\r\nhello\r\n0\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("5 \r\nhello\r\n0\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("5;a\nb\r\nhello\r\n0\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("3\r\nhello\r\n0\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("5\r\nhello\r\n0\r\nGET /x HTTP/1.1\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("5\nhello\r\n0\r\n\r\n", &len, &code), -1);
+	ck_assert_int_eq(cs("10000000000000005\r\nhello\r\n", &len, &code), -1);
+	ck_assert_int_eq(code, PERR_PAYLOAD_TOO_LARGE);
 }
 END_TEST
 
@@ -370,6 +431,8 @@ START_TEST(config_errors_name_the_key)
 		{ "{\"limits\":{\"max_body_size\":\"1\"}}", "test.json: limits.max_body_size: expected integer" },
 		{ "{\"limits\":{\"max_header_size\":10}}", "test.json: limits.max_header_size: 10 is out of range" },
 		{ "{\"timeouts\":{\"connect\":-1}}", "test.json: timeouts.connect: -1 is out of range" },
+		{ "{\"timeouts\":{\"request_head\":0}}", "test.json: timeouts.request_head: 0 is out of range" },
+		{ "{\"timeouts\":{\"request_head\":\"5\"}}", "test.json: timeouts.request_head: expected" },
 		{ "{\"listen\":\"nowhere\"}", "test.json: listen: expected ADDR:PORT" },
 		{ "{\"listen\":\"example.com:80\"}", "test.json: listen: 'example.com' is not an IP address" },
 		{ "{\"log_level\":\"loud\"}", "test.json: log_level: expected one of" },
@@ -539,6 +602,8 @@ core_suite(void)
 	tcase_add_test(tc, outbound_filter_keeps_order_case_duplicates);
 	tcase_add_test(tc, response_filter);
 	tcase_add_test(tc, raw_head_validation);
+	tcase_add_test(tc, raw_head_extent);
+	tcase_add_test(tc, raw_chunked_body);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("gateway");
 	tcase_add_test(tc, gateway_defaults_and_longest_prefix);
