@@ -55,6 +55,7 @@ static const struct keyspec timeout_keys[] = {
 	{ "client_idle", K_SECS, OFF(client_idle_timeout), 0, DAY, NULL, NULL },
 	{ "total", K_SECS, OFF(total_timeout), 0, 7 * DAY, NULL, NULL },
 	{ "tunnel_idle", K_SECS, OFF(tunnel_idle_timeout), 0, DAY, NULL, NULL },
+	{ "tls_handshake", K_SECS, OFF(tls_handshake_timeout), 0, 600, NULL, NULL },
 	{ "drain", K_SECS, OFF(drain_timeout), 0, 3600, NULL, NULL },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
@@ -117,6 +118,7 @@ config_defaults(struct config *c)
 	c->upstream_idle_timeout = 300;
 	c->client_idle_timeout = 300;
 	c->tunnel_idle_timeout = 300;
+	c->tls_handshake_timeout = 10;
 	c->drain_timeout = 30;
 	c->intercept = 1;
 	c->websocket_relay = 1;

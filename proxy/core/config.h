@@ -60,6 +60,7 @@ struct config {
 	int		*connect_ports;
 	size_t		 nconnect_ports;
 	double		 tunnel_idle_timeout;
+	double		 tls_handshake_timeout;	/* intercepted TLS; 0: none */
 	double		 drain_timeout;
 	char		*pid_file;
 	char		*proxy_auth_basic;	/* "user:pass", secret */

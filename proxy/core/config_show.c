@@ -96,6 +96,8 @@ config_to_json(const struct config *c)
 		json_array_append_new(allowed, json_string(c->allowed_hosts[i]));
 	json_object_set_new(json_object_get(root, "timeouts"), "tunnel_idle",
 	    json_real(c->tunnel_idle_timeout));
+	json_object_set_new(json_object_get(root, "timeouts"), "tls_handshake",
+	    json_real(c->tls_handshake_timeout));
 	json_object_set_new(json_object_get(root, "timeouts"), "drain",
 	    json_real(c->drain_timeout));
 	json_object_set_new(root, "pid_file", str_or_null(c->pid_file));

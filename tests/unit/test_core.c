@@ -332,6 +332,7 @@ START_TEST(config_defaults_are_sane)
 	ck_assert_int_eq(c.listen_port, SP_DEFAULT_PORT);
 	ck_assert_int_eq(c.max_body_size, 0);
 	ck_assert_uint_eq(c.gateway.n, 2);
+	ck_assert(c.tls_handshake_timeout == 10);
 	setenv("CODEX_HOME", "/tmp/codex-home", 1);
 	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
 	ck_assert_str_eq(c.auth_file, "/tmp/codex-home/auth.json");
@@ -370,6 +371,9 @@ START_TEST(config_errors_name_the_key)
 		{ "{\"limits\":{\"max_body_size\":\"1\"}}", "test.json: limits.max_body_size: expected integer" },
 		{ "{\"limits\":{\"max_header_size\":10}}", "test.json: limits.max_header_size: 10 is out of range" },
 		{ "{\"timeouts\":{\"connect\":-1}}", "test.json: timeouts.connect: -1 is out of range" },
+		{ "{\"timeouts\":{\"tls_handshake\":-1}}", "test.json: timeouts.tls_handshake: -1 is out of range" },
+		{ "{\"timeouts\":{\"tls_handshake\":601}}", "test.json: timeouts.tls_handshake: 601 is out of range" },
+		{ "{\"timeouts\":{\"tls_handshake\":\"10\"}}", "test.json: timeouts.tls_handshake: expected" },
 		{ "{\"listen\":\"nowhere\"}", "test.json: listen: expected ADDR:PORT" },
 		{ "{\"listen\":\"example.com:80\"}", "test.json: listen: 'example.com' is not an IP address" },
 		{ "{\"log_level\":\"loud\"}", "test.json: log_level: expected one of" },
