@@ -219,8 +219,7 @@ queue_upstream_response(struct transfer *t)
 	for (i = 0; i < t->head.headers.n; i++) {
 		const struct hdr *h = &t->head.headers.v[i];
 
-		if (hdr_response_drop(h->name, t->head.headers.v,
-		    t->head.headers.n))
+		if (hdr_response_drop(h->name, &t->head.conn))
 			continue;
 		if (MHD_add_response_header(r, h->name, h->value) != MHD_YES)
 			log_json(LL_WARN, "response header not relayed",
