@@ -69,6 +69,7 @@ static const struct keyspec registration_keys[] = {
 	{ "attempts", K_INT, OFF(reg_attempts), 1, 10, NULL, NULL },
 	{ "backoff", K_SECS, OFF(reg_backoff), 0, 600, NULL, NULL },
 	{ "replay_max_body", K_LL, OFF(reg_replay_max), 0, 64LL * 1024 * 1024, NULL, NULL },
+	{ "replay_budget", K_LL, OFF(reg_replay_budget), 0, 1LL << 40, NULL, NULL },
 	{ "invalid_task_codes", K_FN, 0, 0, 0, NULL, key_reg_codes },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
@@ -129,6 +130,7 @@ config_defaults(struct config *c)
 	c->reg_attempts = 3;
 	c->reg_backoff = 1;
 	c->reg_replay_max = 1024 * 1024;
+	c->reg_replay_budget = 64LL * 1024 * 1024;
 	if ((c->reg_codes = calloc(2, sizeof(char *))) != NULL &&
 	    (c->reg_codes[0] = strdup("invalid_task_id")) != NULL)
 		c->nreg_codes = 1;

@@ -54,6 +54,7 @@ struct config {
 	int		 reg_attempts;
 	double		 reg_backoff;
 	long long	 reg_replay_max;	/* bodies kept for one retry */
+	long long	 reg_replay_budget;	/* all of them together */
 	char		**reg_codes;		/* error codes meaning "bad task" */
 	size_t		 nreg_codes;
 	char		*ca_dir;

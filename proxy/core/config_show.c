@@ -133,6 +133,8 @@ config_to_json(const struct config *c)
 			json_array_append_new(codes, json_string(c->reg_codes[i]));
 		json_object_set_new(tr, "replay_max_body",
 		    json_integer(c->reg_replay_max));
+		json_object_set_new(tr, "replay_budget",
+		    json_integer(c->reg_replay_budget));
 		json_object_set_new(tr, "invalid_task_codes", codes);
 	}
 	return root;

@@ -440,6 +440,7 @@ START_TEST(config_defaults_are_sane)
 	ck_assert_int_eq(c.max_body_size, 0);
 	ck_assert_uint_eq(c.gateway.n, 2);
 	ck_assert(c.tls_handshake_timeout == 10);
+	ck_assert_int_eq(c.reg_replay_budget, 64LL * 1024 * 1024);
 	setenv("CODEX_HOME", "/tmp/codex-home", 1);
 	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
 	ck_assert_str_eq(c.auth_file, "/tmp/codex-home/auth.json");
@@ -478,6 +479,8 @@ START_TEST(config_errors_name_the_key)
 		{ "{\"limits\":{\"max_body_size\":\"1\"}}", "test.json: limits.max_body_size: expected integer" },
 		{ "{\"limits\":{\"max_header_size\":10}}", "test.json: limits.max_header_size: 10 is out of range" },
 		{ "{\"timeouts\":{\"connect\":-1}}", "test.json: timeouts.connect: -1 is out of range" },
+		{ "{\"task_registration\":{\"replay_budget\":-1}}", "test.json: task_registration.replay_budget: -1 is out of range" },
+		{ "{\"task_registration\":{\"replay_budget\":1.5}}", "test.json: task_registration.replay_budget: expected integer" },
 		{ "{\"timeouts\":{\"tls_handshake\":-1}}", "test.json: timeouts.tls_handshake: -1 is out of range" },
 		{ "{\"timeouts\":{\"tls_handshake\":601}}", "test.json: timeouts.tls_handshake: 601 is out of range" },
 		{ "{\"timeouts\":{\"tls_handshake\":\"10\"}}", "test.json: timeouts.tls_handshake: expected" },
