@@ -14,6 +14,7 @@
 #include "core/headers.h"
 
 #define MAXH	256
+#define NAIVE	16	/* names checked against the slow reference */
 
 /* Reference: does any Connection header list name (OWS-trimmed,
  * case-insensitive)? Slow on purpose, and written differently. */
@@ -117,9 +118,9 @@ parsed_mode(struct fz *f, unsigned flags)
 
 		/* the set holds exactly what the lists name (all of it when
 		 * under the cap) */
-		if (conn_ok)
+		if (i < NAIVE && conn_ok)
 			FZ_CHECK(listed == naive_listed(h, n, h[i].name));
-		else if (listed)
+		else if (i < NAIVE && listed)
 			FZ_CHECK(naive_listed(h, n, h[i].name));
 		FZ_CHECK(hdr_is_hop_by_hop(h[i].name, &conn) >= listed);
 		FZ_CHECK(hdr_response_drop(h[i].name, &conn) >= listed);
@@ -142,7 +143,8 @@ parsed_mode(struct fz *f, unsigned flags)
 		FZ_CHECK(strcasecmp(out.v[i].name, "Host") != 0);
 		FZ_CHECK(strcasecmp(out.v[i].name, "Content-Length") != 0);
 		FZ_CHECK(!hdr_is_hop_by_hop(out.v[i].name, &conn));
-		FZ_CHECK(!naive_listed(h, n, out.v[i].name));
+		if (i < NAIVE)
+			FZ_CHECK(!naive_listed(h, n, out.v[i].name));
 		if (!(flags & 4)) {
 			FZ_CHECK(strcasecmp(out.v[i].name,
 			    "Authorization") != 0);
