@@ -113,6 +113,9 @@ static const char usage_text[] =
 "      --no-intercept           tunnel every CONNECT blind (no TLS interception)\n"
 "      --tunnel-idle-timeout SECS\n"
 "                               close a CONNECT tunnel idle for SECS (default 300)\n"
+"      --tls-handshake-timeout SECS\n"
+"                               close an intercepted tunnel whose TLS handshake is\n"
+"                               not done within SECS (default 10, 0 = none)\n"
 "      --websocket MODE         relay (default) or refuse (426 on Responses upgrades,\n"
 "                               which makes Codex use HTTP at once)\n"
 "      --plaintext-credentials MODE\n"
@@ -138,6 +141,7 @@ enum {
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_NETWORK, OPT_CA_DIR, OPT_NO_INTERCEPT,
 	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PLAINTEXT, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
+	OPT_TLS_HANDSHAKE_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -170,6 +174,7 @@ static const struct option long_opts[] = {
 	{ "ca-dir", required_argument, NULL, OPT_CA_DIR },
 	{ "no-intercept", no_argument, NULL, OPT_NO_INTERCEPT },
 	{ "tunnel-idle-timeout", required_argument, NULL, OPT_TUNNEL_IDLE_TIMEOUT },
+	{ "tls-handshake-timeout", required_argument, NULL, OPT_TLS_HANDSHAKE_TIMEOUT },
 	{ "websocket", required_argument, NULL, OPT_WEBSOCKET },
 	{ "plaintext-credentials", required_argument, NULL, OPT_PLAINTEXT },
 	{ "pid-file", required_argument, NULL, OPT_PID_FILE },
@@ -244,6 +249,8 @@ static const struct flag_def {
 	    NULL, 0, 0 },
 	{ OPT_TUNNEL_IDLE_TIMEOUT, "--tunnel-idle-timeout", FT_REAL, "timeouts",
 	    "tunnel_idle", NULL, 0, 0 },
+	{ OPT_TLS_HANDSHAKE_TIMEOUT, "--tls-handshake-timeout", FT_REAL,
+	    "timeouts", "tls_handshake", NULL, 0, 0 },
 	{ OPT_CONNECT_TIMEOUT, "--connect-timeout", FT_REAL, "timeouts",
 	    "connect", NULL, 0, 0 },
 	{ OPT_IDLE_TIMEOUT, "--idle-timeout", FT_REAL, "timeouts",

@@ -56,6 +56,7 @@ static const struct keyspec timeout_keys[] = {
 	{ "request_head", K_SECS, OFF(request_head_timeout), 0.1, 3600, NULL, NULL },
 	{ "total", K_SECS, OFF(total_timeout), 0, 7 * DAY, NULL, NULL },
 	{ "tunnel_idle", K_SECS, OFF(tunnel_idle_timeout), 0, DAY, NULL, NULL },
+	{ "tls_handshake", K_SECS, OFF(tls_handshake_timeout), 0, 600, NULL, NULL },
 	{ "drain", K_SECS, OFF(drain_timeout), 0, 3600, NULL, NULL },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
@@ -69,6 +70,7 @@ static const struct keyspec registration_keys[] = {
 	{ "attempts", K_INT, OFF(reg_attempts), 1, 10, NULL, NULL },
 	{ "backoff", K_SECS, OFF(reg_backoff), 0, 600, NULL, NULL },
 	{ "replay_max_body", K_LL, OFF(reg_replay_max), 0, 64LL * 1024 * 1024, NULL, NULL },
+	{ "replay_budget", K_LL, OFF(reg_replay_budget), 0, 1LL << 40, NULL, NULL },
 	{ "invalid_task_codes", K_FN, 0, 0, 0, NULL, key_reg_codes },
 	{ NULL, 0, 0, 0, 0, NULL, NULL }
 };
@@ -119,6 +121,7 @@ config_defaults(struct config *c)
 	c->client_idle_timeout = 300;
 	c->request_head_timeout = 10;
 	c->tunnel_idle_timeout = 300;
+	c->tls_handshake_timeout = 10;
 	c->drain_timeout = 30;
 	c->intercept = 1;
 	c->websocket_relay = 1;
@@ -129,6 +132,7 @@ config_defaults(struct config *c)
 	c->reg_attempts = 3;
 	c->reg_backoff = 1;
 	c->reg_replay_max = 1024 * 1024;
+	c->reg_replay_budget = 64LL * 1024 * 1024;
 	if ((c->reg_codes = calloc(2, sizeof(char *))) != NULL &&
 	    (c->reg_codes[0] = strdup("invalid_task_id")) != NULL)
 		c->nreg_codes = 1;

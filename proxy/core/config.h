@@ -55,12 +55,14 @@ struct config {
 	int		 reg_attempts;
 	double		 reg_backoff;
 	long long	 reg_replay_max;	/* bodies kept for one retry */
+	long long	 reg_replay_budget;	/* all of them together */
 	char		**reg_codes;		/* error codes meaning "bad task" */
 	size_t		 nreg_codes;
 	char		*ca_dir;
 	int		*connect_ports;
 	size_t		 nconnect_ports;
 	double		 tunnel_idle_timeout;
+	double		 tls_handshake_timeout;	/* intercepted TLS; 0: none */
 	double		 drain_timeout;
 	char		*pid_file;
 	char		*proxy_auth_basic;	/* "user:pass", secret */

@@ -98,6 +98,8 @@ config_to_json(const struct config *c)
 	    json_real(c->tunnel_idle_timeout));
 	json_object_set_new(json_object_get(root, "timeouts"), "request_head",
 	    json_real(c->request_head_timeout));
+	json_object_set_new(json_object_get(root, "timeouts"), "tls_handshake",
+	    json_real(c->tls_handshake_timeout));
 	json_object_set_new(json_object_get(root, "timeouts"), "drain",
 	    json_real(c->drain_timeout));
 	json_object_set_new(root, "pid_file", str_or_null(c->pid_file));
@@ -133,6 +135,8 @@ config_to_json(const struct config *c)
 			json_array_append_new(codes, json_string(c->reg_codes[i]));
 		json_object_set_new(tr, "replay_max_body",
 		    json_integer(c->reg_replay_max));
+		json_object_set_new(tr, "replay_budget",
+		    json_integer(c->reg_replay_budget));
 		json_object_set_new(tr, "invalid_task_codes", codes);
 	}
 	return root;

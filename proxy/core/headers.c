@@ -79,12 +79,13 @@ hdr_value_valid(const char *s)
 	return 1;
 }
 
-/* Does the comma-separated list contain token (case-insensitive)? */
+/* Calls fn for each non-empty element of a comma-separated list, OWS
+ * trimmed, until fn returns non-zero; returns that value or 0. */
 static int
-list_has_token(const char *list, const char *token)
+list_each(const char *list, int (*fn)(const char *, size_t, void *), void *arg)
 {
-	size_t tl = strlen(token);
 	const char *p = list;
+	int rc;
 
 	while (*p) {
 		size_t n;
@@ -93,26 +94,82 @@ list_has_token(const char *list, const char *token)
 		n = strcspn(p, ",");
 		while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
 			n--;
-		if (n == tl && strncasecmp(p, token, n) == 0)
-			return 1;
+		if (n > 0 && (rc = fn(p, n, arg)) != 0)
+			return rc;
 		p += strcspn(p, ",");
 	}
 	return 0;
 }
 
+struct tok_match {
+	const char	*token;
+	size_t		 len;
+};
+
+static int
+tok_eq(const char *p, size_t n, void *arg)
+{
+	const struct tok_match *m = arg;
+
+	return n == m->len && strncasecmp(p, m->token, n) == 0;
+}
+
+/* Does the comma-separated list contain token (case-insensitive)? */
+static int
+list_has_token(const char *list, const char *token)
+{
+	struct tok_match m = { token, strlen(token) };
+
+	return list_each(list, tok_eq, &m);
+}
+
+static int
+conn_add(const char *p, size_t n, void *arg)
+{
+	struct hdr_conn *c = arg;
+
+	if (c->n == HDR_CONN_MAX)
+		return -1;
+	c->tok[c->n].p = p;
+	c->tok[c->n].len = n;
+	c->n++;
+	return 0;
+}
+
 int
-hdr_is_hop_by_hop(const char *name, const struct hdr *h, size_t n)
+hdr_conn_parse(const struct hdr *h, size_t n, struct hdr_conn *c)
+{
+	size_t i;
+
+	c->n = 0;
+	for (i = 0; i < n; i++)
+		if (strcasecmp(h[i].name, "Connection") == 0 &&
+		    list_each(h[i].value, conn_add, c) != 0)
+			return -1;
+	return 0;
+}
+
+int
+hdr_conn_has(const struct hdr_conn *c, const char *name)
+{
+	size_t i, len = strlen(name);
+
+	for (i = 0; i < c->n; i++)
+		if (c->tok[i].len == len &&
+		    strncasecmp(c->tok[i].p, name, len) == 0)
+			return 1;
+	return 0;
+}
+
+int
+hdr_is_hop_by_hop(const char *name, const struct hdr_conn *c)
 {
 	size_t i;
 
 	for (i = 0; hop_by_hop[i] != NULL; i++)
 		if (strcasecmp(name, hop_by_hop[i]) == 0)
 			return 1;
-	for (i = 0; i < n; i++)
-		if (strcasecmp(h[i].name, "Connection") == 0 &&
-		    list_has_token(h[i].value, name))
-			return 1;
-	return 0;
+	return c != NULL && hdr_conn_has(c, name);
 }
 
 static int
@@ -155,7 +212,8 @@ request_check(const struct hdr *h, size_t n, int need_host,
     size_t errlen)
 {
 	const char *te = NULL;
-	int have_host = 0, conn_upgrade = 0, upgrade_ws = 0;
+	struct hdr_conn conn;
+	int have_host = 0, upgrade_ws = 0;
 	size_t i;
 
 	memset(ri, 0, sizeof(*ri));
@@ -196,9 +254,6 @@ request_check(const struct hdr *h, size_t n, int need_host,
 			ri->has_accept = 1;
 		else if (strcasecmp(name, "Content-Type") == 0)
 			ri->has_content_type = 1;
-		else if (strcasecmp(name, "Connection") == 0 &&
-		    list_has_token(val, "upgrade"))
-			conn_upgrade = 1;
 		else if (strcasecmp(name, "Upgrade") == 0 &&
 		    list_has_token(val, "websocket"))
 			upgrade_ws = 1;
@@ -222,9 +277,16 @@ request_check(const struct hdr *h, size_t n, int need_host,
 	if (need_host && !have_host)
 		return fail(code, PERR_BAD_REQUEST, err, errlen,
 		    "missing '%s' header (required by HTTP/1.1)", "Host");
+	/* Bounded so that hop-by-hop filtering stays cheap. */
+	if (hdr_conn_parse(h, n, &conn) != 0) {
+		*code = PERR_BAD_REQUEST;
+		snprintf(err, errlen, "header 'Connection' lists more than %d "
+		    "options", HDR_CONN_MAX);
+		return -1;
+	}
 	/* Content-Length: 0 is forwarded as sent, so it counts as a body. */
 	ri->has_body = ri->chunked || ri->content_length >= 0;
-	ri->websocket = conn_upgrade && upgrade_ws;
+	ri->websocket = hdr_conn_has(&conn, "upgrade") && upgrade_ws;
 	return 0;
 }
 
@@ -243,8 +305,11 @@ int
 headers_outbound(const struct hdr *in, size_t n, const struct hdr_edits *edits,
     struct hdr_vec *out)
 {
+	struct hdr_conn conn;
 	size_t i;
 
+	if (hdr_conn_parse(in, n, &conn) != 0)
+		return -1;	/* request_check refused it already */
 	for (i = 0; i < n; i++) {
 		const char *name = in[i].name;
 
@@ -252,7 +317,7 @@ headers_outbound(const struct hdr *in, size_t n, const struct hdr_edits *edits,
 		 * upstream leg's own. */
 		if (strcasecmp(name, "Host") == 0 ||
 		    strcasecmp(name, "Content-Length") == 0 ||
-		    hdr_is_hop_by_hop(name, in, n))
+		    hdr_is_hop_by_hop(name, &conn))
 			continue;
 		if (edits != NULL && in_list(name, edits->remove, edits->nremove))
 			continue;
@@ -266,10 +331,10 @@ headers_outbound(const struct hdr *in, size_t n, const struct hdr_edits *edits,
 }
 
 int
-hdr_response_drop(const char *name, const struct hdr *h, size_t n)
+hdr_response_drop(const char *name, const struct hdr_conn *c)
 {
 	return strcasecmp(name, "Content-Length") == 0 ||
-	    hdr_is_hop_by_hop(name, h, n);
+	    hdr_is_hop_by_hop(name, c);
 }
 
 static int

@@ -38,14 +38,35 @@ int	 hdr_name_valid(const char *s);
 int	 hdr_value_valid(const char *s);
 
 /* Validates framing and syntax. need_host: HTTP/1.1 requires Host.
- * On failure sets *code and a message that names the header. */
+ * On failure sets *code and a message that names the header (also for
+ * more than HDR_CONN_MAX Connection options). */
 int	 request_check(const struct hdr *h, size_t n, int need_host,
 	    size_t max_header_bytes, struct req_info *ri, enum perr *code,
 	    char *err, size_t errlen);
 
-/* True when name is hop-by-hop: the fixed list or a token of any
- * Connection header in h. */
-int	 hdr_is_hop_by_hop(const char *name, const struct hdr *h, size_t n);
+/* The options named by a message's Connection headers, parsed once so
+ * that filtering n headers costs n look-ups, not n scans of the lists.
+ * Empty list elements and OWS are skipped; a request with more than
+ * HDR_CONN_MAX options is refused (request_check), a response head with
+ * more is malformed (resp_head). Tokens point into the header values. */
+#define HDR_CONN_MAX	32
+struct hdr_conn {
+	struct {
+		const char	*p;
+		size_t		 len;
+	}		 tok[HDR_CONN_MAX];
+	size_t		 n;
+};
+
+/* Fills c from every Connection header in h; -1 past HDR_CONN_MAX
+ * options (c then holds the first HDR_CONN_MAX). */
+int	 hdr_conn_parse(const struct hdr *h, size_t n, struct hdr_conn *c);
+/* Does c name the option (case-insensitive)? */
+int	 hdr_conn_has(const struct hdr_conn *c, const char *name);
+
+/* True when name is hop-by-hop: the fixed list or an option in c
+ * (c may be NULL: the fixed list only). */
+int	 hdr_is_hop_by_hop(const char *name, const struct hdr_conn *c);
 
 /* The one place where a request's headers are rewritten: drop what must
  * not travel (hop-by-hop, Host, Content-Length), drop every header named
@@ -61,8 +82,9 @@ struct hdr_edits {
 int	 headers_outbound(const struct hdr *in, size_t n,
 	    const struct hdr_edits *edits, struct hdr_vec *out);
 
-/* Response headers the proxy must not copy back (framing and hop-by-hop). */
-int	 hdr_response_drop(const char *name, const struct hdr *h, size_t n);
+/* Response headers the proxy must not copy back (framing and hop-by-hop);
+ * c: the response's Connection options. */
+int	 hdr_response_drop(const char *name, const struct hdr_conn *c);
 
 /* Raw check of a request head as it arrived, for what
  * MHD 0.9.75 would rewrite (obs-fold, empty names) or answer with its own

@@ -73,6 +73,9 @@ resp_head_line(struct resp_head *h, const char *p, size_t len)
 			return RESP_HEAD_INTERIM;
 		}
 		h->done = true;
+		/* Past HDR_CONN_MAX options, filtering could not stay cheap. */
+		if (hdr_conn_parse(h->headers.v, h->headers.n, &h->conn) != 0)
+			h->bad = true;
 		return h->bad || h->status == 0 ? RESP_HEAD_MALFORMED :
 		    RESP_HEAD_DONE;
 	}

@@ -16,6 +16,7 @@ struct resp_head {
 	bool		 bad;		/* a line that must not be relayed */
 	long long	 length;	/* Content-Length, -1 unknown */
 	struct hdr_vec	 headers;	/* name owns "name\0value" */
+	struct hdr_conn	 conn;		/* the final head's Connection options */
 };
 
 enum resp_head_rc {

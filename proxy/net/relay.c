@@ -255,6 +255,8 @@ pump(struct relay *r)
 		if (m1 || m2)
 			r->last_active = now_ms();
 	} while (m1 || m2);
+	if (r->handshake_by != 0 && SSL_is_init_finished(r->a.ssl))
+		r->handshake_by = 0;
 	if ((r->a.eof && r->b.eof && buf_pending(&r->ab) == 0 &&
 	    buf_pending(&r->ba) == 0) ||
 	    (r->end_on_eof && ((r->a.eof && buf_pending(&r->ab) == 0) ||
@@ -297,7 +299,9 @@ relay_event(struct evsrc *src, uint32_t events)
 	pump(ep->relay);
 }
 
-/* Closes relays idle for longer than their idle_ms. */
+/* Closes relays idle for longer than their idle_ms, and those whose
+ * client has not finished its TLS handshake in time: trickled bytes
+ * keep a relay active, so the handshake has a deadline of its own. */
 static bool
 relay_sweep(void *arg, long long now)
 {
@@ -306,7 +310,8 @@ relay_sweep(void *arg, long long now)
 
 	for (r = LIST_FIRST(&w->relays); r != NULL; r = next) {
 		next = LIST_NEXT(r, entry);
-		if (r->idle_ms > 0 && r->last_active + r->idle_ms <= now) {
+		if ((r->idle_ms > 0 && r->last_active + r->idle_ms <= now) ||
+		    (r->handshake_by != 0 && r->handshake_by <= now)) {
 			r->failed = 1;
 			relay_finish(r);
 		}

@@ -35,6 +35,7 @@ struct relay {
 	long long	 bytes_ab, bytes_ba;
 	long long	 last_active;
 	long long	 idle_ms;
+	long long	 handshake_by;	/* a's TLS handshake must end by; 0: none */
 	long long	 start_ms;
 	int		 failed;
 	int		 kind;		/* enum m_tunnel, for metrics */

@@ -221,8 +221,7 @@ queue_upstream_response(struct transfer *t)
 	for (i = 0; i < t->head.headers.n; i++) {
 		const struct hdr *h = &t->head.headers.v[i];
 
-		if (hdr_response_drop(h->name, t->head.headers.v,
-		    t->head.headers.n))
+		if (hdr_response_drop(h->name, &t->head.conn))
 			continue;
 		if (MHD_add_response_header(r, h->name, h->value) != MHD_YES)
 			log_json(LL_WARN, "response header not relayed",
@@ -617,6 +616,29 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	return MHD_YES;
 }
 
+/* Takes n bytes of task_registration.replay_budget; false when they do
+ * not fit (the request is then not replayable). */
+static bool
+replay_charge(struct transfer *t, size_t n)
+{
+	atomic_llong *used = &t->w->px->replay_bytes;
+	long long was = atomic_fetch_add(used, (long long)n);
+
+	if (was + (long long)n > t->w->rc->cfg->reg_replay_budget) {
+		atomic_fetch_sub(used, (long long)n);
+		return false;
+	}
+	return true;
+}
+
+void
+transfer_replay_drop(struct transfer *t)
+{
+	atomic_fetch_sub(&t->w->px->replay_bytes,
+	    (long long)buf_pending(&t->replay));
+	buf_free(&t->replay);
+}
+
 static enum MHD_Result
 body_chunk(struct transfer *t, const char *data, size_t *size)
 {
@@ -649,12 +671,17 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 		take = room;
 	if (take > 0 && buf_append(&t->up, data, take) != 0)
 		return MHD_NO;
-	if (t->replay_ok) {
-		/* kept for one replay after invalid_task_id */
+	if (t->replay_ok && take > 0) {
+		/* kept for one replay after invalid_task_id, within the
+		 * request's limit and the budget all requests share */
 		if ((long long)(buf_pending(&t->replay) + take) > c->reg_replay_max ||
-		    buf_append(&t->replay, data, take) != 0) {
+		    !replay_charge(t, take)) {
 			t->replay_ok = false;
-			buf_free(&t->replay);
+			transfer_replay_drop(t);
+		} else if (buf_append(&t->replay, data, take) != 0) {
+			atomic_fetch_sub(&t->w->px->replay_bytes, (long long)take);
+			t->replay_ok = false;
+			transfer_replay_drop(t);
 		}
 	}
 	t->bytes_in += (long long)take;
@@ -833,7 +860,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	resp_head_clear(&t->head);
 	buf_free(&t->up);
 	buf_free(&t->down);
-	buf_free(&t->replay);
+	transfer_replay_drop(t);
 	free(t->raw_target);
 	route_clear(&t->rt);
 	free(t->local_body);

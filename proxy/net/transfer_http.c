@@ -335,10 +335,14 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	else
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, t->method);
-	if (t->retried && buf_pending(&t->replay) > 0 &&
-	    buf_append(&t->up, buf_head(&t->replay), buf_pending(&t->replay)) != 0) {
-		transfer_set_error(t, PERR_INTERNAL, "out of memory");
-		return -1;
+	if (t->retried && buf_pending(&t->replay) > 0) {
+		/* the one replay: the kept body is not needed after it */
+		if (buf_append(&t->up, buf_head(&t->replay),
+		    buf_pending(&t->replay)) != 0) {
+			transfer_set_error(t, PERR_INTERNAL, "out of memory");
+			return -1;
+		}
+		transfer_replay_drop(t);
 	}
 	if (t->ri.has_body) {
 		/* curl's default upload buffer is 64 KiB per transfer; ours

@@ -24,6 +24,9 @@ void	 transfer_park(struct transfer *t);
 void	 transfer_audit(struct transfer *t);
 /* t's audit line as a new object (a WebSocket's close line starts so). */
 json_t	*transfer_audit_line(struct transfer *t);
+/* Frees the body kept for a replay and gives its bytes back to the
+ * global budget. */
+void	 transfer_replay_drop(struct transfer *t);
 
 /* transfer_http.c */
 /* Asks the loop to unpause t's curl transfer once outside callbacks. */

@@ -402,6 +402,9 @@ start_intercept(struct tunnel *tn)
 	r->kind = MT_INTERCEPT;
 	r->on_done = intercept_done;
 	conn_slot_move(&r->slot, &tn->slot);
+	if (w->rc->cfg->tls_handshake_timeout > 0)
+		r->handshake_by = now_ms() +
+		    (long long)(w->rc->cfg->tls_handshake_timeout * 1000);
 	r->a.kind = EP_SSL;
 	r->a.ssl = ssl;
 	r->a.fd = tn->fd;

@@ -458,8 +458,7 @@ ws_queue_upgrade(struct transfer *t)
 
 		if (strcasecmp(h->name, "Upgrade") == 0)
 			upg = h->value;
-		else if (!hdr_response_drop(h->name, t->head.headers.v,
-		    t->head.headers.n))
+		else if (!hdr_response_drop(h->name, &t->head.conn))
 			MHD_add_response_header(resp, h->name, h->value);
 	}
 	/* MHD adds "Connection: Upgrade" and needs the Upgrade value. */

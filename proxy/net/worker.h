@@ -61,6 +61,9 @@ struct proxy {
 	int			 audit_fd;	/* -1: no audit log */
 	struct ca		*ca;		/* NULL: no interception */
 	SSL_CTX			*tls_ctx;
+	/* bytes of request bodies kept for a replay, every worker's
+	 * (task_registration.replay_budget) */
+	atomic_llong		 replay_bytes;
 };
 
 /* A client connection owned by MHD; watched for hang-ups so that an

@@ -19,6 +19,9 @@ What is checked, and how the test knows independently of the daemon:
     client's Authorization; a missing run task is the 503 JSON inside the
     tunnel and the upstream is not even connected to; Host / SNI mismatches;
     untrusted upstream certificate -> 502 naming the host; SSE event by event.
+  * The TLS handshake deadline (timeouts.tls_handshake): a client that
+    sends no ClientHello, or half of one trickled, is closed within it and
+    both slots come back; a client past its handshake is not affected.
   * Blind tunnels: the client sees the upstream's own certificate (DER
     fingerprint of the harness leaf), bytes pass untouched both ways,
     half-close / upstream close / client disconnect propagate, idle timeout,
@@ -754,6 +757,109 @@ class Interception(ConnectCase):
             start_tls(c, client_ctx(self.tls.ca), 'api.openai.com')
         time.sleep(0.3)
         self.assertEqual(self.up.connections, [], 'nothing may be sent upstream')
+
+
+def client_hello(server_hostname='api.openai.com'):
+    """The first flight of a real TLS client (its ClientHello record)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname=server_hostname)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+def metric(port, name):
+    """One value of the daemon's /metrics; name may carry its labels."""
+    c = HTTPClient(port)
+    try:
+        c.send(b'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')
+        r = c.read_response('GET')
+    finally:
+        c.close()
+    m = re.search(r'^%s (\S+)$' % re.escape(name), r.body.decode(), re.M)
+    return float(m.group(1)) if m else None
+
+
+class HandshakeDeadline(ConnectCase):
+    """timeouts.tls_handshake: an intercepted tunnel whose client does not
+    finish its TLS handshake in time is closed, with both its slots (the
+    client's and the plain end handed to MHD); trickled bytes do not extend
+    it; a client that finished its handshake is not affected."""
+
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream(tls=True)
+        self.d = self.start_proxy('--tls-handshake-timeout', '1',
+                                  resolve=[('api.openai.com', 443, self.up.port)])
+
+    def assertClosedByDeadline(self, c, t0, what):
+        data, eof, t_eof = recv_until_eof(c.sock, 6.0)
+        self.assertTrue(eof, '%s: tunnel still open after 6 s (deadline 1 s)' % what)
+        self.assertGreater(t_eof - t0, 0.7, '%s: closed before the deadline' % what)
+        self.assertLess(t_eof - t0, 3.0, '%s: closed %.1f s after the 200' % (what, t_eof - t0))
+        # both slots come back: the relay's and MHD's plain end's (the
+        # one left is this /metrics request's; an earlier one may linger
+        # for a moment after its answer)
+        deadline = now() + 3
+        while True:
+            got = (metric(self.d.port, 'scopeproxy_open_tunnels{kind="intercept"}'),
+                   metric(self.d.port, 'scopeproxy_connections_open'))
+            if got == (0, 1) or now() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(got, (0, 1), what)
+
+    def test_silent_client_closed(self):
+        c, resp = open_tunnel(self.d.port, 'api.openai.com:443')
+        self.addCleanup(c.close)
+        self.assertEqual(resp.status, 200, resp)
+        self.assertClosedByDeadline(c, now(), 'no ClientHello')
+        self.assertEqual(self.up.connections, [])
+
+    def test_half_client_hello_trickled_is_closed(self):
+        hello = client_hello()
+        self.assertGreater(len(hello), 100)
+        c, resp = open_tunnel(self.d.port, 'api.openai.com:443')
+        self.addCleanup(c.close)
+        self.assertEqual(resp.status, 200, resp)
+        t0 = now()
+        half = len(hello) // 2
+        c.sock.sendall(hello[:half])
+        # one more byte every 0.2 s keeps the relay active (not idle)
+        for i in range(half, half + 8):
+            time.sleep(0.2)
+            try:
+                c.sock.sendall(hello[i:i + 1])
+            except OSError:
+                break
+        self.assertClosedByDeadline(c, t0, 'half a ClientHello, trickled')
+        self.assertEqual(self.up.connections, [])
+
+    def test_client_done_with_handshake_is_not_affected(self):
+        c = self.intercept_tunnel(self.d)
+        time.sleep(2.5)     # well past the handshake deadline, idle
+        c.send(inner_request('GET', '/v1/models', 'api.openai.com', [CLIENT_AUTH]))
+        r = c.read_response('GET')
+        self.assertEqual(r.status, 200, r)
+        c.send(inner_request('GET', '/v1/models', 'api.openai.com', [CLIENT_AUTH]))
+        self.assertEqual(c.read_response('GET').status, 200)
+
+    def test_zero_means_no_deadline_and_default_is_10(self):
+        d = self.start_proxy('--tls-handshake-timeout', '0',
+                             resolve=[('api.openai.com', 443, self.up.port)])
+        c, resp = open_tunnel(d.port, 'api.openai.com:443')
+        self.addCleanup(c.close)
+        self.assertEqual(resp.status, 200, resp)
+        data, eof, _ = recv_until_eof(c.sock, 2.5)
+        self.assertFalse(eof, 'closed although tls_handshake is 0')
+        r = run_cmd([scopeproxy_bin(), 'check-config'], env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)['timeouts']['tls_handshake'], 10)
 
 
 # --------------------------------------------------------------------------

@@ -78,7 +78,7 @@ import unittest
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (SECRET, Behaviour, NoResponse, ProxyTestCase,  # noqa: E402
+from harness import (SECRET, Behaviour, HTTPClient, NoResponse, ProxyTestCase,  # noqa: E402
                      main, request, run_cmd, tls_material)
 import agentid  # noqa: E402
 from agentid import (B64STD_RE, SPEC_PUB_HEX, SPEC_SEED, SPEC_SIG_B64, SPEC_V2_B64,  # noqa: E402
@@ -1131,6 +1131,37 @@ class Recovery(RegCase):
         self.assertEqual(len(self.reg_requests()), 0, 'no registration without a replay')
         self.assertEqual(len(tc.seen), 1)
         self.assertUpstreamOverTLS(1)
+
+    def test_replay_budget_past_it_not_replayed(self):
+        # Budget 64 bytes: A's first 40 bytes are kept while its body is
+        # still arriving; B's 47 do not fit next to them, so B goes
+        # upstream once and its 401 comes back as it is. Once B is done,
+        # A's 60 fit and A is replayed with a new task.
+        tc = self.up.route('/v1/responses', TaskCheck({'task-old-rej'}))
+        self.script.queue.append(answer_json(200, {'task_id': 'task-new-ok'}))
+        d = self.daemon(reg={'replay_budget': 64})
+        body = b'{"model":"gpt-test","input":"' + b'x' * 23 + b'","n":1}'
+        self.assertEqual(len(body), 60)
+        a = HTTPClient(d.port, timeout=20)
+        self.addCleanup(a.close)
+        a.send(b'POST http://api.openai.com/v1/responses HTTP/1.1\r\nHost: api.openai.com\r\n'
+               b'Authorization: Bearer ' + SECRET.encode() + b'\r\nContent-Type: application/json\r\n'
+               b'X-Req: A\r\nContent-Length: 60\r\n\r\n' + body[:40])
+        self.up.wait_request(lambda r: r.header('X-Req') == 'A', timeout=5)
+        time.sleep(0.3)
+        b = self.send(d, 'B')
+        self.assertEqual(b.status, 401, '%r\n%s' % (b, d.tail(2000)))
+        self.assertEqual(json.loads(b.body)['error']['code'], 'invalid_task_id')
+        time.sleep(0.3)
+        self.assertEqual(len(self.reg_requests()), 0, 'B was not replayable: no registration')
+        a.send(body[40:])
+        ra = a.read_response('POST')
+        self.assertEqual(ra.status, 200, '%r\n%s' % (ra, d.tail(2000)))
+        self.assertEqual(json.loads(ra.body)['task'], 'task-new-ok')
+        self.assertEqual(len(self.check_reg_requests()), 1, 'exactly one re-registration (for A)')
+        self.assertEqual(sorted(t for t, _ in tc.seen),
+                         ['task-new-ok', 'task-old-rej', 'task-old-rej'])
+        self.assertEqual([b for t, b in tc.seen if t == 'task-new-ok'], [body])
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import AUTH_LINE, HTTPClient, NoResponse, ProxyTestCase, main, request  # noqa: E402
+from harness import AUTH_LINE, Fixed, HTTPClient, NoResponse, ProxyTestCase, main, request  # noqa: E402
 
 
 class StrictInput(ProxyTestCase):
@@ -134,6 +134,65 @@ class StrictInput(ProxyTestCase):
         time.sleep(0.3)
         self.assertEqual([r.target for r in self.up.requests], [], 'request smuggled past the proxy')
 
+
+
+class ConnectionOptions(ProxyTestCase):
+    """Connection options are parsed once and capped at 32 (request: 400
+    naming the header, nothing upstream; response: 502); the headers they
+    name are dropped both ways."""
+
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream()
+        # room for the 16 KB list and 450 headers in MHD's pool
+        self.d = self.start_daemon('--max-header-size', '65536')
+        self.hp = b'127.0.0.1:%d' % self.up.port
+
+    def get(self, extra, path=b'/conn'):
+        return request(self.d.port, b'GET http://' + self.hp + path + b' HTTP/1.1\r\nHost: ' +
+                       self.hp + b'\r\n' + extra + b'\r\n', timeout=10)
+
+    def refused(self, extra):
+        resp = self.get(extra)
+        err = self.assertProxyError(resp, 400, 'bad_request', self.d)
+        self.assertIn("'Connection'", err['message'])
+        time.sleep(0.2)
+        self.assertEqual(self.up.requests, [], 'a refused request reached the upstream')
+
+    def test_33_options_refused(self):
+        opts = b', '.join(b'x-%d' % i for i in range(33))
+        self.refused(b'Connection: ' + opts + b'\r\n')
+
+    def test_33_options_over_two_headers_refused(self):
+        opts = b', '.join(b'x-%d' % i for i in range(30))
+        self.refused(b'Connection: ' + opts + b'\r\nX-A: 1\r\nconnection: keep-alive,,Upgrade , te\r\n')
+
+    def test_16k_list_with_450_headers_refused(self):
+        opts = b', '.join(b'x-opt-%d' % i for i in range(1450))
+        many = b''.join(b'X-H%d: v\r\n' % i for i in range(450))
+        self.refused(b'Connection: ' + opts + b'\r\n' + many)
+
+    def test_32_options_and_empty_elements_pass_named_headers_dropped(self):
+        opts = [b'X-Drop', b'CONTENT-TYPE', b'close'] + [b'x-%d' % i for i in range(29)]
+        resp = self.get(b'Connection: ,\t' + b' , ,'.join(opts) + b' ,,\r\n'
+                        b'X-Drop: 1\r\nContent-Type: a/b\r\nX-Keep: 2\r\nx-28: 3\r\n')
+        self.assertEqual(resp.status, 200, resp)
+        got = [k.lower() for k, _ in resp.json()['headers']]
+        self.assertIn('x-keep', got)
+        for name in ('x-drop', 'content-type', 'x-28', 'connection'):
+            self.assertNotIn(name, got)
+
+    def test_response_options_dropped_and_capped(self):
+        self.up.route('/ok', Fixed(200, [('Connection', 'X-Hop, , keep-alive'), ('X-Hop', '1'),
+                                         ('X-End', '2')], b'{}'))
+        resp = self.get(b'', b'/ok')
+        self.assertEqual(resp.status, 200, resp)
+        self.assertIsNone(resp.header('X-Hop'))
+        self.assertEqual(resp.header('X-End'), '2')
+        self.up.route('/many', Fixed(200, [('Connection', ', '.join('x-%d' % i for i in range(33)))],
+                                     b'{}'))
+        resp = self.get(b'', b'/many')
+        self.assertProxyError(resp, 502, 'upstream_protocol_error', self.d)
 
 
 class StrictInputKeepAlive(ProxyTestCase):

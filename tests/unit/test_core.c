@@ -217,12 +217,119 @@ END_TEST
 START_TEST(response_filter)
 {
 	struct hdr h[] = { { "Connection", "close, X-Hop" }, { "X-Hop", "1" } };
+	struct hdr_conn c;
 
-	ck_assert(hdr_response_drop("content-length", h, 2));
-	ck_assert(hdr_response_drop("Transfer-Encoding", h, 2));
-	ck_assert(hdr_response_drop("x-hop", h, 2));
-	ck_assert(!hdr_response_drop("Set-Cookie", h, 2));
-	ck_assert(!hdr_response_drop("Content-Type", h, 2));
+	ck_assert_int_eq(hdr_conn_parse(h, 2, &c), 0);
+	ck_assert(hdr_response_drop("content-length", &c));
+	ck_assert(hdr_response_drop("Transfer-Encoding", &c));
+	ck_assert(hdr_response_drop("x-hop", &c));
+	ck_assert(!hdr_response_drop("Set-Cookie", &c));
+	ck_assert(!hdr_response_drop("Content-Type", &c));
+	ck_assert(hdr_response_drop("Transfer-Encoding", NULL));
+	ck_assert(!hdr_response_drop("x-hop", NULL));
+}
+END_TEST
+
+/* Connection options: odd case, OWS and empty list elements, several
+ * Connection headers, options naming end-to-end headers. */
+START_TEST(connection_options_set)
+{
+	struct hdr h[] = {
+		{ "Host", "h" },
+		{ "CONNECTION", "  ,Keep-Alive ,\t, X-Foo\t,,  " },
+		{ "X-Foo", "1" }, { "x-fo", "2" }, { "Content-Type", "a/b" },
+		{ "connection", "content-type,AUTHORIZATION" },
+		{ "Authorization", "Bearer c" }, { "X-Keep", "3" },
+		{ "Keep-Alive", "timeout=5" },
+	};
+	struct hdr empty[] = { { "Connection", " , ,\t," }, { "X-A", "1" } };
+	struct hdr_conn c;
+	struct hdr_vec out = { 0 };
+
+	ck_assert_int_eq(hdr_conn_parse(h, 9, &c), 0);
+	ck_assert_uint_eq(c.n, 4);
+	ck_assert(hdr_conn_has(&c, "keep-alive"));
+	ck_assert(hdr_conn_has(&c, "x-foo"));
+	ck_assert(hdr_conn_has(&c, "X-FOO"));
+	ck_assert(hdr_conn_has(&c, "Content-Type"));
+	ck_assert(hdr_conn_has(&c, "authorization"));
+	ck_assert(!hdr_conn_has(&c, "x-fo"));
+	ck_assert(!hdr_conn_has(&c, "X-Foo\t"));
+	ck_assert(!hdr_conn_has(&c, ""));
+	ck_assert(!hdr_conn_has(&c, "close"));
+	/* end-to-end headers the client named are dropped like hop-by-hop */
+	ck_assert_int_eq(headers_outbound(h, 9, NULL, &out), 0);
+	ck_assert_uint_eq(out.n, 2);
+	ck_assert_str_eq(out.v[0].name, "x-fo");
+	ck_assert_str_eq(out.v[1].name, "X-Keep");
+	hdr_vec_free(&out);
+
+	ck_assert_int_eq(hdr_conn_parse(empty, 2, &c), 0);
+	ck_assert_uint_eq(c.n, 0);
+	ck_assert_int_eq(headers_outbound(empty, 2, NULL, &out), 0);
+	ck_assert_uint_eq(out.n, 1);
+	ck_assert_str_eq(out.v[0].name, "X-A");
+	hdr_vec_free(&out);
+}
+END_TEST
+
+START_TEST(connection_close_keep_alive)
+{
+	struct hdr h[] = { { "Host", "h" }, { "Connection", "close, keep-alive" },
+	    { "Keep-Alive", "timeout=5" }, { "X-A", "1" }, { "Close", "x" } };
+	struct req_info ri;
+	enum perr code;
+	char err[256];
+	struct hdr_vec out = { 0 };
+
+	ck_assert_int_eq(check(h, 5, 1, &ri, &code, err), 0);
+	ck_assert(!ri.websocket);
+	ck_assert_int_eq(headers_outbound(h, 5, NULL, &out), 0);
+	ck_assert_uint_eq(out.n, 1);
+	ck_assert_str_eq(out.v[0].name, "X-A");
+	hdr_vec_free(&out);
+}
+END_TEST
+
+/* At most HDR_CONN_MAX options, counted over every Connection header;
+ * empty elements do not count; past it the request is refused by name. */
+START_TEST(connection_options_capped)
+{
+	char at[HDR_CONN_MAX * 8 + 64], over[HDR_CONN_MAX * 8 + 64], *p;
+	struct hdr h[4] = { { "Host", "h" }, { "Connection", at },
+	    { "Upgrade", "websocket" }, { "Connection", "" } };
+	struct req_info ri;
+	enum perr code;
+	char err[256];
+	struct hdr_conn c;
+	struct hdr_vec out = { 0 };
+	int i;
+
+	for (p = at, i = 0; i < HDR_CONN_MAX - 1; i++)
+		p += sprintf(p, "x%d, ,", i);
+	sprintf(p, "upgrade");
+	ck_assert_int_eq(check(h, 4, 1, &ri, &code, err), 0);
+	ck_assert(ri.websocket);
+	ck_assert_int_eq(hdr_conn_parse(h, 4, &c), 0);
+	ck_assert_uint_eq(c.n, HDR_CONN_MAX);
+	ck_assert_int_eq(headers_outbound(h, 4, NULL, &out), 0);
+	hdr_vec_free(&out);
+	/* one more, in a second Connection header */
+	h[3].value = "x-extra";
+	ck_assert_int_eq(check(h, 4, 1, &ri, &code, err), -1);
+	ck_assert_int_eq(code, PERR_BAD_REQUEST);
+	ck_assert_str_eq(err, "header 'Connection' lists more than 32 options");
+	ck_assert_int_eq(hdr_conn_parse(h, 4, &c), -1);
+	ck_assert_uint_eq(c.n, HDR_CONN_MAX);
+	ck_assert_int_eq(headers_outbound(h, 4, NULL, &out), -1);
+	hdr_vec_free(&out);
+	/* one more in the same header */
+	for (p = over, i = 0; i <= HDR_CONN_MAX; i++)
+		p += sprintf(p, "%sx%d", i ? "," : "", i);
+	h[1].value = over;
+	h[3].value = "";
+	ck_assert_int_eq(check(h, 4, 1, &ri, &code, err), -1);
+	ck_assert_ptr_nonnull(strstr(err, "'Connection'"));
 }
 END_TEST
 
@@ -393,6 +500,8 @@ START_TEST(config_defaults_are_sane)
 	ck_assert_int_eq(c.listen_port, SP_DEFAULT_PORT);
 	ck_assert_int_eq(c.max_body_size, 0);
 	ck_assert_uint_eq(c.gateway.n, 2);
+	ck_assert(c.tls_handshake_timeout == 10);
+	ck_assert_int_eq(c.reg_replay_budget, 64LL * 1024 * 1024);
 	setenv("CODEX_HOME", "/tmp/codex-home", 1);
 	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
 	ck_assert_str_eq(c.auth_file, "/tmp/codex-home/auth.json");
@@ -433,6 +542,11 @@ START_TEST(config_errors_name_the_key)
 		{ "{\"timeouts\":{\"connect\":-1}}", "test.json: timeouts.connect: -1 is out of range" },
 		{ "{\"timeouts\":{\"request_head\":0}}", "test.json: timeouts.request_head: 0 is out of range" },
 		{ "{\"timeouts\":{\"request_head\":\"5\"}}", "test.json: timeouts.request_head: expected" },
+		{ "{\"task_registration\":{\"replay_budget\":-1}}", "test.json: task_registration.replay_budget: -1 is out of range" },
+		{ "{\"task_registration\":{\"replay_budget\":1.5}}", "test.json: task_registration.replay_budget: expected integer" },
+		{ "{\"timeouts\":{\"tls_handshake\":-1}}", "test.json: timeouts.tls_handshake: -1 is out of range" },
+		{ "{\"timeouts\":{\"tls_handshake\":601}}", "test.json: timeouts.tls_handshake: 601 is out of range" },
+		{ "{\"timeouts\":{\"tls_handshake\":\"10\"}}", "test.json: timeouts.tls_handshake: expected" },
 		{ "{\"listen\":\"nowhere\"}", "test.json: listen: expected ADDR:PORT" },
 		{ "{\"listen\":\"example.com:80\"}", "test.json: listen: 'example.com' is not an IP address" },
 		{ "{\"log_level\":\"loud\"}", "test.json: log_level: expected one of" },
@@ -601,6 +715,9 @@ core_suite(void)
 	tcase_add_test(tc, header_limits_and_names);
 	tcase_add_test(tc, outbound_filter_keeps_order_case_duplicates);
 	tcase_add_test(tc, response_filter);
+	tcase_add_test(tc, connection_options_set);
+	tcase_add_test(tc, connection_close_keep_alive);
+	tcase_add_test(tc, connection_options_capped);
 	tcase_add_test(tc, raw_head_validation);
 	tcase_add_test(tc, raw_head_extent);
 	tcase_add_test(tc, raw_chunked_body);

@@ -1,5 +1,6 @@
 /* Upstream response heads and chunked body framing (core/resp_head). */
 #include <check.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/resp_head.h"
@@ -35,6 +36,34 @@ START_TEST(head_basic)
 	ck_assert_int_eq(h.length, -1);
 	ck_assert(!h.done);
 	resp_head_clear(&h);	/* twice is fine */
+}
+END_TEST
+
+/* The final head's Connection options are parsed once, and capped. */
+START_TEST(head_connection_options)
+{
+	struct resp_head h;
+	char l[64];
+	int i;
+
+	resp_head_init(&h);
+	ck_assert_int_eq(line(&h, "HTTP/1.1 200 OK\r\n"), RESP_HEAD_MORE);
+	ck_assert_int_eq(line(&h, "Connection: close, X-Hop\r\n"), RESP_HEAD_MORE);
+	ck_assert_int_eq(line(&h, "X-Hop: 1\r\n"), RESP_HEAD_MORE);
+	ck_assert_int_eq(line(&h, "\r\n"), RESP_HEAD_DONE);
+	ck_assert_uint_eq(h.conn.n, 2);
+	ck_assert(hdr_response_drop("x-hop", &h.conn));
+	ck_assert(!hdr_response_drop("X-Other", &h.conn));
+	resp_head_clear(&h);
+	ck_assert_uint_eq(h.conn.n, 0);
+
+	ck_assert_int_eq(line(&h, "HTTP/1.1 200 OK\r\n"), RESP_HEAD_MORE);
+	for (i = 0; i <= HDR_CONN_MAX; i++) {
+		snprintf(l, sizeof(l), "Connection: x-%d\r\n", i);
+		ck_assert_int_eq(line(&h, l), RESP_HEAD_MORE);
+	}
+	ck_assert_int_eq(line(&h, "\r\n"), RESP_HEAD_MALFORMED);
+	resp_head_clear(&h);
 }
 END_TEST
 
@@ -302,6 +331,7 @@ main(void)
 	int failed;
 
 	tcase_add_test(tc, head_basic);
+	tcase_add_test(tc, head_connection_options);
 	tcase_add_test(tc, head_status_only_and_no_reason);
 	tcase_add_test(tc, head_malformed_status);
 	tcase_add_test(tc, head_malformed_fields);
