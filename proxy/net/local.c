@@ -1,9 +1,12 @@
 /* The proxy's own answers: /healthz, /readyz and /metrics. */
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <jansson.h>
 
+#include "core/access.h"
+#include "core/headers.h"
 #include "cred/credential.h"
 #include "cred/idstore.h"
 #include "cred/registrar.h"
@@ -65,9 +68,32 @@ readiness(struct transfer *t)
 		local_answer(t, 200, json_pack("{s:s}", "status", "ready"));
 }
 
-void
-local_answer_endpoint(struct transfer *t)
+/* The page tells the traffic mix and the registration state: with
+ * proxy_auth set, only whoever may use the proxy may read it. */
+static bool
+metrics_allowed(struct transfer *t, const struct hdr_vec *in)
 {
+	const struct access *a = &t->w->rc->access;
+
+	if (access_auth_ok(a, hdr_get(in->v, in->n, "Proxy-Authorization")) ||
+	    access_auth_ok(a, hdr_get(in->v, in->n, "Authorization")))
+		return true;
+	transfer_set_error(t, PERR_UNAUTHORIZED, "/metrics needs the proxy's "
+	    "credential (proxy_auth), as Authorization or Proxy-Authorization");
+	t->err_header = a->scheme;
+	return false;
+}
+
+void
+local_answer_endpoint(struct transfer *t, const struct hdr_vec *in)
+{
+	if (t->rt.local == ROUTE_LOCAL_METRICS && !metrics_allowed(t, in))
+		return;
+	if (strcmp(t->method, "GET") != 0 && strcmp(t->method, "HEAD") != 0) {
+		transfer_set_error(t, PERR_METHOD_NOT_ALLOWED, "%s answers GET "
+		    "and HEAD only", t->rt.log_path);
+		return;
+	}
 	switch (t->rt.local) {
 	case ROUTE_LOCAL_NONE:
 		break;

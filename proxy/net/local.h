@@ -4,9 +4,12 @@
 #include <time.h>
 
 struct transfer;
+struct hdr_vec;
 
-/* Fills t's local answer for t->rt.local (/healthz, /readyz, /metrics). */
-void	 local_answer_endpoint(struct transfer *t);
+/* Fills t's local answer for t->rt.local (/healthz, /readyz, /metrics),
+ * or its error: GET and HEAD only; /metrics needs proxy_auth when it is
+ * set, as Proxy-Authorization or Authorization (what scrapers send). */
+void	 local_answer_endpoint(struct transfer *t, const struct hdr_vec *in);
 /* "2026-01-02T03:04:05Z" */
 void	 local_format_time(time_t when, char out[32]);
 

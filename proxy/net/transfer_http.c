@@ -25,6 +25,14 @@ transfer_release_upstream(struct transfer *t)
 {
 	ws_release(t);
 	if (t->easy != NULL) {
+		long sent = 0;
+
+		/* Bytes of the request written to the upstream connection,
+		 * counted per write and reset per transfer: 0 after a refused
+		 * connection or a failed TLS handshake. */
+		if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE,
+		    &sent) == CURLE_OK && sent > 0)
+			t->req_sent = true;
 		upstream_detach(t->w->multi, t->easy, &t->owner);
 		worker_easy_put(t->w, t->easy);
 		t->easy = NULL;
