@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -475,7 +476,10 @@ class ReadmeMatrix(ConfinementCase):
     def expect_audit(self, d, row, n):
         want = 'assert' if self.rows[row][0].startswith('`assert`') else \
             self.rows[row][0].strip('`')
-        lines = self.audit()[-n:]
+        deadline = time.time() + 3      # written once the request completes
+        while len(self.audit()) < n and time.time() < deadline:
+            time.sleep(0.05)
+        lines = self.audit()
         self.assertEqual(len(lines), n, row)
         for x in lines:
             self.assertEqual(x['action'], want, '%s: %r' % (row, x))

@@ -154,6 +154,7 @@ class ErrorBodies(OutputsCase):
         r = request(d.port, raw('POST', '/v1/responses', '127.0.0.1', body=b'{}'))
         self.assertProxyError(r, 503, code, d)
         self.assertGeneral(r.body.decode(), leaks, code + ' (gateway)')
+        self.last_audit(d, 3)
         # The operator's view has the detail.
         rz = local(d.port, '/readyz')
         self.assertEqual(rz.status, 503, rz)
@@ -221,11 +222,12 @@ class ErrorBodies(OutputsCase):
         leaks = set(leaks) | {REG_HOST, 'backend-api', '127.0.0.1'}
         self.assertGeneral(rz.body.decode(), leaks, '/readyz')
         self.assertTrue(rz.json().get('reason'), rz)
+        before = len(self.audit(d))
         body, msg = self.answer(d, 'agent_task_missing')
         self.assertGeneral(body, leaks, 'registration 503')
         self.assertIn('registration failed', msg)
         self.assertIn(rz.json()['retry_at'], msg)
-        line = self.last_audit(d)
+        line = self.last_audit(d, before + 1)
         self.assertEqual((line['action'], line['task'], line['status']), ('reject', None, 503), line)
         d.stop()
         self.assertIn(log_detail, d.stderr_text(), 'the log must carry the detail')
@@ -326,9 +328,10 @@ class AuditSent(OutputsCase):
                                    body=b'{}' if method == 'POST' else b''))
 
     def check_nothing_sent(self, d, code, up=None, extra='', method='POST'):
+        before = len(self.audit(d))
         r = self.send(d, extra, method)
         self.assertProxyError(r, 502, code, d)
-        line = self.last_audit(d)
+        line = self.last_audit(d, before + 1)
         self.assertEqual((line['action'], line['task'], line['status'], line['error']),
                          ('reject', None, 502, code), line)
         if up is not None:
@@ -347,7 +350,7 @@ class AuditSent(OutputsCase):
         r = request(d.port, raw('POST', 'https://chatgpt.com/backend-api/codex/responses',
                                 'chatgpt.com', body=b'{}'))
         self.assertEqual(r.status, 200, r)
-        self.assertEqual(self.last_audit(d)['action'], 'assert')
+        self.assertEqual(self.last_audit(d, 1)['action'], 'assert')
         self.check_nothing_sent(d, 'upstream_unreachable')
 
     def test_websocket_connection_refused(self):
