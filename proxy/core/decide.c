@@ -96,19 +96,19 @@ decide(const struct decide_in *in, struct decide_out *out)
 		return;
 	if (d->action == ACTION_ASSERT) {
 		if (in->identity == DECIDE_ID_NO_TASK) {
-			/* the action stays assert: the route is credentialed,
-			 * the task is what is missing */
+			/* parked, the action stays assert (the request may
+			 * yet carry one); refused, nothing is sent */
 			switch (in->reg) {
 			case DECIDE_REG_RUNNING:
 				out->verdict = DECIDE_PARK;
 				return;
 			case DECIDE_REG_WAITED_OUT:
 				refuse(out, DECIDE_WHY_REG_WAITED_OUT,
-				    PERR_AGENT_TASK_MISSING, ACTION_ASSERT);
+				    PERR_AGENT_TASK_MISSING, ACTION_REJECT);
 				return;
 			case DECIDE_REG_FAILED:
 				refuse(out, DECIDE_WHY_REG_FAILED,
-				    PERR_AGENT_TASK_MISSING, ACTION_ASSERT);
+				    PERR_AGENT_TASK_MISSING, ACTION_REJECT);
 				return;
 			case DECIDE_REG_NONE:
 				break;

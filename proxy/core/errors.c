@@ -23,6 +23,7 @@ static const struct {
 	[PERR_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed", "invalid_request_error" },
 	[PERR_WEBSOCKET_UNSUPPORTED] = { 426, "websocket_not_supported", "invalid_request_error" },
 	[PERR_PROXY_AUTH_REQUIRED] = { 407, "proxy_auth_required", "invalid_request_error" },
+	[PERR_UNAUTHORIZED] = { 401, "unauthorized", "invalid_request_error" },
 	[PERR_DESTINATION_FORBIDDEN] = { 403, "destination_not_allowed", "invalid_request_error" },
 	[PERR_CONNECT_PORT_FORBIDDEN] = { 403, "connect_port_not_allowed", "invalid_request_error" },
 	[PERR_MISDIRECTED] = { 421, "misdirected_request", "invalid_request_error" },

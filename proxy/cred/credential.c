@@ -37,11 +37,27 @@ credential_status_error(enum identity_status st, enum perr *e)
 	return 0;
 }
 
+const char *
+credential_status_msg(enum identity_status st)
+{
+	switch (st) {
+	case IDENTITY_NO_TASK:
+		return MSG_TASK_MISSING;
+	case IDENTITY_MISSING:
+		return "agent identity is missing: the proxy has no auth file "
+		    "with an agent identity; its log and /readyz say why";
+	case IDENTITY_INVALID:
+	case IDENTITY_OK:
+		break;
+	}
+	return "agent identity is invalid: the proxy cannot use its auth "
+	    "file (access rights, format or key); its log and /readyz say why";
+}
+
 int
 credential_prepare(const struct identity *id, enum identity_status st,
-    const char *why, time_t now, char *buf, size_t buflen,
-    struct assertion_cache *cache, struct credential *cr, enum perr *e,
-    char *msg, size_t msglen)
+    time_t now, char *buf, size_t buflen, struct assertion_cache *cache,
+    struct credential *cr, enum perr *e, char *msg, size_t msglen)
 {
 	struct hdr_edits *ed = &cr->edits;
 
@@ -49,12 +65,7 @@ credential_prepare(const struct identity *id, enum identity_status st,
 	if (id == NULL && st == IDENTITY_OK)
 		st = IDENTITY_MISSING;
 	if (credential_status_error(st, e) == 0) {
-		if (st == IDENTITY_NO_TASK)
-			snprintf(msg, msglen, "%s", MSG_TASK_MISSING);
-		else
-			snprintf(msg, msglen, "agent identity is %s%s%s",
-			    st == IDENTITY_MISSING ? "missing" : "invalid",
-			    why && *why ? ": " : "", why ? why : "");
+		snprintf(msg, msglen, "%s", credential_status_msg(st));
 		return -1;
 	}
 	if (cache != NULL && cache->id == id && cache->ts == now &&

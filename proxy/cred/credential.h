@@ -40,16 +40,20 @@ struct assertion_cache {
 /* Maps an identity status to the fail-closed error; IDENTITY_OK -> -1. */
 int	 credential_status_error(enum identity_status st, enum perr *e);
 
+/* What the agent reads for a state that cannot sign: the state in
+ * general terms. The reason (file path, mode, owner, parse detail) is for
+ * the operator, in the log and /readyz, never in an answer. */
+const char *credential_status_msg(enum identity_status st);
+
 /*
  * For a credentialed route. With a usable identity (st == IDENTITY_OK and
  * id != NULL) mints into buf, fills cr and returns 0; otherwise sets *e
- * and a secret-free message naming the state and returns -1: the caller
+ * and the credential_status_msg() message and returns -1: the caller
  * must not forward the request.
  */
 int	 credential_prepare(const struct identity *id, enum identity_status st,
-	    const char *why, time_t now, char *buf, size_t buflen,
-	    struct assertion_cache *cache, struct credential *cr, enum perr *e,
-	    char *msg, size_t msglen);
+	    time_t now, char *buf, size_t buflen, struct assertion_cache *cache,
+	    struct credential *cr, enum perr *e, char *msg, size_t msglen);
 
 /* First 8 hex digits of SHA-256(s): lets logs tell tasks apart without
  * carrying the id. */

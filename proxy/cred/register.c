@@ -385,6 +385,7 @@ attempt(CURL *e, const struct register_opts *o, const struct identity *id,
 	long		 status = 0;
 
 	res->status = 0;
+	res->brief[0] = '\0';
 	if (assertion_registration_body(id, o->now != NULL ? o->now() :
 	    time(NULL), &body) == -1) {
 		snprintf(res->reason, sizeof(res->reason),
@@ -411,9 +412,14 @@ attempt(CURL *e, const struct register_opts *o, const struct identity *id,
 		snprintf(res->reason, sizeof(res->reason), "%.*s",
 		    (int)sizeof(res->reason) - 1,
 		    errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc));
+		/* errbuf names the host and port; the generic text does not */
+		snprintf(res->brief, sizeof(res->brief), "%s",
+		    curl_easy_strerror(rc));
 		return curl_final(rc) ? V_FINAL : V_RETRY;
 	}
 	if (status >= 200 && status < 300) {
+		snprintf(res->brief, sizeof(res->brief), "HTTP %ld: no usable "
+		    "run task in the answer", status);
 		if (rb->truncated) {
 			snprintf(res->reason, sizeof(res->reason),
 			    ERR_PREFIX "larger than %d bytes",
@@ -426,23 +432,24 @@ attempt(CURL *e, const struct register_opts *o, const struct identity *id,
 		return V_OK;
 	}
 	status_reason((int)status, rb, res->reason, sizeof(res->reason));
+	snprintf(res->brief, sizeof(res->brief), "HTTP %ld", status);
 	return status == 429 || status >= 500 ? V_RETRY : V_FINAL;
 }
 
-/* " (N attempts)" at the end of the reason, cutting the reason if needed. */
+/* " (N attempts)" at the end of s, cutting s if needed. */
 static void
-append_attempts(struct register_result *res)
+append_attempts(char *s, size_t size, int attempts)
 {
 	char	suffix[32];
 	size_t	slen, rlen, room;
 
-	snprintf(suffix, sizeof(suffix), " (%d attempts)", res->attempts);
+	snprintf(suffix, sizeof(suffix), " (%d attempts)", attempts);
 	slen = strlen(suffix);
-	room = sizeof(res->reason) - 1 - slen;
-	rlen = strlen(res->reason);
+	room = size - 1 - slen;
+	rlen = strlen(s);
 	if (rlen > room)
 		rlen = room;
-	memcpy(res->reason + rlen, suffix, slen + 1);
+	memcpy(s + rlen, suffix, slen + 1);
 }
 
 int
@@ -487,6 +494,7 @@ register_task(const struct register_opts *o, const struct identity *id,
 			res->cancelled = true;
 			snprintf(res->reason, sizeof(res->reason),
 			    "cancelled");
+			res->brief[0] = '\0';
 			v = V_FINAL;
 			break;
 		}
@@ -494,14 +502,19 @@ register_task(const struct register_opts *o, const struct identity *id,
 		    backoff * 2;
 	}
 	if (v == V_OK)
-		res->reason[0] = '\0';
-	else if (res->attempts > 1 && !res->cancelled)
-		append_attempts(res);
+		res->reason[0] = res->brief[0] = '\0';
+	else if (res->attempts > 1 && !res->cancelled) {
+		append_attempts(res->reason, sizeof(res->reason), res->attempts);
+		append_attempts(res->brief, sizeof(res->brief), res->attempts);
+	}
 	goto out;
  nomem:
 	snprintf(res->reason, sizeof(res->reason), "out of memory");
 	v = V_FINAL;
  out:
+	if (v != V_OK && res->brief[0] == '\0')	/* a fixed text */
+		snprintf(res->brief, sizeof(res->brief), "%.*s",
+		    (int)sizeof(res->brief) - 1, res->reason);
 	curl_easy_cleanup(e);
 	curl_slist_free_all(hdrs);
 	secmem_free(rb.buf, REGISTER_BODY_MAX);

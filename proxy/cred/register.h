@@ -24,6 +24,7 @@
 /* A registration answer is tiny; a bigger 2xx body is refused. */
 #define REGISTER_BODY_MAX	(64 * 1024)
 #define REGISTER_REASON_MAX	192
+#define REGISTER_BRIEF_MAX	96
 
 struct register_opts {
 	const char		*base_url;	/* e.g. https://chatgpt.com/backend-api */
@@ -45,8 +46,13 @@ struct register_result {
 	int	 curl_code;	/* last CURLcode; 0 when the transfer worked */
 	bool	 cancelled;	/* stopped by *cancel */
 	/* Why it failed, e.g. "HTTP 500: upstream error (3 attempts)";
-	 * "" on success.  Never holds a task id, key or signature. */
+	 * "" on success.  Never holds a task id, key or signature, but may
+	 * name the endpoint's address and quote its answer: for the log. */
 	char	 reason[REGISTER_REASON_MAX];
+	/* The same in general terms (curl's generic error text or the HTTP
+	 * status, e.g. "HTTP 500 (3 attempts)"): no address, URL or answer
+	 * text, so the agent and /readyz may read it. */
+	char	 brief[REGISTER_BRIEF_MAX];
 };
 
 /* Defaults: 30 s timeout, 3 attempts, 1 s backoff, nothing else set. */

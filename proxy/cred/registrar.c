@@ -23,7 +23,7 @@ static struct {
 	enum reg_state	 state;
 	int		 wanted;
 	time_t		 retry_at;
-	char		 reason[REGISTER_REASON_MAX];
+	char		 reason[REGISTER_BRIEF_MAX];	/* general terms */
 	atomic_bool	 cancel;
 	char		 renew_fp[9];	/* task the upstream rejected, or "" */
 	struct registrar_hooks h;
@@ -161,7 +161,8 @@ run_once(void)
 		R.state = REG_FAILED;
 		R.failed++;
 		R.retry_at = time(NULL) + (time_t)c->reg_cooldown;
-		snprintf(R.reason, sizeof(R.reason), "%s", res.reason);
+		/* what /readyz and the agent read: the log has the rest */
+		snprintf(R.reason, sizeof(R.reason), "%s", res.brief);
 	}
 	pthread_mutex_unlock(&R.lock);
 	wake_workers();

@@ -36,7 +36,8 @@ void	 registrar_stop(void);
 /* Called when a request finds no run task: starts a registration unless
  * one runs or the last one failed less than the cooldown ago. Returns
  * the state after the call; for REG_FAILED, why and *retry_at say why
- * and when it will be tried again. Thread-safe. */
+ * (in general terms: no address, the log has the detail) and when it
+ * will be tried again. Thread-safe. */
 enum reg_state registrar_need_task(char *why, size_t whylen, time_t *retry_at);
 /* The upstream rejected the task whose fingerprint is fp: register a new
  * one, unless a registration runs already or the task changed since.

@@ -1,9 +1,13 @@
 /* The proxy's own answers: /healthz, /readyz and /metrics. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <jansson.h>
 
+#include "core/access.h"
+#include "core/headers.h"
 #include "cred/credential.h"
 #include "cred/idstore.h"
 #include "cred/registrar.h"
@@ -60,6 +64,26 @@ readiness(struct local_answer *out)
 		    st == IDENTITY_NO_TASK ? MSG_TASK_MISSING : why));
 	else
 		local_answer(out, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+int
+local_check(enum route_local which, const char *method, const char *path,
+    const struct access *a, const char *proxy_auth, const char *auth,
+    enum perr *e, char *msg, size_t msglen)
+{
+	if (which == ROUTE_LOCAL_METRICS && !access_auth_ok(a, proxy_auth) &&
+	    !access_auth_ok(a, auth)) {
+		*e = PERR_UNAUTHORIZED;
+		snprintf(msg, msglen, "/metrics needs the proxy's credential "
+		    "(proxy_auth), as Authorization or Proxy-Authorization");
+		return -1;
+	}
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+		*e = PERR_METHOD_NOT_ALLOWED;
+		snprintf(msg, msglen, "%s answers GET and HEAD only", path);
+		return -1;
+	}
+	return 0;
 }
 
 int

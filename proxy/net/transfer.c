@@ -122,6 +122,14 @@ queue_error(struct transfer *t)
 		snprintf(v, sizeof(v), "%s realm=\"scopeproxy\"", t->err_header);
 		MHD_add_response_header(r, "Proxy-Authenticate", v);
 	}
+	if (t->err == PERR_UNAUTHORIZED && t->err_header != NULL) {
+		char v[64];
+
+		snprintf(v, sizeof(v), "%s realm=\"scopeproxy\"", t->err_header);
+		MHD_add_response_header(r, "WWW-Authenticate", v);
+	}
+	if (t->err == PERR_METHOD_NOT_ALLOWED && t->rt.local != ROUTE_LOCAL_NONE)
+		MHD_add_response_header(r, "Allow", "GET, HEAD");
 	/* Missing run-task state does not go away by retrying at once:
 	 * the OpenAI SDKs then show the reason instead of retrying. */
 	if (t->err == PERR_AGENT_TASK_MISSING ||
@@ -267,13 +275,36 @@ collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
 
 /* Decides where the request goes; on error, t carries the answer.
  * Returns 1 for the proxy's own endpoints. */
+/* /healthz, /readyz, /metrics: GET and HEAD only. */
+static void
+answer_local(struct transfer *t, const struct hdr_vec *in)
+{
+	struct local_answer la;
+	enum perr e;
+	char msg[160];
+
+	if (local_check(t->rt.local, t->method, t->rt.log_path,
+	    &t->w->rc->access, hdr_get(in->v, in->n, "Proxy-Authorization"),
+	    hdr_get(in->v, in->n, "Authorization"), &e, msg, sizeof(msg)) != 0) {
+		transfer_set_error(t, e, "%s", msg);
+		if (e == PERR_UNAUTHORIZED)
+			t->err_header = t->w->rc->access.scheme;
+		return;
+	}
+	if (local_answer_endpoint(t->rt.local, &la) != 0) {
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
+		return;
+	}
+	t->local_status = la.status;
+	t->local_ctype = la.ctype;
+	t->local_body = la.body;
+}
+
 static int
 route_request(struct transfer *t)
 {
 	struct route_icpt icpt, *ip = NULL;
-	struct local_answer la;
 	enum perr e;
-	int rc;
 	char err[256];
 
 	if (t->cl != NULL && t->cl->icpt_host != NULL) {
@@ -291,12 +322,6 @@ route_request(struct transfer *t)
 	if (t->rt.local == ROUTE_LOCAL_NONE)
 		return 0;
 	t->mode = "local";
-	rc = local_answer_endpoint(t->rt.local, &la);
-	t->local_status = la.status;
-	t->local_ctype = la.ctype;
-	t->local_body = la.body;
-	if (rc != 0)
-		transfer_set_error(t, PERR_INTERNAL, "out of memory");
 	return 1;
 }
 
@@ -384,8 +409,7 @@ decide_reg_of(struct transfer *t, char *why, size_t whylen, time_t *retry)
 static void
 refuse(struct transfer *t, const struct decide_out *dv,
     const struct decision *d, const struct identity *id,
-    enum identity_status st, const char *idwhy, const char *regwhy,
-    time_t retry)
+    enum identity_status st, const char *regwhy, time_t retry)
 {
 	struct config *c = t->w->rc->cfg;
 	struct credential cr;
@@ -410,9 +434,10 @@ refuse(struct transfer *t, const struct decide_out *dv,
 		    "(plaintext_credentials: refuse)", t->rt.host, t->rt.path);
 		break;
 	case DECIDE_WHY_IDENTITY:
-		/* the identity's own words: missing, invalid, no task */
-		(void)credential_prepare(id, st, idwhy, 0, NULL, 0, NULL, &cr,
-		    &e, msg, sizeof(msg));
+		/* the state in general terms: the agent reads this, the
+		 * reason is in the log and /readyz */
+		(void)credential_prepare(id, st, 0, NULL, 0, NULL, &cr, &e, msg,
+		    sizeof(msg));
 		transfer_set_error(t, e, "%s", msg);
 		break;
 	case DECIDE_WHY_REG_WAITED_OUT:
@@ -438,7 +463,7 @@ refuse(struct transfer *t, const struct decide_out *dv,
 /* Mints the assertion; on failure t carries the answer. */
 static int
 mint(struct transfer *t, struct identity *id, enum identity_status st,
-    const char *why, struct credential *cr)
+    struct credential *cr)
 {
 	struct worker *w = t->w;
 	enum perr e;
@@ -451,7 +476,7 @@ mint(struct transfer *t, struct identity *id, enum identity_status st,
 		w->acache.id = identity_ref(id);
 		w->acache.ts = 0;
 	}
-	if (credential_prepare(id, st, why, time(NULL), w->secbuf,
+	if (credential_prepare(id, st, time(NULL), w->secbuf,
 	    CREDENTIAL_BUFSIZE, &w->acache, cr, &e, msg, sizeof(msg)) != 0) {
 		/* Fail closed: nothing goes upstream, and the client's own
 		 * credential is never used instead. */
@@ -479,7 +504,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	struct credential cr;
 	struct identity *id = NULL;
 	enum identity_status st = IDENTITY_MISSING;
-	char why[256] = "", rwhy[256] = "";
+	char rwhy[256] = "";
 	time_t retry = 0;
 
 	classify(w->rc->providers, t->method, t->rt.scheme, t->rt.host,
@@ -488,7 +513,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	t->route_kind = d.kind;
 	decide_in_init(&di, &d, t->rt.scheme, t->ri.websocket, w->rc->cfg);
 	if (d.action == ACTION_ASSERT) {
-		id = idstore_get(&st, why, sizeof(why));
+		id = idstore_get(&st, NULL, 0);
 		di.identity = decide_identity_of(id, st);
 	}
 	if (decide_needs_registrar(&di))
@@ -500,13 +525,13 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	else
 		switch (dv.verdict) {
 		case DECIDE_REFUSE:
-			refuse(t, &dv, &d, id, st, why, rwhy, retry);
+			refuse(t, &dv, &d, id, st, rwhy, retry);
 			break;
 		case DECIDE_PARK:
 			transfer_park(t);
 			break;
 		case DECIDE_ASSERT:
-			if (mint(t, id, st, why, &cr) != 0)
+			if (mint(t, id, st, &cr) != 0)
 				break;
 			/* on failure t carries the error answer */
 			if (t->ri.websocket)
@@ -600,7 +625,9 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	}
 	/* Answers known now are queued after the body is read, so that
 	 * MHD keeps the connection alive. */
-	if ((r = route_request(t)) == 0 && check_access(t, &in) == 0)
+	if ((r = route_request(t)) == 1)
+		answer_local(t, &in);
+	else if (r == 0 && check_access(t, &in) == 0)
 		decide_and_start(t, &in);
 	/* A client waiting for 100 Continue gets the refusal instead of an
 	 * invitation to upload a body that would only be dropped. */
@@ -614,29 +641,6 @@ begin(struct transfer *t, struct MHD_Connection *con, const char *version)
 	}
 	hdr_vec_free(&in);
 	return MHD_YES;
-}
-
-/* Takes n bytes of task_registration.replay_budget; false when they do
- * not fit (the request is then not replayable). */
-static bool
-replay_charge(struct transfer *t, size_t n)
-{
-	atomic_llong *used = &t->w->px->replay_bytes;
-	long long was = atomic_fetch_add(used, (long long)n);
-
-	if (was + (long long)n > t->w->rc->cfg->reg_replay_budget) {
-		atomic_fetch_sub(used, (long long)n);
-		return false;
-	}
-	return true;
-}
-
-void
-transfer_replay_drop(struct transfer *t)
-{
-	atomic_fetch_sub(&t->w->px->replay_bytes,
-	    (long long)buf_pending(&t->replay));
-	buf_free(&t->replay);
 }
 
 static enum MHD_Result
@@ -675,7 +679,7 @@ body_chunk(struct transfer *t, const char *data, size_t *size)
 		/* kept for one replay after invalid_task_id, within the
 		 * request's limit and the budget all requests share */
 		if ((long long)(buf_pending(&t->replay) + take) > c->reg_replay_max ||
-		    !replay_charge(t, take)) {
+		    !transfer_replay_charge(t, take)) {
 			t->replay_ok = false;
 			transfer_replay_drop(t);
 		} else if (buf_append(&t->replay, data, take) != 0) {
@@ -844,14 +848,21 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	if (t == NULL)
 		return;
 	*con_cls = NULL;
+	if (t->leg == LEG_PARKED)
+		reg_unlink(t);
+	transfer_release_upstream(t);
+	/* "assert" says the credential left the proxy: one that was minted
+	 * but never written to an upstream connection (refused, parked,
+	 * connection or TLS failure) was not sent. */
+	if (t->action == ACTION_ASSERT && !t->req_sent) {
+		t->action = ACTION_REJECT;
+		t->task_fp[0] = '\0';
+	}
 	log_request(t, toe);
 	transfer_audit(t);
 	metrics_request_open(-1);
 	metrics_request(t->mode, t->provider, t->route_kind, t->action,
 	    t->status, t->is_error ? perr_code(t->err) : NULL);
-	if (t->leg == LEG_PARKED)
-		reg_unlink(t);
-	transfer_release_upstream(t);
 	if (t->cl != NULL)
 		t->cl->t = NULL;
 	if (t->in_unpause)

@@ -53,6 +53,7 @@ struct transfer {
 	int			 route_kind;	/* enum route_kind */
 	int			 action;	/* enum action */
 	char			 task_fp[9];	/* "" when no credential */
+	bool			 req_sent;	/* some of it written upstream */
 
 	/* upstream side */
 	CURL			*easy;

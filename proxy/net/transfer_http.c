@@ -26,6 +26,14 @@ transfer_release_upstream(struct transfer *t)
 {
 	ws_release(t);
 	if (t->easy != NULL) {
+		long sent = 0;
+
+		/* Bytes of the request written to the upstream connection,
+		 * counted per write and reset per transfer: 0 after a refused
+		 * connection or a failed TLS handshake. */
+		if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE,
+		    &sent) == CURLE_OK && sent > 0)
+			t->req_sent = true;
 		upstream_detach(t->w->multi, t->easy, &t->owner);
 		worker_easy_put(t->w, t->easy);
 		t->easy = NULL;
@@ -485,4 +493,27 @@ transfer_attach(struct worker *w, char *err, size_t errlen)
 	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0)
 		return -1;
 	return loop_hook_add(&w->loop, &sweep_ops, w, err, errlen);
+}
+
+/* Takes n bytes of task_registration.replay_budget; false when they do
+ * not fit (the request is then not replayable). */
+bool
+transfer_replay_charge(struct transfer *t, size_t n)
+{
+	atomic_llong *used = &t->w->px->replay_bytes;
+	long long was = atomic_fetch_add(used, (long long)n);
+
+	if (was + (long long)n > t->w->rc->cfg->reg_replay_budget) {
+		atomic_fetch_sub(used, (long long)n);
+		return false;
+	}
+	return true;
+}
+
+void
+transfer_replay_drop(struct transfer *t)
+{
+	atomic_fetch_sub(&t->w->px->replay_bytes,
+	    (long long)buf_pending(&t->replay));
+	buf_free(&t->replay);
 }

@@ -26,6 +26,9 @@ void	 transfer_audit(struct transfer *t);
 json_t	*transfer_audit_line(struct transfer *t);
 /* Frees the body kept for a replay and gives its bytes back to the
  * global budget. */
+/* The kept body for a replay, against task_registration.replay_budget:
+ * charge false when n bytes do not fit; drop gives them back. */
+bool	 transfer_replay_charge(struct transfer *t, size_t n);
 void	 transfer_replay_drop(struct transfer *t);
 
 /* transfer_http.c */

@@ -294,6 +294,8 @@ ws_event(struct evsrc *src, uint32_t events)
 			return;
 		}
 		buf_consume(&ws->out, sent);
+		if (sent > 0)
+			t->req_sent = true;	/* with the credential, if any */
 		t->last_io = now_ms();
 		if (buf_pending(&ws->out) == 0) {
 			OPENSSL_cleanse(ws->out.data, ws->out.cap);

@@ -25,9 +25,11 @@ arrives on a plaintext upstream connection.
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -440,7 +442,180 @@ class NearMiss(ConfinementCase):
 
 
 # --------------------------------------------------------------------------
-# 4. Who may ask for credentials
+# 4. The README's matrix, row by row
+# --------------------------------------------------------------------------
+
+README = os.path.join(os.environ.get('SCOPEPROXY_SRCDIR') or
+                      os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'),
+                      'README.md')
+
+
+def readme_matrix():
+    """{id: (audit column, row text)} from README.md's matrix table."""
+    with open(README) as f:
+        text = f.read()
+    body = text.split('<!-- matrix:begin -->', 1)[1].split('<!-- matrix:end -->', 1)[0]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if cells and re.match(r'^M\d+$', cells[0]):
+            rows[cells[0]] = (cells[-1], line)
+    return rows
+
+
+class ReadmeMatrix(ConfinementCase):
+    """Each row of the README's matrix through the real daemon: what the
+    upstream saw (TLS or not, whose Authorization) and the audit action
+    the row promises.  A row without a check here, or a check without a
+    row, fails."""
+
+    def setUp(self):
+        super().setUp()
+        self.rows = readme_matrix()
+
+    def expect_audit(self, d, row, n):
+        want = 'assert' if self.rows[row][0].startswith('`assert`') else \
+            self.rows[row][0].strip('`')
+        def requests():     # a CONNECT has a line of its own
+            return [x for x in self.audit() if x['mode'] != 'connect']
+        deadline = time.time() + 3      # written once the request completes
+        while len(requests()) < n and time.time() < deadline:
+            time.sleep(0.05)
+        lines = requests()
+        self.assertEqual(len(lines), n, row)
+        for x in lines:
+            self.assertEqual(x['action'], want, '%s: %r' % (row, x))
+            self.assertEqual(x['task'], fingerprint(TASK) if want == 'assert' else None, x)
+
+    def assertClientKey(self, req, ctx, tls=False):
+        self.assertIsNotNone(req, 'upstream never saw ' + ctx)
+        self.assertEqual(req.tls, tls, ctx)
+        self.assertEqual(req.header_all('Authorization'), ['Bearer ' + SECRET], ctx)
+
+    def row_M1(self, d):
+        import test_connect as tc
+        for target, host in (('https://api.openai.com/v1/responses', 'api.openai.com'),
+                             ('https://chatgpt.com/backend-api/codex/responses/compact', 'chatgpt.com')):
+            self.assertEqual(request(d.port, raw('POST', target, host, body=b'{}')).status, 200)
+            self.assertOverTLS(self.got('POST ' + target), host, target)
+        r = request(d.port, raw('POST', '/v1/responses/compact', '127.0.0.1', body=b'{}'))
+        self.assertEqual(r.status, 200, r)
+        self.assertOverTLS(self.got('POST /v1/responses/compact'), 'api.openai.com', 'gateway')
+        c, resp = tc.open_tunnel(d.port, 'api.openai.com:443')
+        with c:
+            self.assertEqual(resp.status, 200, resp)
+            tc.start_tls(c, tc.client_ctx(os.path.join(self.work, 'ca', 'ca.crt')), 'api.openai.com')
+            c.send(raw('POST', '/v1/responses', 'api.openai.com', extra='X-I: icpt\r\n', body=b'{}'))
+            self.assertEqual(c.read_response().status, 200)
+        self.assertOverTLS(self.up.wait_request(lambda q: q.header('X-I') == 'icpt', timeout=3),
+                           'api.openai.com', 'intercept')
+        return 4
+
+    def row_M2(self, d):
+        for target, host in (('http://api.openai.com:80/v1/responses', 'api.openai.com'),
+                             ('http://chatgpt.com/backend-api/codex/responses/compact', 'chatgpt.com')):
+            self.assertEqual(request(d.port, raw('POST', target, host, body=b'{}')).status, 200)
+            self.assertOverTLS(self.got('POST ' + target), host, target)
+        r = request(d.port, raw('POST', '/plain/responses', '127.0.0.1', body=b'{}'))
+        self.assertEqual(r.status, 200, r)
+        self.assertOverTLS(self.got('POST /plain/responses'), 'api.openai.com', 'http gateway base')
+        return 3
+
+    def row_M3(self, d):
+        d = self.daemon('--plaintext-credentials', 'refuse', '--ca-dir', os.path.join(self.work, 'ca'))
+        target = 'http://api.openai.com/v1/responses'
+        self.assertProxyError(request(d.port, raw('POST', target, 'api.openai.com', body=b'{}')),
+                              403, 'tls_required', d)
+        self.assertNothingFor('POST ' + target)
+        return 1
+
+    def row_M4(self, d):
+        for target, host in (('https://api.openai.com/v1/responses', 'api.openai.com'),
+                             ('http://chatgpt.com/backend-api/codex/responses', 'chatgpt.com')):
+            r = request(d.port, raw('GET', target, host, extra=WS_HEADERS))
+            self.assertEqual(r.status, 200, r)
+            req = self.got('GET ' + target)
+            self.assertOverTLS(req, host, 'WebSocket ' + target)
+            self.assertEqual(req.header('Upgrade'), 'websocket')
+        return 2
+
+    def row_M5(self, d):
+        for m, target, host in (('POST', 'https://api.openai.com/v1/responses', 'api.openai.com'),
+                                ('post', 'http://api.openai.com/v1/responses', 'api.openai.com'),
+                                ('PUT', '/backend-api/codex/responses', '127.0.0.1'),
+                                ('POST', 'http://api.anthropic.com/v1/messages', 'api.anthropic.com')):
+            r = request(d.port, raw(m, target, host, extra=WS_HEADERS))
+            self.assertProxyError(r, 400, 'bad_request', d)
+            self.assertNothingFor('%s %s' % (m, target))
+        return 4
+
+    def row_M6(self, d):
+        n = 0
+        for name, doc in (('notask', auth_doc(identity_record(SPEC_V2_B64, RUNTIME))),
+                          ('badkey', auth_doc(identity_record(SPEC_V2_B64[:40], RUNTIME, task_id=TASK))),
+                          ('absent', None)):
+            auth = os.path.join(self.work, name + '.json')
+            if doc is not None:
+                write_auth(auth, doc)
+            d = self.daemon(auth=auth)
+            for m, target, host, extra in (
+                    ('POST', 'https://api.openai.com/v1/responses', 'api.openai.com', ''),
+                    ('POST', 'http://chatgpt.com/backend-api/codex/responses/compact', 'chatgpt.com', ''),
+                    ('GET', 'http://api.openai.com/v1/responses', 'api.openai.com', WS_HEADERS)):
+                r = request(d.port, raw(m, target, host, extra=extra, body=b'{}' if m == 'POST' else b''))
+                self.assertEqual(r.status, 503, '%s %s: %r' % (name, target, r))
+                self.assertNothingFor('%s %s' % (m, target))
+            self.expect_audit(d, 'M6', 3)
+            n += 3
+        return 0
+
+    def row_M7(self, d):
+        for m, target in (('POST', 'https://api.openai.com/v1/responses/'),
+                          ('post', 'http://api.openai.com/v1/responses')):
+            r = request(d.port, raw(m, target, 'api.openai.com', body=b'{}'))
+            self.assertProxyError(r, 400, 'noncanonical_route', d)
+            self.assertNothingFor('%s %s' % (m, target))
+        return 2
+
+    def row_M8(self, d):
+        for m, target, tls in (('GET', 'http://api.openai.com/v1/models', False),
+                               ('GET', 'https://api.openai.com/v1/responses', True),
+                               ('POST', 'http://chatgpt.com/backend-api/codex/other', False)):
+            r = request(d.port, raw(m, target, target.split('/')[2], body=b'{}' if m == 'POST' else b''))
+            self.assertEqual(r.status, 200, r)
+            self.assertClientKey(self.got('%s %s' % (m, target)), target, tls)
+        return 3
+
+    def row_M9(self, d):
+        for m, target in (('POST', 'http://api.anthropic.com/v1/messages'),
+                          ('POST', 'http://api.anthropic.com/v1/responses')):
+            r = request(d.port, raw(m, target, 'api.anthropic.com', body=b'{}'))
+            self.assertEqual(r.status, 200, r)
+            self.assertClientKey(self.got('%s %s' % (m, target)), target)
+        return 2
+
+    def test_every_row(self):
+        checks = sorted(n[4:] for n in dir(self) if re.match(r'^row_M\d+$', n))
+        self.assertEqual(sorted(self.rows), checks, 'README rows and checks must match')
+        for row in sorted(self.rows, key=lambda r: int(r[1:])):
+            with self.subTest(row=row):
+                self.up.requests.clear()
+                d = self.daemon('--ca-dir', os.path.join(self.work, 'ca'),
+                                '--gateway', '/plain/=http://api.openai.com/v1/')
+                n = getattr(self, 'row_' + row)(d)
+                if n:
+                    self.expect_audit(d, row, n)
+                self.assertFalse([q for q in self.up.requests if q.header('Authorization') and
+                                  q.header('Authorization').startswith('AgentAssertion')
+                                  and not q.tls], 'an assertion on plaintext')
+                self.assertFalse([q for q in self.up.requests if q.tls and
+                                  q.header('Authorization') == 'Bearer ' + SECRET and
+                                  q.target.split('?')[0].endswith(('/responses', '/responses/compact'))
+                                  and q.method == 'POST'], 'the client key on a credentialed route')
+
+
+# --------------------------------------------------------------------------
+# 5. Who may ask for credentials
 # --------------------------------------------------------------------------
 
 class RemoteListen(ConfinementCase):

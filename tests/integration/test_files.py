@@ -158,6 +158,11 @@ class PlantedLinks(FilesCase):
         self.assertEqual(rc, 1, err)
         self.assertIn(audit, err)
         self.assertIn('regular file', err)
+        # a device opens without blocking: only the fstat check refuses it
+        rc, err = self.start_fails('--audit-log', '/dev/null')
+        self.assertEqual(rc, 1, err)
+        self.assertIn('/dev/null', err)
+        self.assertIn('regular file', err)
 
 
 class Ownership(FilesCase):

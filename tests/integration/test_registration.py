@@ -870,7 +870,10 @@ class Failure(RegCase):
         return err
 
     def test_non_json(self):
-        self.run_bad_answer(answer_raw(200, b'<html><body>Welcome to the portal</body></html>'), 'json')
+        # general terms for the agent: the answer's text is in the log only
+        err = self.run_bad_answer(answer_raw(200, b'<html><body>Welcome to the portal</body></html>'),
+                                  'no usable run task')
+        self.assertNotIn('portal', err['message'])
 
     def test_missing_id(self):
         self.run_bad_answer(answer_json(200, {'status': 'ok', 'id': 'not-a-task-field'}), None)

@@ -52,7 +52,7 @@ START_TEST(vector_through_credential_step)
 	enum perr e;
 
 	ck_assert_int_eq(st, IDENTITY_OK);
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, buf, sizeof(buf),
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, buf, sizeof(buf),
 	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_str_eq(buf, V_HEADER);
 	ck_assert_str_eq(cr.task_fp, "ba5745f2");
@@ -82,7 +82,7 @@ START_TEST(no_companions_without_account)
 	char buf[CREDENTIAL_BUFSIZE], msg[256];
 	enum perr e;
 
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, buf, sizeof(buf),
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, buf, sizeof(buf),
 	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_uint_eq(cr.edits.nset, 1);
 	ck_assert_uint_eq(cr.edits.nremove, 3);
@@ -99,23 +99,24 @@ START_TEST(fails_closed_per_state)
 	enum perr e;
 
 	ck_assert_int_eq(st, IDENTITY_NO_TASK);
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, buf, sizeof(buf),
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, buf, sizeof(buf),
 	    NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_TASK_MISSING);
 	ck_assert_str_eq(msg, "agent identity run task is not initialized");
 	ck_assert_int_eq(perr_status(e), 503);
 	identity_unref(id);
 
-	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_MISSING,
-	    "/x/auth.json: no such file", V_TIME, buf, sizeof(buf), NULL, &cr, &e, msg,
-	    sizeof(msg)), -1);
+	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_MISSING, V_TIME, buf,
+	    sizeof(buf), NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_IDENTITY_MISSING);
-	ck_assert_ptr_nonnull(strstr(msg, "/x/auth.json"));
-	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_INVALID, "bad", V_TIME,
+	ck_assert_str_eq(msg, credential_status_msg(IDENTITY_MISSING));
+	ck_assert_ptr_null(strstr(msg, ".json"));	/* no path: general terms */
+	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_INVALID, V_TIME,
 	    buf, sizeof(buf), NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_IDENTITY_INVALID);
+	ck_assert_str_eq(msg, credential_status_msg(IDENTITY_INVALID));
 	/* OK status but no identity is not a licence to forward */
-	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_OK, NULL, V_TIME, buf,
+	ck_assert_int_eq(credential_prepare(NULL, IDENTITY_OK, V_TIME, buf,
 	    sizeof(buf), NULL, &cr, &e, msg, sizeof(msg)), -1);
 	ck_assert_int_eq(e, PERR_AGENT_IDENTITY_MISSING);
 }
@@ -129,13 +130,13 @@ START_TEST(fresh_assertion_each_second)
 	char a[CREDENTIAL_BUFSIZE], b[CREDENTIAL_BUFSIZE], msg[256];
 	enum perr e;
 
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, sizeof(a),
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, a, sizeof(a),
 	    NULL, &cr, &e, msg, sizeof(msg)), 0);
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME + 1, b, sizeof(b),
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME + 1, b, sizeof(b),
 	    NULL, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_str_ne(a, b);
 	/* a buffer too small is refused rather than truncated */
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, 64, NULL, &cr, &e,
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, a, 64, NULL, &cr, &e,
 	    msg, sizeof(msg)), -1);
 	identity_unref(id);
 }
@@ -154,19 +155,19 @@ START_TEST(cache_within_one_second_only)
 
 	c.val = cval;
 	cval[0] = '\0';
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, a, sizeof(a), &c,
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, a, sizeof(a), &c,
 	    &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_str_eq(a, V_HEADER);
 	ck_assert_int_eq(c.hit, 0);
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME, b, sizeof(b), &c,
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME, b, sizeof(b), &c,
 	    &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_int_eq(c.hit, 1);
 	ck_assert_str_eq(b, V_HEADER);	/* the same bytes minting would give */
-	ck_assert_int_eq(credential_prepare(id, st, NULL, V_TIME + 1, b, sizeof(b),
+	ck_assert_int_eq(credential_prepare(id, st, V_TIME + 1, b, sizeof(b),
 	    &c, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_int_eq(c.hit, 0);
 	ck_assert_str_ne(a, b);
-	ck_assert_int_eq(credential_prepare(other, st, NULL, V_TIME + 1, a,
+	ck_assert_int_eq(credential_prepare(other, st, V_TIME + 1, a,
 	    sizeof(a), &c, &cr, &e, msg, sizeof(msg)), 0);
 	ck_assert_int_eq(c.hit, 0);
 	ck_assert_str_ne(a, b);
