@@ -17,7 +17,8 @@
 
 #include "cred/ca.h"
 #include "core/config.h"
-#include "cred/idstore.h"
+#include "cred/signer.h"
+#include "cred/sigclient.h"
 #include "core/log.h"
 #include "net/accept.h"
 #include "net/metrics.h"
@@ -88,14 +89,6 @@ raise_fd_limit(void)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-}
-
-static void
-idstore_logger(const char *level, const char *msg)
-{
-	int l = log_level_parse(level);
-
-	log_msg(l < 0 ? LL_WARN : l, "%s", msg);
 }
 
 /* Settings read once at start; a reload that changes them says so. */
@@ -236,11 +229,11 @@ static void
 kick_registration(void)
 {
 	enum identity_status st;
-	struct identity *id = idstore_get(&st, NULL, 0);
+	struct idview *id = sigclient_get(&st, NULL, 0);
 	char why[8];
 	time_t retry;
 
-	identity_unref(id);
+	idview_unref(id);
 	if (st == IDENTITY_NO_TASK)
 		(void)registrar_need_task(why, sizeof(why), &retry);
 }
@@ -257,6 +250,7 @@ struct daemon {
 	pthread_mutex_t		 pin_lock;
 	struct runconf		*reg_pin[2];	/* see current_settings */
 	struct memtrim		 trim;
+	struct signer_proc	 signer;
 };
 
 /* The registrar's view of the settings (registrar thread). It uses what
@@ -345,11 +339,6 @@ daemon_open(struct daemon *d)
 	else if (d->px.ca != NULL)
 		log_json(LL_INFO, "interception CA reused", json_pack("{s:s}",
 		    "certificate", ca_cert_path(d->px.ca)));
-	idstore_log = idstore_logger;
-	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
-		log_msg(LL_ERROR, "cannot watch the auth file %s", c->auth_file);
-		return -1;
-	}
 	for (r = 0; r < c->nresolve; r++) {
 		struct curl_slist *sl = curl_slist_append(d->px.connect_to,
 		    c->resolve[r]);
@@ -452,14 +441,22 @@ daemon_signals(struct daemon *d)
 
 	for (;;) {
 		struct pollfd pf[2] = { { .fd = d->sfd, .events = POLLIN },
-		    { .fd = idstore_watch_fd(), .events = POLLIN } };
+		    { .fd = sigclient_event_fd(), .events = POLLIN } };
 
 		int wait = memtrim_tick(&d->trim, &d->px.conns, now_ms());
 
-		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, wait) < 0 && errno != EINTR)
+		if (poll(pf, 2, wait) < 0 && errno != EINTR)
 			return 1;
-		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN)) {
-			idstore_handle_watch();
+		if (pf[1].revents != 0) {
+			if (sigclient_handle_event() != 0) {
+				/* Fail closed: nothing more is minted; what is
+				 * in flight finishes, then the proxy exits. */
+				log_msg(LL_ERROR, "the signer process exited; "
+				    "stopping");
+				if (!atomic_load(&d->px.draining))
+					daemon_drain(d);
+				return 1;
+			}
 			metrics_identity_reload();
 			kick_registration();
 		}
@@ -476,7 +473,9 @@ daemon_signals(struct daemon *d)
 			continue;
 		if (si.ssi_signo == SIGHUP) {
 			reload(&d->px, d->ws, d->n);
-			idstore_reload();
+			/* the signer re-reads the auth file and pushes what
+			 * changed */
+			(void)sigclient_reload();
 			metrics_identity_reload();
 			kick_registration();
 			continue;
@@ -510,8 +509,10 @@ daemon_teardown(struct daemon *d)
 	}
 	metrics_set_gauges(NULL, NULL);
 	free(d->ws);
-	idstore_shutdown();
 	tunnel_tls_free(&d->px);
+	/* the signer sees its descriptors close and exits */
+	sigclient_shutdown();
+	signer_reap(&d->signer);
 	for (i = 0; i < 2; i++)
 		runconf_unref(d->reg_pin[i]);
 	proxy_runconf_set(&d->px, NULL);
@@ -555,8 +556,20 @@ run(struct config *c)
 	metrics_set_gauges(daemon_gauges, &d.px);
 	if (secmem_harden_process(err, sizeof(err)) != 0)
 		log_msg(LL_WARN, "%s", err);
+	/* The keys are read only in the signer, forked before anything is
+	 * read from the network. */
+	if (signer_spawn(c, &d.signer, err, sizeof(err)) != 0) {
+		log_msg(LL_ERROR, "%s", err);
+		goto out;
+	}
+	if (sigclient_init(d.signer.req_fd, d.signer.ev_fd, err,
+	    sizeof(err)) != 0) {
+		log_msg(LL_ERROR, "%s", err);
+		goto out;
+	}
 	if (daemon_open(&d) == 0 && daemon_start(&d) == 0)
 		rc = daemon_signals(&d);
+out:
 	daemon_teardown(&d);
 	return rc;
 }
