@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
+#include <sys/prctl.h>
 
 #include "cred/ca.h"
 #include "core/config.h"
@@ -313,6 +316,47 @@ open_signals(char *err, size_t errlen)
 	return fd;
 }
 
+/* Started as root, the network process serves as c->user: it cannot
+ * open the auth file or the CA key, and cannot regain root. Before any
+ * thread exists (setuid applies to this one only). */
+static int
+drop_privileges(const struct config *c, char *err, size_t errlen)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0 || c->user == NULL)
+		goto out;
+	if ((pw = getpwnam(c->user)) == NULL) {
+		snprintf(err, errlen, "user: no such user '%.64s'", c->user);
+		return -1;
+	}
+	if (pw->pw_uid == 0) {
+		snprintf(err, errlen, "user: '%.64s' is root; name an "
+		    "unprivileged user (e.g. nobody)", c->user);
+		return -1;
+	}
+	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+	    setuid(pw->pw_uid) != 0) {
+		snprintf(err, errlen, "user: cannot become '%.64s': %s", c->user,
+		    strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		snprintf(err, errlen, "user: root could be regained");
+		return -1;
+	}
+	log_json(LL_INFO, "serving as an unprivileged user", json_pack(
+	    "{s:s, s:i}", "user", c->user, "uid", (int)pw->pw_uid));
+out:
+	/* setuid resets the dumpable flag; exec can never add privileges */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+	    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+		snprintf(err, errlen, "prctl: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 /* Start-up before any thread: settings, files, TLS, the listener.
  * Logs why it fails. */
 static int
@@ -351,6 +395,8 @@ daemon_open(struct daemon *d)
 		goto fail;
 	raise_fd_limit();
 	if ((d->px.listen_fd = open_listener(c, &d->port, err, sizeof(err))) < 0)
+		goto fail;
+	if (drop_privileges(c, err, sizeof(err)) != 0)
 		goto fail;
 	return 0;
 fail:
