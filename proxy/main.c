@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <malloc.h>
+#include <openssl/crypto.h>
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
@@ -578,6 +580,53 @@ daemon_teardown(struct daemon *d)
 	curl_slist_free_all(d->px.connect_to);
 }
 
+/* libcurl copies the request head, the assertion in it, into buffers of
+ * its own: every block it lets go is wiped first. */
+static void
+wiped_free(void *p)
+{
+	if (p != NULL)
+		OPENSSL_cleanse(p, malloc_usable_size(p));
+	free(p);
+}
+
+static void *
+wiped_malloc(size_t n)
+{
+	return malloc(n);
+}
+
+static void *
+wiped_calloc(size_t n, size_t size)
+{
+	return calloc(n, size);
+}
+
+static void *
+wiped_realloc(void *p, size_t n)
+{
+	size_t old = p != NULL ? malloc_usable_size(p) : 0;
+	void *q;
+
+	if (p == NULL)
+		return malloc(n);
+	if (n == 0) {
+		wiped_free(p);
+		return NULL;
+	}
+	if ((q = malloc(n)) == NULL)
+		return NULL;
+	memcpy(q, p, old < n ? old : n);
+	wiped_free(p);
+	return q;
+}
+
+static char *
+wiped_strdup(const char *s)
+{
+	return strdup(s);
+}
+
 static int
 run(struct config *c)
 {
@@ -671,7 +720,8 @@ main(int argc, char **argv)
 		rc = cli_ca(&cfg, &cl);
 	else if (sub == 4)
 		rc = doctor_run(&cfg, cl.network != 0);
-	else if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+	else if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiped_malloc,
+	    wiped_free, wiped_realloc, wiped_strdup, wiped_calloc) != CURLE_OK) {
 		fprintf(stderr, "scopeproxy: libcurl initialisation failed\n");
 		rc = 1;
 	} else {

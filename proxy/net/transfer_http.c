@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <time.h>
 
 #include "core/config.h"
 #include "core/log.h"
@@ -284,6 +285,8 @@ build_curl_headers(const struct hdr_vec *out, const struct req_info *ri)
 		} else if (asprintf(&line, "%s: %s", h->name, h->value) < 0)
 			goto fail;
 		n = curl_slist_append(sl, line);
+		/* it may carry the assertion: no copy left in freed heap */
+		OPENSSL_cleanse(line, strlen(line));
 		free(line);
 		if (n == NULL)
 			goto fail;
@@ -370,6 +373,29 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 	}
 	t->leg = LEG_SENDING;	/* curl connects first */
 	return 0;
+}
+
+/* An assertion past its second is never reused: no copy is kept. */
+static bool
+cache_tick(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	(void)now;
+	if (w->acache.ts == 0 || w->acache.ts == time(NULL))
+		return false;
+	OPENSSL_cleanse(w->acache.val, CREDENTIAL_BUFSIZE);
+	w->acache.ts = 0;
+	return true;
+}
+
+static long long
+cache_timeout(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	(void)now;
+	return w->acache.ts != 0 ? 250 : -1;
 }
 
 /* Ends upstream legs silent for longer than timeouts.upstream_idle. */
@@ -484,13 +510,19 @@ static const struct loop_ops sweep_ops = {
 	.busy = transfers_busy,
 };
 
+static const struct loop_ops cache_ops = {
+	.tick = cache_tick,
+	.timeout = cache_timeout,
+};
+
 int
 transfer_attach(struct worker *w, char *err, size_t errlen)
 {
 	LIST_INIT(&w->unpause);
 	LIST_INIT(&w->reg_waiters);
 	LIST_INIT(&w->live);
-	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0)
+	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0 ||
+	    loop_hook_add(&w->loop, &cache_ops, w, err, errlen) != 0)
 		return -1;
 	return loop_hook_add(&w->loop, &sweep_ops, w, err, errlen);
 }

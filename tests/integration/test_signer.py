@@ -26,7 +26,7 @@ import unittest
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Daemon, HTTPClient, ProxyTestCase, main, request, tls_material  # noqa: E402
+from harness import Daemon, Fixed, HTTPClient, ProxyTestCase, main, request, tls_material  # noqa: E402
 from agentid import auth_doc, identity_record, key_of, write_auth  # noqa: E402
 
 SEED = hashlib.sha256(b'scopeproxy signer test seed').digest()
@@ -85,6 +85,28 @@ def scan(pid, needles):
     return found
 
 
+LINGER = []
+
+
+def count(pid, needles):
+    """How often each of `needles` occurs in the readable memory of pid."""
+    found = dict.fromkeys(needles, 0)
+    with open('/proc/%d/maps' % pid) as maps, open('/proc/%d/mem' % pid, 'rb', 0) as mem:
+        for line in maps:
+            parts = line.split()
+            if 'r' not in parts[1] or (len(parts) > 5 and parts[5] in ('[vvar]', '[vsyscall]')):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split('-'))
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, OverflowError, ValueError):
+                continue
+            for n in needles:
+                found[n] += data.count(n)
+    return found
+
+
 def ca_scalar(ca_key):
     text = subprocess.run(['openssl', 'pkey', '-in', ca_key, '-noout', '-text'],
                           check=True, capture_output=True, text=True).stdout
@@ -110,7 +132,10 @@ class SignerCase(ProxyTestCase):
         shutil.copy(tls_material().ca, self.upstream_ca)
         os.chmod(self.upstream_ca, 0o644)
         self.ca_dir = os.path.join(self.work, 'ca')
+        # answers without echoing the request: what the upstream sends back
+        # is not the proxy's copy
         self.up = self.start_upstream(dual=True)
+        self.up.route('/', Fixed(200, body=b'{}'))
 
     def daemon(self, *args):
         d = Daemon('--auth-file', self.auth, '--ca-dir', self.ca_dir,
@@ -182,6 +207,24 @@ class KeysStayInTheSigner(SignerCase):
                                stdin=subprocess.DEVNULL)
             self.assertNotEqual(p.returncode, 0)
             self.assertIn(want, p.stderr)
+
+    def test_minted_assertions_do_not_linger_in_the_network_process(self):
+        d = self.daemon('--user', 'nobody', '--threads', '1')
+        seen = []
+        for i in range(8):
+            if i % 2 == 0:
+                time.sleep(1.05)        # a new second: a new assertion
+            resp = self.credentialed(d, tag='h%d' % i)
+            self.assertEqual(resp.status, 200, '%r\n%s' % (resp, d.tail(1500)))
+            got = self.up.wait_request(lambda r, i=i: r.header('X-Req') == 'h%d' % i, timeout=3)
+            seen.append(got.header('Authorization').split(' ', 1)[1].encode())
+        tokens = sorted(set(seen))
+        self.assertGreaterEqual(len(tokens), 4)
+        time.sleep(3)                   # past the seconds they were minted for
+        found = count(d.pid, tokens)
+        LINGER.append(sum(found.values()))
+        self.assertEqual(sum(found.values()), 0,
+                         'assertion copies left in the network process: %r' % found)
 
 
 class FailClosed(SignerCase):
