@@ -389,10 +389,15 @@ sigclient_task(uint64_t gen, bool sealed, const char *task, char *err,
 {
 	struct sigp_msg req = { .type = SIGP_REQ_TASK, .gen = gen,
 	    .flags = sealed ? SIGP_F_SEALED : 0 };
+	int rc;
 
 	req.f[0].p = (const uint8_t *)task;
 	req.f[0].len = strlen(task);
-	return simple(&req, NULL, err, errlen);
+	rc = simple(&req, NULL, err, errlen);
+	/* the view is current before anyone is told the task came: a
+	 * worker must not reuse an assertion cached for the old task */
+	(void)sigclient_sync();
+	return rc;
 }
 
 int
@@ -400,8 +405,11 @@ sigclient_reload(void)
 {
 	struct sigp_msg req = { .type = SIGP_REQ_RELOAD };
 	char err[256];
+	int rc;
 
-	return simple(&req, NULL, err, sizeof(err));
+	rc = simple(&req, NULL, err, sizeof(err));
+	(void)sigclient_sync();
+	return rc;
 }
 
 /* A DER certificate from an OK answer. */
