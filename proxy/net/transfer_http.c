@@ -277,13 +277,20 @@ build_curl_headers(const struct hdr_vec *out, const struct req_info *ri)
 
 	for (i = 0; i < out->n; i++) {
 		const struct hdr *h = &out->v[i];
+		size_t nl = strlen(h->name), vl = strlen(h->value);
 
-		/* "Name;" is curl's way to send an empty value. */
-		if (h->value[0] == '\0') {
-			if (asprintf(&line, "%s;", h->name) < 0)
-				goto fail;
-		} else if (asprintf(&line, "%s: %s", h->name, h->value) < 0)
+		/* Built by hand, not asprintf: no intermediate buffer holding
+		 * the assertion is freed unwiped. "Name;" is curl's way to send
+		 * an empty value. */
+		if ((line = malloc(nl + vl + 3)) == NULL)
 			goto fail;
+		memcpy(line, h->name, nl);
+		if (vl == 0)
+			memcpy(line + nl, ";", 2);
+		else {
+			memcpy(line + nl, ": ", 2);
+			memcpy(line + nl + 2, h->value, vl + 1);
+		}
 		n = curl_slist_append(sl, line);
 		/* it may carry the assertion: no copy left in freed heap */
 		OPENSSL_cleanse(line, strlen(line));

@@ -65,23 +65,39 @@ def gone(pid):
         return True
 
 
-def scan(pid, needles):
-    """Which of `needles` occur in the readable memory of pid."""
-    found = set()
+CHUNK = 16 << 20
+SKIP = 1 << 32      # sanitizer shadow reservations: no data, too big to read
+
+
+def regions(pid):
+    """(bytes) of every readable region of pid, in overlapping chunks."""
     with open('/proc/%d/maps' % pid) as maps, open('/proc/%d/mem' % pid, 'rb', 0) as mem:
         for line in maps:
             parts = line.split()
             if 'r' not in parts[1] or (len(parts) > 5 and parts[5] in ('[vvar]', '[vsyscall]')):
                 continue
             lo, hi = (int(x, 16) for x in parts[0].split('-'))
-            try:
-                mem.seek(lo)
-                data = mem.read(hi - lo)
-            except (OSError, OverflowError, ValueError):
+            if hi - lo > SKIP:
                 continue
-            for n in needles:
-                if n in data:
-                    found.add(n)
+            at = lo
+            while at < hi:
+                end = min(hi, at + CHUNK + 256)
+                try:
+                    mem.seek(at)
+                    data = mem.read(end - at)
+                except (OSError, OverflowError, ValueError):
+                    break
+                yield at, data
+                at += CHUNK
+
+
+def scan(pid, needles):
+    """Which of `needles` occur in the readable memory of pid."""
+    found = set()
+    for _, data in regions(pid):
+        for n in needles:
+            if n in data:
+                found.add(n)
     return found
 
 
@@ -89,22 +105,15 @@ LINGER = []
 
 
 def count(pid, needles):
-    """How often each of `needles` occurs in the readable memory of pid."""
-    found = dict.fromkeys(needles, 0)
-    with open('/proc/%d/maps' % pid) as maps, open('/proc/%d/mem' % pid, 'rb', 0) as mem:
-        for line in maps:
-            parts = line.split()
-            if 'r' not in parts[1] or (len(parts) > 5 and parts[5] in ('[vvar]', '[vsyscall]')):
-                continue
-            lo, hi = (int(x, 16) for x in parts[0].split('-'))
-            try:
-                mem.seek(lo)
-                data = mem.read(hi - lo)
-            except (OSError, OverflowError, ValueError):
-                continue
-            for n in needles:
-                found[n] += data.count(n)
-    return found
+    """Where each of `needles` occurs in the readable memory of pid."""
+    where = {n: set() for n in needles}
+    for at, data in regions(pid):
+        for n in needles:
+            i = data.find(n)
+            while i >= 0:
+                where[n].add(at + i)    # chunks overlap: count an address once
+                i = data.find(n, i + 1)
+    return {n: len(a) for n, a in where.items()}
 
 
 def ca_scalar(ca_key):
