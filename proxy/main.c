@@ -499,8 +499,14 @@ daemon_signals(struct daemon *d)
 			if (sigclient_handle_event() != 0) {
 				/* Fail closed: nothing more is minted; what is
 				 * in flight finishes, then the proxy exits. */
+				struct pollfd sp = { .fd = d->sfd,
+				    .events = POLLIN };
+
 				log_msg(LL_ERROR, "the signer process exited; "
 				    "stopping");
+				/* a moment in which clients get the 503 rather
+				 * than a refused connection (a signal ends it) */
+				(void)poll(&sp, 1, 1000);
 				if (!atomic_load(&d->px.draining))
 					daemon_drain(d);
 				return 1;

@@ -96,8 +96,11 @@ run_once(void)
 	    sizeof(err))) < 0) {
 		/* the sealed id did not open, or the signer is gone */
 		snprintf(res.reason, sizeof(res.reason), "%.150s", err);
+		snprintf(res.brief, sizeof(res.brief), "HTTP %d: no usable "
+		    "run task in the answer", res.status);
 		ok = 0;
-	} else if (!ok)
+	}
+	if (!ok)
 		log_json(LL_WARN, "run task registration failed", json_pack(
 		    "{s:s, s:i, s:i}", "reason", res.reason, "status", res.status,
 		    "attempts", res.attempts));
