@@ -13,11 +13,17 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <malloc.h>
+#include <openssl/crypto.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
+#include <sys/prctl.h>
 
 #include "cred/ca.h"
 #include "core/config.h"
-#include "cred/idstore.h"
+#include "cred/signer.h"
+#include "cred/sigclient.h"
 #include "core/log.h"
 #include "net/accept.h"
 #include "net/metrics.h"
@@ -88,14 +94,6 @@ raise_fd_limit(void)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-}
-
-static void
-idstore_logger(const char *level, const char *msg)
-{
-	int l = log_level_parse(level);
-
-	log_msg(l < 0 ? LL_WARN : l, "%s", msg);
 }
 
 /* Settings read once at start; a reload that changes them says so. */
@@ -236,11 +234,11 @@ static void
 kick_registration(void)
 {
 	enum identity_status st;
-	struct identity *id = idstore_get(&st, NULL, 0);
+	struct idview *id = sigclient_get(&st, NULL, 0);
 	char why[8];
 	time_t retry;
 
-	identity_unref(id);
+	idview_unref(id);
 	if (st == IDENTITY_NO_TASK)
 		(void)registrar_need_task(why, sizeof(why), &retry);
 }
@@ -257,6 +255,7 @@ struct daemon {
 	pthread_mutex_t		 pin_lock;
 	struct runconf		*reg_pin[2];	/* see current_settings */
 	struct memtrim		 trim;
+	struct signer_proc	 signer;
 };
 
 /* The registrar's view of the settings (registrar thread). It uses what
@@ -319,6 +318,47 @@ open_signals(char *err, size_t errlen)
 	return fd;
 }
 
+/* Started as root, the network process serves as c->user: it cannot
+ * open the auth file or the CA key, and cannot regain root. Before any
+ * thread exists (setuid applies to this one only). */
+static int
+drop_privileges(const struct config *c, char *err, size_t errlen)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0 || c->user == NULL)
+		goto out;
+	if ((pw = getpwnam(c->user)) == NULL) {
+		snprintf(err, errlen, "user: no such user '%.64s'", c->user);
+		return -1;
+	}
+	if (pw->pw_uid == 0) {
+		snprintf(err, errlen, "user: '%.64s' is root; name an "
+		    "unprivileged user (e.g. nobody)", c->user);
+		return -1;
+	}
+	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+	    setuid(pw->pw_uid) != 0) {
+		snprintf(err, errlen, "user: cannot become '%.64s': %s", c->user,
+		    strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		snprintf(err, errlen, "user: root could be regained");
+		return -1;
+	}
+	log_json(LL_INFO, "serving as an unprivileged user", json_pack(
+	    "{s:s, s:i}", "user", c->user, "uid", (int)pw->pw_uid));
+out:
+	/* setuid resets the dumpable flag; exec can never add privileges */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+	    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+		snprintf(err, errlen, "prctl: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 /* Start-up before any thread: settings, files, TLS, the listener.
  * Logs why it fails. */
 static int
@@ -345,11 +385,6 @@ daemon_open(struct daemon *d)
 	else if (d->px.ca != NULL)
 		log_json(LL_INFO, "interception CA reused", json_pack("{s:s}",
 		    "certificate", ca_cert_path(d->px.ca)));
-	idstore_log = idstore_logger;
-	if (idstore_init(c->auth_file, c->allow_insecure_auth_file) != 0) {
-		log_msg(LL_ERROR, "cannot watch the auth file %s", c->auth_file);
-		return -1;
-	}
 	for (r = 0; r < c->nresolve; r++) {
 		struct curl_slist *sl = curl_slist_append(d->px.connect_to,
 		    c->resolve[r]);
@@ -362,6 +397,8 @@ daemon_open(struct daemon *d)
 		goto fail;
 	raise_fd_limit();
 	if ((d->px.listen_fd = open_listener(c, &d->port, err, sizeof(err))) < 0)
+		goto fail;
+	if (drop_privileges(c, err, sizeof(err)) != 0)
 		goto fail;
 	return 0;
 fail:
@@ -452,14 +489,28 @@ daemon_signals(struct daemon *d)
 
 	for (;;) {
 		struct pollfd pf[2] = { { .fd = d->sfd, .events = POLLIN },
-		    { .fd = idstore_watch_fd(), .events = POLLIN } };
+		    { .fd = sigclient_event_fd(), .events = POLLIN } };
 
 		int wait = memtrim_tick(&d->trim, &d->px.conns, now_ms());
 
-		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, wait) < 0 && errno != EINTR)
+		if (poll(pf, 2, wait) < 0 && errno != EINTR)
 			return 1;
-		if (pf[1].fd >= 0 && (pf[1].revents & POLLIN)) {
-			idstore_handle_watch();
+		if (pf[1].revents != 0) {
+			if (sigclient_handle_event() != 0) {
+				/* Fail closed: nothing more is minted; what is
+				 * in flight finishes, then the proxy exits. */
+				struct pollfd sp = { .fd = d->sfd,
+				    .events = POLLIN };
+
+				log_msg(LL_ERROR, "the signer process exited; "
+				    "stopping");
+				/* a moment in which clients get the 503 rather
+				 * than a refused connection (a signal ends it) */
+				(void)poll(&sp, 1, 1000);
+				if (!atomic_load(&d->px.draining))
+					daemon_drain(d);
+				return 1;
+			}
 			metrics_identity_reload();
 			kick_registration();
 		}
@@ -476,7 +527,9 @@ daemon_signals(struct daemon *d)
 			continue;
 		if (si.ssi_signo == SIGHUP) {
 			reload(&d->px, d->ws, d->n);
-			idstore_reload();
+			/* the signer re-reads the auth file and pushes what
+			 * changed */
+			(void)sigclient_reload();
 			metrics_identity_reload();
 			kick_registration();
 			continue;
@@ -510,8 +563,10 @@ daemon_teardown(struct daemon *d)
 	}
 	metrics_set_gauges(NULL, NULL);
 	free(d->ws);
-	idstore_shutdown();
 	tunnel_tls_free(&d->px);
+	/* the signer sees its descriptors close and exits */
+	sigclient_shutdown();
+	signer_reap(&d->signer);
 	for (i = 0; i < 2; i++)
 		runconf_unref(d->reg_pin[i]);
 	proxy_runconf_set(&d->px, NULL);
@@ -529,6 +584,53 @@ daemon_teardown(struct daemon *d)
 	if (d->sfd >= 0)
 		close(d->sfd);
 	curl_slist_free_all(d->px.connect_to);
+}
+
+/* libcurl copies the request head, the assertion in it, into buffers of
+ * its own: every block it lets go is wiped first. */
+static void
+wiped_free(void *p)
+{
+	if (p != NULL)
+		OPENSSL_cleanse(p, malloc_usable_size(p));
+	free(p);
+}
+
+static void *
+wiped_malloc(size_t n)
+{
+	return malloc(n);
+}
+
+static void *
+wiped_calloc(size_t n, size_t size)
+{
+	return calloc(n, size);
+}
+
+static void *
+wiped_realloc(void *p, size_t n)
+{
+	size_t old = p != NULL ? malloc_usable_size(p) : 0;
+	void *q;
+
+	if (p == NULL)
+		return malloc(n);
+	if (n == 0) {
+		wiped_free(p);
+		return NULL;
+	}
+	if ((q = malloc(n)) == NULL)
+		return NULL;
+	memcpy(q, p, old < n ? old : n);
+	wiped_free(p);
+	return q;
+}
+
+static char *
+wiped_strdup(const char *s)
+{
+	return strdup(s);
 }
 
 static int
@@ -555,8 +657,20 @@ run(struct config *c)
 	metrics_set_gauges(daemon_gauges, &d.px);
 	if (secmem_harden_process(err, sizeof(err)) != 0)
 		log_msg(LL_WARN, "%s", err);
+	/* The keys are read only in the signer, forked before anything is
+	 * read from the network. */
+	if (signer_spawn(c, &d.signer, err, sizeof(err)) != 0) {
+		log_msg(LL_ERROR, "%s", err);
+		goto out;
+	}
+	if (sigclient_init(d.signer.req_fd, d.signer.ev_fd, err,
+	    sizeof(err)) != 0) {
+		log_msg(LL_ERROR, "%s", err);
+		goto out;
+	}
 	if (daemon_open(&d) == 0 && daemon_start(&d) == 0)
 		rc = daemon_signals(&d);
+out:
 	daemon_teardown(&d);
 	return rc;
 }
@@ -612,7 +726,8 @@ main(int argc, char **argv)
 		rc = cli_ca(&cfg, &cl);
 	else if (sub == 4)
 		rc = doctor_run(&cfg, cl.network != 0);
-	else if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+	else if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiped_malloc,
+	    wiped_free, wiped_realloc, wiped_strdup, wiped_calloc) != CURLE_OK) {
 		fprintf(stderr, "scopeproxy: libcurl initialisation failed\n");
 		rc = 1;
 	} else {

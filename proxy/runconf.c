@@ -90,6 +90,8 @@ static const char usage_text[] =
 "      --log-file FILE          append the log to FILE instead of stderr (reopened\n"
 "                               on SIGHUP and SIGUSR1, for rotation)\n"
 "      --pid-file FILE          write the process id to FILE (removed at exit)\n"
+"      --user NAME              started as root, serve as NAME; the keys stay\n"
+"                               with a signer process that keeps root\n"
 "      --drain-timeout SECS     on SIGTERM, let requests finish for up to SECS (default 30)\n"
 "      --threads N              event-loop threads (default: one per core)\n"
 "      --max-body-size BYTES    largest request body (default 0 = unlimited)\n"
@@ -141,7 +143,7 @@ enum {
 	OPT_TOTAL_TIMEOUT, OPT_ALLOW_REMOTE, OPT_ALLOW_UNAUTH, OPT_AUTH_FILE, OPT_ALLOW_INSECURE,
 	OPT_AUDIT_LOG, OPT_HEADER, OPT_NETWORK, OPT_CA_DIR, OPT_NO_INTERCEPT,
 	OPT_TUNNEL_IDLE_TIMEOUT, OPT_WEBSOCKET, OPT_PLAINTEXT, OPT_PID_FILE, OPT_DRAIN_TIMEOUT,
-	OPT_TLS_HANDSHAKE_TIMEOUT,
+	OPT_TLS_HANDSHAKE_TIMEOUT, OPT_USER,
 };
 
 static const struct option long_opts[] = {
@@ -178,6 +180,7 @@ static const struct option long_opts[] = {
 	{ "websocket", required_argument, NULL, OPT_WEBSOCKET },
 	{ "plaintext-credentials", required_argument, NULL, OPT_PLAINTEXT },
 	{ "pid-file", required_argument, NULL, OPT_PID_FILE },
+	{ "user", required_argument, NULL, OPT_USER },
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -227,6 +230,7 @@ static const struct flag_def {
 	{ OPT_PLAINTEXT, "--plaintext-credentials", FT_STRING,
 	    "plaintext_credentials", NULL, NULL, 0, 0 },
 	{ OPT_PID_FILE, "--pid-file", FT_STRING, "pid_file", NULL, NULL, 0, 0 },
+	{ OPT_USER, "--user", FT_STRING, "user", NULL, NULL, 0, 0 },
 	{ OPT_AUDIT_LOG, "--audit-log", FT_STRING, "audit_log", NULL, NULL, 0, 0 },
 	{ OPT_SERVER_INFO, "--server-info", FT_STRING, "server_info", NULL, NULL,
 	    0, 0 },

@@ -82,6 +82,7 @@ static const struct keyspec top_keys[] = {
 	{ "threads", K_INT, OFF(threads), 0, 256, NULL, NULL },
 	{ "server_info", K_STR, OFF(server_info), 0, 0, NULL, NULL },
 	{ "pid_file", K_STR, OFF(pid_file), 0, 0, NULL, NULL },
+	{ "user", K_STR, OFF(user), 0, 0, NULL, NULL },
 	{ "log_level", K_FN, 0, 0, 0, NULL, key_log_level },
 	{ "log_format", K_FN, 0, 0, 0, NULL, key_log_format },
 	{ "log_file", K_STR, OFF(log_file), 0, 0, NULL, NULL },
@@ -826,6 +827,7 @@ config_free(struct config *c)
 	json_decref(c->providers);
 	free(c->ca_dir);
 	free(c->pid_file);
+	free(c->user);
 	free(c->reg_base_url);
 	free(c->log_file);
 	free_strv(&c->reg_codes, &c->nreg_codes);

@@ -65,6 +65,7 @@ struct config {
 	double		 tls_handshake_timeout;	/* intercepted TLS; 0: none */
 	double		 drain_timeout;
 	char		*pid_file;
+	char		*user;		/* network process, when root */
 	char		*proxy_auth_basic;	/* "user:pass", secret */
 	char		*proxy_auth_bearer;	/* token, secret */
 	char		**allowed_hosts;	/* patterns; NULL: any */

@@ -103,6 +103,7 @@ config_to_json(const struct config *c)
 	json_object_set_new(json_object_get(root, "timeouts"), "drain",
 	    json_real(c->drain_timeout));
 	json_object_set_new(root, "pid_file", str_or_null(c->pid_file));
+	json_object_set_new(root, "user", str_or_null(c->user));
 	json_object_set_new(root, "intercept", json_boolean(c->intercept));
 	json_object_set_new(root, "ca_dir", str_or_null(c->ca_dir));
 	json_object_set_new(root, "connect_ports", ports);

@@ -32,6 +32,7 @@ static const struct {
 	[PERR_SHUTTING_DOWN] = { 503, "shutting_down", "proxy_error" },
 	[PERR_REQUEST_TIMEOUT] = { 408, "request_timeout", "invalid_request_error" },
 	[PERR_INTERNAL] = { 500, "internal_error", "proxy_error" },
+	[PERR_SIGNER_UNAVAILABLE] = { 503, "signer_unavailable", "proxy_error" },
 };
 
 int

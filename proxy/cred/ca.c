@@ -33,6 +33,8 @@ struct ca {
 	EVP_PKEY	*key;
 	X509		*cert;
 	EVP_PKEY	*leaf_key;	/* one key for every leaf: cheap */
+	ca_issue_fn	 issue;		/* key == NULL: who signs leaves */
+	void		*issue_arg;
 	pthread_mutex_t	 lock;
 	TAILQ_HEAD(leaf_lru, leaf) lru;
 	size_t		 nleaves;
@@ -336,6 +338,33 @@ ca_created(const struct ca *ca)
 	return ca->created;
 }
 
+int
+ca_open_remote(X509 *cert, const char *cert_path, bool created,
+    ca_issue_fn issue, void *arg, struct ca **out, char *err, size_t errlen)
+{
+	struct ca *ca;
+
+	if ((ca = calloc(1, sizeof(*ca))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	pthread_mutex_init(&ca->lock, NULL);
+	TAILQ_INIT(&ca->lru);
+	ca->issue = issue;
+	ca->issue_arg = arg;
+	ca->created = created;
+	if ((ca->cert_path = strdup(cert_path)) == NULL ||
+	    (ca->leaf_key = new_p256()) == NULL) {
+		snprintf(err, errlen, "cannot generate the leaf key");
+		ca_free(ca);
+		return -1;
+	}
+	X509_up_ref(cert);
+	ca->cert = cert;
+	*out = ca;
+	return 0;
+}
+
 X509 *
 ca_cert(const struct ca *ca)
 {
@@ -348,8 +377,8 @@ ca_cert_path(const struct ca *ca)
 	return ca->cert_path;
 }
 
-static X509 *
-make_leaf(struct ca *ca, const char *host)
+X509 *
+ca_issue(struct ca *ca, const char *host, EVP_PKEY *pub)
 {
 	X509 *x = X509_new();
 	X509_NAME *n;
@@ -365,7 +394,7 @@ make_leaf(struct ca *ca, const char *host)
 	if (X509_set_version(x, 2) != 1 || set_serial(x) != 0 ||
 	    !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
 	    !X509_gmtime_adj(X509_getm_notAfter(x), CA_LEAF_DAYS * 86400L) ||
-	    X509_set_pubkey(x, ca->leaf_key) != 1 ||
+	    X509_set_pubkey(x, pub) != 1 ||
 	    !X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8,
 	    (const unsigned char *)host, -1, -1, 0) ||
 	    X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) != 1 ||
@@ -422,7 +451,9 @@ ca_leaf(struct ca *ca, const char *host, X509 **cert, EVP_PKEY **key,
 	if (l == NULL) {
 		if ((l = calloc(1, sizeof(*l))) == NULL ||
 		    (l->host = strdup(host)) == NULL ||
-		    (l->cert = make_leaf(ca, host)) == NULL) {
+		    (l->cert = ca->key != NULL ? ca_issue(ca, host,
+		    ca->leaf_key) : ca->issue(ca->issue_arg, host,
+		    ca->leaf_key)) == NULL) {
 			if (l != NULL)
 				leaf_free(l);
 			pthread_mutex_unlock(&ca->lock);

@@ -16,6 +16,9 @@
 
 struct ca;
 
+/* Signs a leaf for host and pub elsewhere (the signer process). */
+typedef X509 *(*ca_issue_fn)(void *arg, const char *host, EVP_PKEY *pub);
+
 /* Loads dir/ca.key and dir/ca.crt, or creates them (key 0600, written
  * atomically and create-only; cert 0644). A key readable by group or
  * others is refused. */
@@ -33,6 +36,16 @@ bool	 ca_created(const struct ca *ca);
 int	 ca_leaf(struct ca *ca, const char *host, X509 **cert, EVP_PKEY **key,
 	    char *err, size_t errlen);
 size_t	 ca_cache_size(struct ca *ca);
+
+/* The network process's CA: the certificate (a new reference is taken)
+ * and the leaf cache, without the private key; issue signs each leaf. */
+int	 ca_open_remote(X509 *cert, const char *cert_path, bool created,
+	    ca_issue_fn issue, void *arg, struct ca **out, char *err,
+	    size_t errlen);
+
+/* A leaf for host carrying pub, signed with the CA key (which ca must
+ * hold); NULL on failure. The signer's half of ca_leaf. */
+X509	*ca_issue(struct ca *ca, const char *host, EVP_PKEY *pub);
 
 
 #endif

@@ -29,6 +29,7 @@ struct credential {
  * reference on id so the pointer cannot be reused by another identity. */
 struct assertion_cache {
 	const struct identity	*id;
+	unsigned long long	 gen;	/* the signer's generation, for views */
 	time_t			 ts;
 	char			*val;	/* CREDENTIAL_BUFSIZE, locked memory */
 	int			 hit;	/* the last prepare used it */

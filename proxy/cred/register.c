@@ -85,13 +85,26 @@ looks_like_json(const char *b, size_t len)
 
 static int
 field_take(const struct identity *id, const json_t *v, const char *name,
-    bool sealed, char **task_out, char *err, size_t errlen)
+    bool sealed, char **task_out, bool *sealed_out, char *err, size_t errlen)
 {
 	const char	*s = json_string_value(v), *why;
 	size_t		 len = json_string_length(v);
 	char		 serr[160];
 
 	/* jansson refuses \u0000 (no JSON_ALLOW_NUL): s has no NUL inside. */
+	if (sealed && id == NULL) {
+		/* opened by whoever holds the key (the signer) */
+		if (len == 0 || len > 8192) {
+			snprintf(err, errlen, ERR_PREFIX "%s: bad length", name);
+			return -1;
+		}
+		if ((*task_out = secmem_strndup(s, len)) == NULL) {
+			snprintf(err, errlen, ERR_PREFIX "out of memory");
+			return -1;
+		}
+		*sealed_out = true;
+		return 0;
+	}
 	if (sealed) {
 		if (sealed_open_task(id, s, task_out, serr, sizeof(serr)) == 0)
 			return 0;
@@ -109,9 +122,9 @@ field_take(const struct identity *id, const json_t *v, const char *name,
 	return 0;
 }
 
-int
-register_parse_response(const struct identity *id, const char *body,
-    size_t len, char **task_out, char *err, size_t errlen)
+static int
+parse_response(const struct identity *id, const char *body, size_t len,
+    char **task_out, bool *sealed_out, char *err, size_t errlen)
 {
 	json_error_t	 jerr;
 	json_t		*root, *v;
@@ -151,7 +164,7 @@ register_parse_response(const struct identity *id, const char *body,
 			goto out;
 		}
 		rc = field_take(id, v, task_fields[i].name,
-		    task_fields[i].sealed, task_out, err, errlen);
+		    task_fields[i].sealed, task_out, sealed_out, err, errlen);
 		goto out;
 	}
 	snprintf(err, errlen, ERR_PREFIX "no task_id, taskId, "
@@ -160,6 +173,20 @@ register_parse_response(const struct identity *id, const char *body,
 	identity_json_wipe(root);
 	json_decref(root);
 	return rc;
+}
+
+int
+register_parse_response(const struct identity *id, const char *body,
+    size_t len, char **task_out, char *err, size_t errlen)
+{
+	bool sealed = false;
+
+	if (id == NULL) {
+		*task_out = NULL;
+		snprintf(err, errlen, ERR_PREFIX "no identity");
+		return -1;
+	}
+	return parse_response(id, body, len, task_out, &sealed, err, errlen);
 }
 
 static bool
@@ -386,7 +413,9 @@ attempt(CURL *e, const struct register_opts *o, const struct identity *id,
 
 	res->status = 0;
 	res->brief[0] = '\0';
-	if (assertion_registration_body(id, o->now != NULL ? o->now() :
+	if (o->sign_body != NULL ? o->sign_body(o->sign_arg, o->now != NULL ?
+	    o->now() : time(NULL), &body) == -1 :
+	    assertion_registration_body(id, o->now != NULL ? o->now() :
 	    time(NULL), &body) == -1) {
 		snprintf(res->reason, sizeof(res->reason),
 		    "cannot sign the registration body");
@@ -426,8 +455,9 @@ attempt(CURL *e, const struct register_opts *o, const struct identity *id,
 			    REGISTER_BODY_MAX);
 			return V_FINAL;
 		}
-		if (register_parse_response(id, rb->buf, rb->len, task_out,
-		    res->reason, sizeof(res->reason)) == -1)
+		if (parse_response(o->sign_body != NULL ? NULL : id, rb->buf,
+		    rb->len, task_out, &res->sealed, res->reason,
+		    sizeof(res->reason)) == -1)
 			return V_FINAL;
 		return V_OK;
 	}
@@ -470,8 +500,8 @@ register_task(const struct register_opts *o, const struct identity *id,
 	errbuf[0] = '\0';
 	max = o->max_attempts > 0 ? o->max_attempts : 1;
 	backoff = o->backoff_ms > 0 ? o->backoff_ms : 0;
-	if (id == NULL || register_url(o->base_url, id->agent_runtime_id,
-	    &url) == -1) {
+	if ((o->sign_body == NULL && id == NULL) || register_url(o->base_url,
+	    id != NULL ? id->agent_runtime_id : o->runtime_id, &url) == -1) {
 		snprintf(res->reason, sizeof(res->reason),
 		    "registration base URL is not an http(s) URL");
 		return -1;

@@ -38,6 +38,12 @@ struct register_opts {
 	const char		*upstream_ca;	/* extra PEM bundle, or NULL */
 	const atomic_bool	*cancel;	/* optional: true aborts soon */
 	time_t			(*now)(void);	/* signing clock; NULL: time() */
+	/* Where the key is not ours (the signer holds it): the body comes
+	 * from sign_body (a secmem string), the URL names runtime_id, and
+	 * a sealed task comes back still sealed (res->sealed). */
+	int			(*sign_body)(void *arg, time_t now, char **json);
+	void			*sign_arg;
+	const char		*runtime_id;
 };
 
 struct register_result {
@@ -45,6 +51,7 @@ struct register_result {
 	int	 attempts;	/* requests sent (or tried) */
 	int	 curl_code;	/* last CURLcode; 0 when the transfer worked */
 	bool	 cancelled;	/* stopped by *cancel */
+	bool	 sealed;	/* the task returned is still sealed */
 	/* Why it failed, e.g. "HTTP 500: upstream error (3 attempts)";
 	 * "" on success.  Never holds a task id, key or signature, but may
 	 * name the endpoint's address and quote its answer: for the log. */

@@ -1,4 +1,3 @@
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -6,10 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cred/authwrite.h"
 #include "core/config.h"
-#include "cred/credential.h"
-#include "cred/idstore.h"
+#include "cred/sigclient.h"
 #include "core/log.h"
 #include "cred/register.h"
 #include "cred/registrar.h"
@@ -45,59 +42,13 @@ wake_workers(void)
 	R.h.notify(R.h.arg);
 }
 
-/* Record form: write the task into auth.json unless it changed since we
- * read it; the inotify watch then loads it. JWT form, or a write that
- * cannot happen: keep the task in memory. */
-/* Is the identity loaded now the one the task was registered for? */
+/* The body is signed by the signer, for the generation registered. */
 static int
-same_identity(const struct identity *id)
+sign_body(void *arg, time_t now, char **json)
 {
-	enum identity_status st;
-	struct identity *cur = idstore_get(&st, NULL, 0);
-	int same = cur != NULL && strcmp(cur->agent_runtime_id,
-	    id->agent_runtime_id) == 0 && EVP_PKEY_eq(cur->key, id->key) == 1;
+	const struct idview *v = arg;
 
-	identity_unref(cur);
-	return same;
-}
-
-static void
-persist(const struct identity *id, const char *task,
-    const unsigned char *hash, int have_hash)
-{
-	const char *path = R.h.settings(R.h.arg)->auth_file;
-	unsigned char now_hash[AUTH_SHA256_LEN];
-	char err[256];
-
-	if (!id->from_jwt && have_hash &&
-	    auth_write_task(path, task, hash, err, sizeof(err)) == 0) {
-		log_msg(LL_INFO, "%s: run task registered and saved", path);
-		idstore_reload();
-		return;
-	}
-	if (!id->from_jwt && have_hash &&
-	    (auth_file_sha256(path, now_hash) != 0 ||
-	    memcmp(now_hash, hash, sizeof(now_hash)) != 0)) {
-		/* The file changed while we registered: the newer content
-		 * wins, and its identity may not be the one we registered
-		 * for. Load it; if it lacks a task, it gets its own. */
-		log_msg(LL_WARN, "%s: changed during run task registration; "
-		    "the new task is dropped and the newer file used", path);
-		idstore_reload();
-		return;
-	}
-	if (!same_identity(id)) {
-		log_msg(LL_WARN, "the identity changed during run task "
-		    "registration; the new task is dropped");
-		return;
-	}
-	if (!id->from_jwt)
-		log_msg(LL_WARN, "%s: run task not saved (%s); kept in memory",
-		    path, have_hash ? err : "file unreadable");
-	if (idstore_set_task(task, err, sizeof(err)) != 0)
-		log_msg(LL_ERROR, "run task could not be installed: %s", err);
-	else
-		log_msg(LL_INFO, "run task registered (kept in memory)");
+	return sigclient_regbody(v->gen, now, json);
 }
 
 static void
@@ -107,33 +58,28 @@ run_once(void)
 	struct register_opts o;
 	struct register_result res;
 	enum identity_status st;
-	struct identity *id;
-	unsigned char hash[AUTH_SHA256_LEN];
-	char why[256], *task = NULL;
-	int have_hash, ok;
+	struct idview *v;
+	char err[256], *task = NULL;
+	int ok, stale = 0;
 
-	id = idstore_get(&st, why, sizeof(why));
+	(void)sigclient_sync();
+	v = sigclient_get(&st, NULL, 0);
 	pthread_mutex_lock(&R.lock);
-	if (id != NULL && st == IDENTITY_OK && R.renew_fp[0] != '\0') {
-		char fp[9];
-
-		/* re-register only if the rejected task is still current */
-		task_fingerprint(id->task_id, fp);
-		if (strcmp(fp, R.renew_fp) == 0)
-			st = IDENTITY_NO_TASK;
-	}
+	/* re-register only if the rejected task is still current */
+	if (v != NULL && st == IDENTITY_OK && R.renew_fp[0] != '\0' &&
+	    strcmp(v->task_fp, R.renew_fp) == 0)
+		st = IDENTITY_NO_TASK;
 	R.renew_fp[0] = '\0';
 	pthread_mutex_unlock(&R.lock);
-	if (id == NULL || st != IDENTITY_NO_TASK) {
+	if (v == NULL || st != IDENTITY_NO_TASK) {
 		/* nothing to do: a task appeared, or there is no identity */
-		identity_unref(id);
+		idview_unref(v);
 		pthread_mutex_lock(&R.lock);
 		R.state = REG_IDLE;
 		pthread_mutex_unlock(&R.lock);
 		wake_workers();
 		return;
 	}
-	have_hash = !id->from_jwt && auth_file_sha256(c->auth_file, hash) == 0;
 	register_opts_init(&o);
 	o.base_url = c->reg_base_url;
 	o.timeout_ms = (long)(c->reg_timeout * 1000);
@@ -142,18 +88,32 @@ run_once(void)
 	o.connect_to = R.h.connect_to;
 	o.upstream_ca = c->upstream_ca;
 	o.cancel = &R.cancel;
-	ok = register_task(&o, id, &task, &res) == 0 && task != NULL;
-	if (ok)
-		persist(id, task, hash, have_hash);
-	else
+	o.sign_body = sign_body;
+	o.sign_arg = v;
+	o.runtime_id = v->runtime_id;
+	ok = register_task(&o, NULL, &task, &res) == 0 && task != NULL;
+	if (ok && (stale = sigclient_task(v->gen, res.sealed, task, err,
+	    sizeof(err))) < 0) {
+		/* the sealed id did not open, or the signer is gone */
+		snprintf(res.reason, sizeof(res.reason), "%.150s", err);
+		snprintf(res.brief, sizeof(res.brief), "HTTP %d: no usable "
+		    "run task in the answer", res.status);
+		ok = 0;
+	}
+	if (!ok)
 		log_json(LL_WARN, "run task registration failed", json_pack(
 		    "{s:s, s:i, s:i}", "reason", res.reason, "status", res.status,
 		    "attempts", res.attempts));
 	if (task != NULL)
 		secmem_strfree(task);
-	identity_unref(id);
+	idview_unref(v);
 	pthread_mutex_lock(&R.lock);
-	if (ok) {
+	if (ok && stale) {
+		/* the identity changed while we registered: the task was
+		 * dropped; the newer identity gets its own if it needs one */
+		R.state = REG_RUNNING;
+		R.wanted = 1;
+	} else if (ok) {
 		R.state = REG_IDLE;
 		R.registered++;
 		R.reason[0] = '\0';

@@ -9,7 +9,7 @@
 #include "core/access.h"
 #include "core/headers.h"
 #include "cred/credential.h"
-#include "cred/idstore.h"
+#include "cred/sigclient.h"
 #include "cred/registrar.h"
 #include "net/local.h"
 #include "net/metrics.h"
@@ -37,12 +37,12 @@ readiness(struct local_answer *out)
 {
 	enum identity_status st;
 	enum reg_state rs;
-	struct identity *id;
+	struct idview *id;
 	char why[256] = "", rwhy[256] = "", when[32];
 	time_t retry = 0;
 
-	id = idstore_get(&st, why, sizeof(why));
-	identity_unref(id);
+	id = sigclient_get(&st, why, sizeof(why));
+	idview_unref(id);
 	if (time(NULL) < 1704067200)	/* 2024-01-01: signatures would be stale */
 		local_answer(out, 503, json_pack("{s:s, s:s}", "status",
 		    "not_ready", "reason", "system clock is not set"));

@@ -13,7 +13,7 @@
 #include "core/log.h"
 #include "core/route.h"
 #include "cred/credential.h"
-#include "cred/idstore.h"
+#include "cred/sigclient.h"
 #include "cred/registrar.h"
 #include "net/local.h"
 #include "net/metrics.h"
@@ -134,7 +134,8 @@ queue_error(struct transfer *t)
 	 * the OpenAI SDKs then show the reason instead of retrying. */
 	if (t->err == PERR_AGENT_TASK_MISSING ||
 	    t->err == PERR_AGENT_IDENTITY_MISSING ||
-	    t->err == PERR_AGENT_IDENTITY_INVALID)
+	    t->err == PERR_AGENT_IDENTITY_INVALID ||
+	    t->err == PERR_SIGNER_UNAVAILABLE)
 		MHD_add_response_header(r, "x-should-retry", "false");
 	if (t->status == 400 || t->status == 405 || t->status == 413 ||
 	    t->status == 431 || t->err == PERR_SHUTTING_DOWN)
@@ -372,7 +373,7 @@ transfer_reg_poll(struct worker *w, long long now)
 }
 
 static enum decide_identity
-decide_identity_of(const struct identity *id, enum identity_status st)
+decide_identity_of(const struct idview *id, enum identity_status st)
 {
 	switch (st) {
 	case IDENTITY_OK:
@@ -408,8 +409,8 @@ decide_reg_of(struct transfer *t, char *why, size_t whylen, time_t *retry)
 /* The answer for a refusal, with the message the client reads. */
 static void
 refuse(struct transfer *t, const struct decide_out *dv,
-    const struct decision *d, const struct identity *id,
-    enum identity_status st, const char *regwhy, time_t retry)
+    const struct decision *d, enum identity_status st, const char *regwhy,
+    time_t retry)
 {
 	struct config *c = t->w->rc->cfg;
 	struct credential cr;
@@ -436,9 +437,13 @@ refuse(struct transfer *t, const struct decide_out *dv,
 	case DECIDE_WHY_IDENTITY:
 		/* the state in general terms: the agent reads this, the
 		 * reason is in the log and /readyz */
-		(void)credential_prepare(id, st, 0, NULL, 0, NULL, &cr, &e, msg,
+		(void)credential_prepare(NULL, st, 0, NULL, 0, NULL, &cr, &e, msg,
 		    sizeof(msg));
-		transfer_set_error(t, e, "%s", msg);
+		if (!sigclient_alive())
+			transfer_set_error(t, PERR_SIGNER_UNAVAILABLE, "the "
+			    "proxy's signer is unavailable");
+		else
+			transfer_set_error(t, e, "%s", msg);
 		break;
 	case DECIDE_WHY_REG_WAITED_OUT:
 		transfer_set_error(t, e, "%s: run task registration still in progress "
@@ -462,22 +467,15 @@ refuse(struct transfer *t, const struct decide_out *dv,
 
 /* Mints the assertion; on failure t carries the answer. */
 static int
-mint(struct transfer *t, struct identity *id, enum identity_status st,
-    struct credential *cr)
+mint(struct transfer *t, struct idview **id, struct credential *cr)
 {
 	struct worker *w = t->w;
 	enum perr e;
 	char msg[384];
 
-	if (w->acache.id != id) {
-		/* the cache follows the identity in use; the ref keeps its
-		 * address from being reused */
-		identity_unref((struct identity *)w->acache.id);
-		w->acache.id = identity_ref(id);
-		w->acache.ts = 0;
-	}
-	if (credential_prepare(id, st, time(NULL), w->secbuf,
-	    CREDENTIAL_BUFSIZE, &w->acache, cr, &e, msg, sizeof(msg)) != 0) {
+	/* the cache is keyed by the signer's generation and the second */
+	if (sigclient_credential(id, time(NULL), w->secbuf, CREDENTIAL_BUFSIZE,
+	    &w->acache, cr, &e, msg, sizeof(msg)) != 0) {
 		/* Fail closed: nothing goes upstream, and the client's own
 		 * credential is never used instead. */
 		t->action = ACTION_REJECT;
@@ -502,7 +500,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	struct decide_in di;
 	struct decide_out dv;
 	struct credential cr;
-	struct identity *id = NULL;
+	struct idview *id = NULL;
 	enum identity_status st = IDENTITY_MISSING;
 	char rwhy[256] = "";
 	time_t retry = 0;
@@ -513,7 +511,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	t->route_kind = d.kind;
 	decide_in_init(&di, &d, t->rt.scheme, t->ri.websocket, w->rc->cfg);
 	if (d.action == ACTION_ASSERT) {
-		id = idstore_get(&st, NULL, 0);
+		id = sigclient_get(&st, NULL, 0);
 		di.identity = decide_identity_of(id, st);
 	}
 	if (decide_needs_registrar(&di))
@@ -525,13 +523,13 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	else
 		switch (dv.verdict) {
 		case DECIDE_REFUSE:
-			refuse(t, &dv, &d, id, st, rwhy, retry);
+			refuse(t, &dv, &d, st, rwhy, retry);
 			break;
 		case DECIDE_PARK:
 			transfer_park(t);
 			break;
 		case DECIDE_ASSERT:
-			if (mint(t, id, st, &cr) != 0)
+			if (mint(t, &id, &cr) != 0)
 				break;
 			/* on failure t carries the error answer */
 			if (t->ri.websocket)
@@ -548,7 +546,7 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 		}
 	if (id != NULL) {
 		OPENSSL_cleanse(w->secbuf, CREDENTIAL_BUFSIZE);
-		identity_unref(id);
+		idview_unref(id);
 	}
 }
 
@@ -715,7 +713,13 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 		t->method = method;
 		if (atomic_load(&t->w->px->stopping)) {
 			t->phase = PH_BODY;
-			transfer_set_error(t, PERR_SHUTTING_DOWN, "the proxy is shutting down");
+			if (!sigclient_alive())
+				transfer_set_error(t, PERR_SIGNER_UNAVAILABLE,
+				    "the proxy's signer is unavailable; the "
+				    "proxy is stopping");
+			else
+				transfer_set_error(t, PERR_SHUTTING_DOWN,
+				    "the proxy is shutting down");
 			return queue_error(t);
 		}
 		return begin(t, con, version);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <time.h>
 
 #include "core/config.h"
 #include "core/log.h"
@@ -276,14 +277,23 @@ build_curl_headers(const struct hdr_vec *out, const struct req_info *ri)
 
 	for (i = 0; i < out->n; i++) {
 		const struct hdr *h = &out->v[i];
+		size_t nl = strlen(h->name), vl = strlen(h->value);
 
-		/* "Name;" is curl's way to send an empty value. */
-		if (h->value[0] == '\0') {
-			if (asprintf(&line, "%s;", h->name) < 0)
-				goto fail;
-		} else if (asprintf(&line, "%s: %s", h->name, h->value) < 0)
+		/* Built by hand, not asprintf: no intermediate buffer holding
+		 * the assertion is freed unwiped. "Name;" is curl's way to send
+		 * an empty value. */
+		if ((line = malloc(nl + vl + 3)) == NULL)
 			goto fail;
+		memcpy(line, h->name, nl);
+		if (vl == 0)
+			memcpy(line + nl, ";", 2);
+		else {
+			memcpy(line + nl, ": ", 2);
+			memcpy(line + nl + 2, h->value, vl + 1);
+		}
 		n = curl_slist_append(sl, line);
+		/* it may carry the assertion: no copy left in freed heap */
+		OPENSSL_cleanse(line, strlen(line));
 		free(line);
 		if (n == NULL)
 			goto fail;
@@ -370,6 +380,29 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 	}
 	t->leg = LEG_SENDING;	/* curl connects first */
 	return 0;
+}
+
+/* An assertion past its second is never reused: no copy is kept. */
+static bool
+cache_tick(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	(void)now;
+	if (w->acache.ts == 0 || w->acache.ts == time(NULL))
+		return false;
+	OPENSSL_cleanse(w->acache.val, CREDENTIAL_BUFSIZE);
+	w->acache.ts = 0;
+	return true;
+}
+
+static long long
+cache_timeout(void *arg, long long now)
+{
+	struct worker *w = arg;
+
+	(void)now;
+	return w->acache.ts != 0 ? 250 : -1;
 }
 
 /* Ends upstream legs silent for longer than timeouts.upstream_idle. */
@@ -484,13 +517,19 @@ static const struct loop_ops sweep_ops = {
 	.busy = transfers_busy,
 };
 
+static const struct loop_ops cache_ops = {
+	.tick = cache_tick,
+	.timeout = cache_timeout,
+};
+
 int
 transfer_attach(struct worker *w, char *err, size_t errlen)
 {
 	LIST_INIT(&w->unpause);
 	LIST_INIT(&w->reg_waiters);
 	LIST_INIT(&w->live);
-	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0)
+	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0 ||
+	    loop_hook_add(&w->loop, &cache_ops, w, err, errlen) != 0)
 		return -1;
 	return loop_hook_add(&w->loop, &sweep_ops, w, err, errlen);
 }

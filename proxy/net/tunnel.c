@@ -12,6 +12,7 @@
 
 #include "core/access.h"
 #include "cred/ca.h"
+#include "cred/sigclient.h"
 #include "core/classify.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -267,10 +268,23 @@ int
 tunnel_tls_init(struct proxy *px, char *err, size_t errlen)
 {
 	SSL_CTX *ctx;
+	X509 *cacert;
+	char path[4096];
+	int rc;
 
 	if (!px->cfg->intercept)
 		return 0;
-	if (ca_open(px->cfg->ca_dir, 1, &px->ca, err, errlen) != 0)
+	/* The CA's key stays in the signer, which signs every leaf. */
+	if ((cacert = sigclient_cacert()) == NULL) {
+		snprintf(err, errlen, "%s: the signer has no interception CA",
+		    px->cfg->ca_dir);
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/%s", px->cfg->ca_dir, CA_CERT_FILE);
+	rc = ca_open_remote(cacert, path, sigclient_ca_created(), sigclient_leaf,
+	    NULL, &px->ca, err, errlen);
+	X509_free(cacert);
+	if (rc != 0)
 		return -1;
 	if (icpt_index < 0)
 		icpt_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, icpt_free);

@@ -220,6 +220,22 @@ for s in UNIT.get("test_resp_head.c", []):
 add("resp_head", b"\x01\x14\x03" + b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\n")
 add("resp_head", b"\x01\x02\x00" + b"a\nabcdefghij\n0\n\n")
 
+# sigproto: datagrams as received (mode 0), messages from fields (mode 1)
+def sigp(t, flags=0, status=0, code=0, mid=1, gen=1, ts=1764950400, fields=()):
+    f = list(fields) + [b""] * (4 - len(fields))
+    head = bytes([1, t, flags, status]) + code.to_bytes(2, "big") + b"\0\0"
+    head += mid.to_bytes(4, "big") + gen.to_bytes(8, "big") + ts.to_bytes(8, "big")
+    return head + b"".join(len(x).to_bytes(2, "big") for x in f) + b"".join(f)
+
+
+for msg in (sigp(1), sigp(2, gen=7), sigp(3), sigp(4, flags=1, fields=[b"c2VhbGVk"]),
+            sigp(5, fields=[b"api.openai.com", b"\x30\x59\x30\x13"]), sigp(6), sigp(7),
+            sigp(8, fields=[b"AgentAssertion eyJ9"]), sigp(9, code=2, fields=[b"stale"]),
+            sigp(10, flags=5, fields=[b"", b"agent-123", b"acct-1", b"0123abcd"])):
+    add("sigproto", b"\x00" + msg)
+add("sigproto", b"\x01\x0a\x05\x00\x00\x01\x02\x03\x04\x00agent-123\x00acct\x00abcdef01")
+add("sigproto", b"\x01\x05\x00\x00\x00\x01\x02\x03\x04host.example\x00\x30\x59")
+
 if __name__ == "__main__":
     total = 0
     for h, ss in sorted(seeds.items()):

@@ -1,0 +1,282 @@
+#!/usr/bin/python3
+"""The signer process: the network process never holds the agent key nor
+the CA key, and the two processes fail closed when either goes.
+
+Checked the way an attacker with a memory-disclosure bug in the network
+process would look: as root, /proc/<pid>/mem of the network process is read
+region by region and searched for the Ed25519 seed and the CA's private
+scalar (both byte orders); the same search finds the seed in the signer, so
+the scan is not blind.
+"""
+
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Daemon, Fixed, HTTPClient, ProxyTestCase, main, request, tls_material  # noqa: E402
+from agentid import auth_doc, identity_record, key_of, write_auth  # noqa: E402
+
+SEED = hashlib.sha256(b'scopeproxy signer test seed').digest()
+TASK = 'task-signer-5c1a'
+ROOT = os.geteuid() == 0
+
+
+def children(pid):
+    out = []
+    for p in os.listdir('/proc'):
+        if not p.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % p) as f:
+                st = f.read()
+        except OSError:
+            continue
+        if int(st.rsplit(')', 1)[1].split()[1]) == pid:
+            out.append(int(p))
+    return out
+
+
+def proc_field(pid, name):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith(name + ':'):
+                return line.split(':', 1)[1].split()
+    return None
+
+
+def gone(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] in ('Z', 'X')
+    except OSError:
+        return True
+
+
+CHUNK = 16 << 20
+SKIP = 1 << 32      # sanitizer shadow reservations: no data, too big to read
+
+
+def regions(pid):
+    """(bytes) of every readable region of pid, in overlapping chunks."""
+    with open('/proc/%d/maps' % pid) as maps, open('/proc/%d/mem' % pid, 'rb', 0) as mem:
+        for line in maps:
+            parts = line.split()
+            if 'r' not in parts[1] or (len(parts) > 5 and parts[5] in ('[vvar]', '[vsyscall]')):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split('-'))
+            if hi - lo > SKIP:
+                continue
+            at = lo
+            while at < hi:
+                end = min(hi, at + CHUNK + 256)
+                try:
+                    mem.seek(at)
+                    data = mem.read(end - at)
+                except (OSError, OverflowError, ValueError):
+                    break
+                yield at, data
+                at += CHUNK
+
+
+def scan(pid, needles):
+    """Which of `needles` occur in the readable memory of pid."""
+    found = set()
+    for _, data in regions(pid):
+        for n in needles:
+            if n in data:
+                found.add(n)
+    return found
+
+
+LINGER = []
+
+
+def count(pid, needles):
+    """Where each of `needles` occurs in the readable memory of pid."""
+    where = {n: set() for n in needles}
+    for at, data in regions(pid):
+        for n in needles:
+            i = data.find(n)
+            while i >= 0:
+                where[n].add(at + i)    # chunks overlap: count an address once
+                i = data.find(n, i + 1)
+    return {n: len(a) for n, a in where.items()}
+
+
+def ca_scalar(ca_key):
+    text = subprocess.run(['openssl', 'pkey', '-in', ca_key, '-noout', '-text'],
+                          check=True, capture_output=True, text=True).stdout
+    m = re.search(r'priv:\s*((?:[0-9a-f]{2}:?\s*)+)', text)
+    b = bytes.fromhex(re.sub(r'[:\s]', '', m.group(1)))
+    return b.lstrip(b'\0')
+
+
+class SignerCase(ProxyTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.work = tempfile.mkdtemp(prefix='scopeproxy-signer-')
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.key = key_of(SEED)
+        self.auth = os.path.join(self.work, 'auth.json')
+        write_auth(self.auth, auth_doc(identity_record(self.key.v2, task_id=TASK)))
+        # what an unprivileged network process needs: readable by all
+        self.pub = tempfile.mkdtemp(prefix='scopeproxy-signer-pub-')
+        self.addCleanup(shutil.rmtree, self.pub, True)
+        os.chmod(self.pub, 0o755)
+        self.upstream_ca = os.path.join(self.pub, 'upstream-ca.pem')
+        shutil.copy(tls_material().ca, self.upstream_ca)
+        os.chmod(self.upstream_ca, 0o644)
+        self.ca_dir = os.path.join(self.work, 'ca')
+        # answers without echoing the request: what the upstream sends back
+        # is not the proxy's copy
+        self.up = self.start_upstream(dual=True)
+        self.up.route('/', Fixed(200, body=b'{}'))
+
+    def daemon(self, *args):
+        d = Daemon('--auth-file', self.auth, '--ca-dir', self.ca_dir,
+                   '--upstream-ca', self.upstream_ca,
+                   '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port, *args)
+        self.addCleanup(self._finish_daemon, d)
+        # server-info is written after the network process drops root
+        os.chmod(d.tmp, 0o777)
+        d.start()
+        kids = children(d.pid)
+        self.assertEqual(len(kids), 1, 'one signer process: %r' % kids)
+        d.signer = kids[0]
+        return d
+
+    def credentialed(self, d, client=None, tag='x'):
+        raw = (b'POST /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\n'
+               b'Authorization: Bearer sk-client\r\nX-Req: ' + tag.encode() +
+               b'\r\nContent-Length: 2\r\n\r\n{}')
+        if client is None:
+            return request(d.port, raw)
+        client.send(raw)
+        return client.read_response('POST')
+
+
+@unittest.skipUnless(ROOT, 'needs root (reads another process\'s memory, drops to nobody)')
+class KeysStayInTheSigner(SignerCase):
+
+    def test_network_process_holds_neither_key_and_is_unprivileged(self):
+        d = self.daemon('--user', 'nobody')
+        for i in range(5):
+            resp = self.credentialed(d, tag='r%d' % i)
+            self.assertEqual(resp.status, 200, '%r\n%s' % (resp, d.tail(1500)))
+            got = self.up.wait_request(lambda r, i=i: r.header('X-Req') == 'r%d' % i, timeout=3)
+            self.assertTrue(got.header('Authorization').startswith('AgentAssertion '))
+        # an intercepted host: a leaf signed by the signer
+        with socket.create_connection(('127.0.0.1', d.port), timeout=5) as s:
+            s.sendall(b'CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n')
+            head = b''
+            while b'\r\n\r\n' not in head:
+                head += s.recv(1)
+            self.assertTrue(head.startswith(b'HTTP/1.1 200'), head)
+            ctx = ssl.create_default_context(cafile=os.path.join(self.ca_dir, 'ca.crt'))
+            with ctx.wrap_socket(s, server_hostname='api.openai.com') as t:
+                self.assertIsNotNone(t.getpeercert())
+        scalar = ca_scalar(os.path.join(self.ca_dir, 'ca.key'))
+        self.assertGreaterEqual(len(scalar), 28)
+        needles = [SEED, SEED[::-1], scalar, scalar[::-1]]
+        self.assertEqual(scan(d.pid, needles), set(),
+                         'key material in the network process\'s memory')
+        in_signer = scan(d.signer, needles)
+        self.assertIn(SEED, in_signer, 'the scan must find the seed in the signer')
+        self.assertTrue({scalar, scalar[::-1]} & in_signer,
+                        'the scan must find the CA scalar in the signer')
+        nobody = pwd.getpwnam('nobody')
+        self.assertEqual([int(x) for x in proc_field(d.pid, 'Uid')], [nobody.pw_uid] * 4)
+        self.assertEqual([int(x) for x in proc_field(d.pid, 'Gid')], [nobody.pw_gid] * 4)
+        self.assertEqual(proc_field(d.pid, 'Groups'), [str(nobody.pw_gid)])
+        self.assertEqual(proc_field(d.pid, 'NoNewPrivs'), ['1'])
+        self.assertEqual(proc_field(d.pid, 'CapEff'), ['0000000000000000'])
+        self.assertEqual(proc_field(d.signer, 'Uid')[0], '0')
+        # non-dumpable: /proc/<pid> stays root's, so nobody cannot read it
+        self.assertEqual(os.stat('/proc/%d/mem' % d.pid).st_uid, 0)
+
+    def test_unknown_or_root_user_is_refused(self):
+        for user, want in (('no-such-user-xyz', 'no such user'), ('root', 'is root')):
+            p = subprocess.run([os.environ.get('SCOPEPROXY_BIN', 'scopeproxy'), '--listen',
+                                '127.0.0.1:0', '--auth-file', self.auth, '--ca-dir', self.ca_dir,
+                                '--user', user], capture_output=True, text=True, timeout=20,
+                               stdin=subprocess.DEVNULL)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn(want, p.stderr)
+
+    def test_minted_assertions_do_not_linger_in_the_network_process(self):
+        d = self.daemon('--user', 'nobody', '--threads', '1')
+        seen = []
+        for i in range(8):
+            if i % 2 == 0:
+                time.sleep(1.05)        # a new second: a new assertion
+            resp = self.credentialed(d, tag='h%d' % i)
+            self.assertEqual(resp.status, 200, '%r\n%s' % (resp, d.tail(1500)))
+            got = self.up.wait_request(lambda r, i=i: r.header('X-Req') == 'h%d' % i, timeout=3)
+            seen.append(got.header('Authorization').split(' ', 1)[1].encode())
+        tokens = sorted(set(seen))
+        self.assertGreaterEqual(len(tokens), 4)
+        time.sleep(3)                   # past the seconds they were minted for
+        found = count(d.pid, tokens)
+        LINGER.append(sum(found.values()))
+        self.assertEqual(sum(found.values()), 0,
+                         'assertion copies left in the network process: %r' % found)
+
+
+class FailClosed(SignerCase):
+
+    def test_signer_death_fails_closed_and_the_network_process_exits(self):
+        d = self.daemon()
+        resp = self.credentialed(d, tag='before')
+        self.assertEqual(resp.status, 200, repr(resp))
+        os.kill(d.signer, signal.SIGKILL)
+        time.sleep(0.3)
+        resp = self.credentialed(d, tag='after')
+        self.assertProxyError(resp, 503, 'signer_unavailable', d)
+        self.assertEqual(resp.header('x-should-retry'), 'false')
+        self.assertIsNone(self.up.wait_request(lambda r: r.header('X-Req') == 'after',
+                                               timeout=0.5))
+        rc = d.proc.wait(10)
+        self.assertEqual(rc, 1, d.tail())
+        self.assertIn('signer process', d.stderr_text())
+
+    def test_network_death_ends_the_signer(self):
+        d = self.daemon()
+        os.kill(d.pid, signal.SIGKILL)
+        d.proc.wait(5)
+        deadline = time.monotonic() + 5
+        while not gone(d.signer) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(gone(d.signer), 'the signer outlived the network process')
+
+    def test_signer_ends_with_a_normal_stop(self):
+        d = self.daemon()
+        self.assertEqual(d.stop(), 0)
+        self.assertTrue(gone(d.signer))
+
+    def test_both_processes_are_not_dumpable(self):
+        d = self.daemon()
+        # non-dumpable processes' /proc entries belong to root whatever
+        # their uid; as non-root, a same-uid ptrace is refused
+        for pid in (d.pid, d.signer):
+            self.assertEqual(os.stat('/proc/%d/mem' % pid).st_uid, 0)
+        if not ROOT:
+            with self.assertRaises(OSError):
+                open('/proc/%d/mem' % d.signer, 'rb').close()
+
+
+if __name__ == '__main__':
+    main()
