@@ -829,6 +829,21 @@ class MetricsTest(LifecycleCase):
                          'the tunnel\'s client connection is closed: connections_open must come back '
                          'to 1 (the scrape itself)\n' + m5.text)
 
+    def _open_connections_settled(self, port):
+        """scopeproxy_connections_open once it is back to 1 (the /metrics
+        request itself), or what it (or the refusal) says after 1 s."""
+        deadline = now() + 1.0
+        while True:
+            r = get(port, '/metrics')
+            if r.status != 200:
+                val = '%d %s' % (r.status, r.header('X-Scopeproxy-Error'))
+            else:
+                val = Metrics(r.body.decode(), parse_prometheus(r.body.decode())).value(
+                    'scopeproxy_connections_open')
+            if val == 1 or now() > deadline:
+                return val
+            time.sleep(0.05)
+
     def test_closed_tunnels_release_their_connection(self):
         """connections_open is also what limits.max_connections enforces: a
         finished CONNECT tunnel (client closes, or upstream closes) must give
@@ -852,17 +867,7 @@ class MetricsTest(LifecycleCase):
                     c.send(b'GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')
                     self.assertEqual(c.read_response().status, 200)
                     self.assertTrue(c.wait_closed(3), 'tunnel closed after the upstream closed')
-            deadline = now() + 1.0
-            while True:
-                r = get(d.port, '/metrics')
-                if r.status != 200:
-                    val = '%d %s' % (r.status, r.header('X-Scopeproxy-Error'))
-                else:
-                    val = Metrics(r.body.decode(), parse_prometheus(r.body.decode())).value(
-                        'scopeproxy_connections_open')
-                if val == 1 or now() > deadline:
-                    break
-                time.sleep(0.05)
+            val = self._open_connections_settled(d.port)
             seen.append(val)
         self.assertEqual(seen, [1] * 5, 'connections_open (or the refusal) after each closed tunnel, '
                          'with --max-connections 4; 1 = the scrape itself')
@@ -911,17 +916,7 @@ class MetricsTest(LifecycleCase):
             finally:
                 s.close()
             answer = got.split(b'\r\n', 1)[0].decode('latin-1')
-            deadline = now() + 1.0
-            while True:
-                r = get(d.port, '/metrics')
-                if r.status != 200:
-                    val = '%d %s' % (r.status, r.header('X-Scopeproxy-Error'))
-                else:
-                    val = Metrics(r.body.decode(), parse_prometheus(r.body.decode())).value(
-                        'scopeproxy_connections_open')
-                if val == 1 or now() > deadline:
-                    break
-                time.sleep(0.05)
+            val = self._open_connections_settled(d.port)
             seen.append((authority, answer, val))
         # the answer: the 200 (then the close), never a refusal
         self.assertEqual(seen, [(a, 'HTTP/1.1 200 Connection established', 1) for a, _, _ in seen],
