@@ -13,6 +13,7 @@ Reads the files bench/run writes in its work directory:
   --scopeproxy-log F the daemon's stderr excerpt (line count reported)
   --https FILE       JSON lines from the HTTPS part (lib/https.sh, lib/tlsload.c)
   --https-notes FILE notes from the HTTPS part (skips, failures), one a line
+  --startup FILE     JSON from startup.py: start-up ms and idle RSS per run
 """
 import argparse
 import json
@@ -32,6 +33,14 @@ GOAL_ASSERT_VS_PASSTHROUGH = 0.9
 # Issue 4: intercepted HTTPS against mitmproxy, cold host leaf.
 GOAL_VS_MITM = 20.0
 GOAL_COLD_LEAF_MS = 5.0
+# Issue 13: the performance table.
+GOAL13_ASSERT_VS_POST = 0.95
+GOAL13_ICPT_VS_FORWARD = 0.8
+GOAL13_NEWCONN_RPS = 1000.0
+GOAL13_TUNNEL_VS_DIRECT = 0.9
+GOAL13_TUNNEL_SPREAD = 0.2   # (max - min) / median MB/s: "stable"
+GOAL13_STARTUP_MS = 50.0
+GOAL13_IDLE_RSS_KIB = 8 * 1000 * 1000 / 1024   # 8 MB
 PROXY_NAMES = {"sp_tls": "scopeproxy", "mitm": "mitmproxy", "direct": "direct"}
 
 
@@ -99,6 +108,7 @@ def main():
     ap.add_argument("--https-notes")
     ap.add_argument("--syscalls")
     ap.add_argument("--syscalls-note", default="")
+    ap.add_argument("--startup")
     a = ap.parse_args()
 
     out = []
@@ -261,7 +271,9 @@ def main():
 
     syscalls_section(p, a.syscalls, a.syscalls_note, stats)
 
-    checks4 = https_section(p, a.https, a.https_notes)
+    tls = {}
+    checks4 = https_section(p, a.https, a.https_notes, tls)
+    startup = startup_section(p, a.startup)
 
     def verdicts(title, cl, width=40):
         p(title)
@@ -284,7 +296,98 @@ def main():
     if checks4:
         verdicts("Issue 4 targets (HTTPS_PROXY)", checks4, 44)
         p("")
+    checks13 = issue13_checks(stats, usable, st, tls, startup)
+    if checks13:
+        verdicts("Issue 13 targets (performance)", checks13, 44)
+        if noisy:
+            p("  (req/s and latency verdicts come from a NOISY run; CPU us/req holds up better)")
+        p("")
     print("\n".join(out))
+
+
+def spread_of(vals):
+    m = statistics.median(vals)
+    return (max(vals) - min(vals)) / m if m else 0.0
+
+
+def startup_section(p, path):
+    """Start-up to listening and idle RSS (startup.py); returns its JSON."""
+    if not path or not os.path.exists(path) or not os.path.getsize(path):
+        return None
+    with open(path) as f:
+        su = json.load(f)
+    p("Start-up (fork to listening with workers up) and idle RSS")
+    p("-" * 78)
+    if "error" in su:
+        p(f"  ! {su['error']}")
+    else:
+        ms, rss = su["ms"], [r for r in su["rss_kib"] if r]
+        p(f"  start-up      median {statistics.median(ms):.1f} ms  ({min(ms):.1f}..{max(ms):.1f}, {len(ms)} runs)")
+        if rss:
+            p(f"  idle RSS      median {statistics.median(rss)} KiB  ({min(rss)}..{max(rss)})")
+    p("")
+    return su
+
+
+def issue13_checks(stats, usable, st, tls, su):
+    """Issue 13's table, each figure against its goal."""
+    cl = []
+    fw, ng = stats.get("sp-forward"), stats.get("nginx")
+    if fw and ng:
+        ok = usable("sp-forward") and usable("nginx")
+        cl.append(("forward throughput >= 1.0x nginx (same workers)",
+                   f"{fw['rps'] / ng['rps']:.2f}x ({fw['rps']:.0f} vs {ng['rps']:.0f} req/s)",
+                   ok and fw["rps"] >= ng["rps"]))
+        if fw["cpu_us_req"] and ng["cpu_us_req"]:
+            cl.append(("CPU per request <= nginx's",
+                       f"{fw['cpu_us_req']:.0f} vs {ng['cpu_us_req']:.0f} us",
+                       ok and fw["cpu_us_req"] <= ng["cpu_us_req"]))
+        cl.append(("p99 <= nginx's", f"{fw['p99_ms']:.2f} vs {ng['p99_ms']:.2f} ms",
+                   ok and fw["p99_ms"] <= ng["p99_ms"]))
+    sa, sp = stats.get("sp-assert"), stats.get("sp-post")
+    if sa and sp:
+        ok = usable("sp-assert") and usable("sp-post")
+        cpu = ""
+        if sa["cpu_us_req"] and sp["cpu_us_req"]:
+            cpu = f"; CPU/req {sp['cpu_us_req'] / sa['cpu_us_req']:.2f}x"
+        cl.append((f"credentialed / pass-through POST >= {GOAL13_ASSERT_VS_POST:g}x",
+                   f"{sa['rps'] / sp['rps']:.2f}x req/s{cpu}",
+                   ok and sa["rps"] / sp["rps"] >= GOAL13_ASSERT_VS_POST))
+    if st and "error" not in st:
+        ok_open = st["opened"] == st["requested"] and st["still_open"] == st["opened"]
+        cl.append(("RSS per open idle SSE stream <= 16 KiB", f"{st['kib_per_stream']:.2f} KiB",
+                   ok_open and st["kib_per_stream"] <= GOAL_KIB_PER_STREAM))
+        cl.append((f"idle CPU with {st['opened']} streams ~0 (< {GOAL_IDLE_CPU_PCT:g} %)",
+                   f"{st['idle_cpu_percent']:.2f} %",
+                   ok_open and st["idle_cpu_percent"] < GOAL_IDLE_CPU_PCT))
+    ka = tls.get(("sp_tls", "keepalive"))
+    if ka and fw:
+        cl.append((f"intercepted keep-alive / plain forward >= {GOAL13_ICPT_VS_FORWARD:g}x",
+                   f"{ka['rps'] / fw['rps']:.2f}x ({ka['rps']:.0f} vs {fw['rps']:.0f} req/s)",
+                   not ka["errors"] and ka["rps"] / fw["rps"] >= GOAL13_ICPT_VS_FORWARD))
+    nc, mi = tls.get(("sp_tls", "newconn")), tls.get(("mitm", "newconn"))
+    if nc:
+        cl.append((f"new intercepted TLS conns/s >= {GOAL13_NEWCONN_RPS:g}",
+                   f"{nc['rps']:.0f}/s", not nc["errors"] and nc["rps"] >= GOAL13_NEWCONN_RPS))
+        if mi:
+            cl.append((f"new intercepted TLS conns/s >= {GOAL_VS_MITM:g}x mitmproxy",
+                       f"{nc['rps'] / mi['rps']:.1f}x",
+                       not nc["errors"] and nc["rps"] / mi["rps"] >= GOAL_VS_MITM))
+    tun = tls.get("tunnel")
+    if tun:
+        ratio, spr = tun["ratio"], tun["spread"]
+        cl.append((f"blind tunnel >= {GOAL13_TUNNEL_VS_DIRECT:g}x direct, stable",
+                   f"{ratio:.2f}x, spread {spr:.0%} (stable: <= {GOAL13_TUNNEL_SPREAD:.0%})",
+                   ratio >= GOAL13_TUNNEL_VS_DIRECT and spr <= GOAL13_TUNNEL_SPREAD))
+    if su and "error" not in su:
+        ms = statistics.median(su["ms"])
+        cl.append((f"start-up to listening <= {GOAL13_STARTUP_MS:g} ms", f"{ms:.1f} ms",
+                   ms <= GOAL13_STARTUP_MS))
+        rss = [r for r in su["rss_kib"] if r]
+        if rss:
+            cl.append(("idle RSS <= 8 MB", f"{statistics.median(rss)} KiB",
+                       statistics.median(rss) <= GOAL13_IDLE_RSS_KIB))
+    return cl
 
 
 def syscalls_section(p, path, note, stats):
@@ -360,7 +463,7 @@ def load_jsonl(path):
     return rows
 
 
-def https_section(p, path, notes_path):
+def https_section(p, path, notes_path, figures):
     """The HTTPS_PROXY part: intercepted keep-alive and new-connection load
     through scopeproxy and mitmproxy, cold new-host handshakes, blind tunnel
     download vs direct.  Returns the issue 4 checks."""
@@ -403,6 +506,7 @@ def https_section(p, path, notes_path):
             st = {"rps": statistics.median(rps), "errors": errs, "crashed": crashed,
                   "first_error": next((r["first_error"] for r in ok if r.get("first_error")), "")}
             load[(proxy, mode)] = st
+            figures[(proxy, mode)] = st
             cpu = [1e6 * float(r["proxy_cpu_s"]) / r["requests"] for r in ok
                    if r.get("proxy_cpu_s") is not None and r.get("requests")]
             st["cpu"] = statistics.median(cpu) if cpu else None
@@ -503,6 +607,9 @@ def https_section(p, path, notes_path):
               + (f"; proxy CPU {statistics.median(cpu):.2f} s per GiB" if cpu else ""))
         if "direct" in med_mb and "sp_tls" in med_mb:
             p(f"  tunnel / direct      {med_mb['sp_tls'] / med_mb['direct']:9.2f}x")
+            sp_mb = [float(r["mb_per_s"]) for r in dl["sp_tls"] if good(r) and r.get("ok")]
+            figures["tunnel"] = {"ratio": med_mb["sp_tls"] / med_mb["direct"],
+                                 "spread": spread_of(sp_mb)}
             checks.append(("(blind tunnel throughput vs direct)",
                            f"{med_mb['sp_tls'] / med_mb['direct']:.2f}x "
                            f"({med_mb['sp_tls']:.0f} vs {med_mb['direct']:.0f} MB/s)", "info"))
