@@ -331,3 +331,26 @@ def check_no_secrets(test, d, forbidden, skip_empty=True):
                 i = text.index(s)
                 test.fail('secret %r... appears in the daemon %s: ...%s<HERE>'
                           % (s[:6], where, text[max(0, i - 300):i]))
+
+
+def start_audited_daemon(case, route_args, extra, auth=None, config=None):
+    """Start case's daemon with its auth file, its TLS upstream's CA, an
+    audit log of its own and, when given, a config file written from the
+    config dict; at cleanup it is stopped and its outputs are searched for
+    case.forbidden. case needs work, auth, tls, forbidden and
+    start_daemon. The daemon's audit_path names its audit log."""
+    args = ['--auth-file', auth or case.auth, '--upstream-ca', case.tls.ca] + list(route_args)
+    if config is not None:
+        path = os.path.join(case.work, 'config-%d.json' % len(os.listdir(case.work)))
+        with open(path, 'w') as f:
+            json.dump(config, f)
+        args += ['--config', path]
+    audit_path = os.path.join(case.work, 'audit-%d.jsonl' % len(os.listdir(case.work)))
+    d = case.start_daemon(*args, '--audit-log', audit_path, *extra)
+    d.audit_path = audit_path
+
+    def stop_and_check():
+        d.stop()
+        check_no_secrets(case, d, case.forbidden)
+    case.addCleanup(stop_and_check)
+    return d

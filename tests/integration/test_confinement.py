@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (SECRET, HTTPClient, ProxyTestCase, main, request,  # noqa: E402
                      run_cmd, scopeproxy_bin, clean_env, tls_material)
-from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, check_no_secrets,  # noqa: E402
+from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, start_audited_daemon,  # noqa: E402
                      fingerprint, identity_record, key_secrets, parse_assertion,
                      public_key, write_auth)
 
@@ -69,24 +69,13 @@ class ConfinementCase(ProxyTestCase):
         write_auth(self.auth, auth_doc(identity_record(SPEC_V2_B64, RUNTIME, task_id=TASK)))
 
     def daemon(self, *extra, auth=None, config=None):
-        args = ['--auth-file', auth or self.auth, '--upstream-ca', self.tls.ca]
+        route = []
         for h in CRED_HOSTS + ('api.anthropic.com',):
             for port in (80, 443):
-                args += ['--resolve', '%s:%d:127.0.0.1:%d' % (h, port, self.up.port)]
-        if config is not None:
-            path = os.path.join(self.work, 'config-%d.json' % len(os.listdir(self.work)))
-            with open(path, 'w') as f:
-                json.dump(config, f)
-            args += ['--config', path]
-        self.audit_path = os.path.join(self.work, 'audit-%d.jsonl' % len(os.listdir(self.work)))
-        d = self.start_daemon(*args, '--audit-log', self.audit_path, *extra)
-        d.audit_path = self.audit_path
-        self.addCleanup(self._check_secrets, d)
+                route += ['--resolve', '%s:%d:127.0.0.1:%d' % (h, port, self.up.port)]
+        d = start_audited_daemon(self, route, extra, auth, config)
+        self.audit_path = d.audit_path
         return d
-
-    def _check_secrets(self, d):
-        d.stop()
-        check_no_secrets(self, d, self.forbidden)
 
     def audit(self):
         with open(self.audit_path) as f:

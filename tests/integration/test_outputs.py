@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (SECRET, CloseBeforeAnswer, Fixed, GreetingListener, HTTPClient,  # noqa: E402
                      ProxyTestCase, free_port, main, request, tls_material)
-from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, check_no_secrets,  # noqa: E402
+from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, start_audited_daemon,  # noqa: E402
                      fingerprint, identity_record, key_secrets, write_auth)
 
 TASK = 'task-outputs-7c1e'
@@ -85,23 +85,10 @@ class OutputsCase(ProxyTestCase):
         write_auth(self.auth, auth_doc(identity_record(SPEC_V2_B64, RUNTIME, task_id=TASK)))
 
     def daemon(self, *extra, auth=None, config=None, resolve=()):
-        args = ['--auth-file', auth or self.auth, '--upstream-ca', self.tls.ca]
+        route = []
         for host, port in resolve:
-            args += ['--resolve', '%s:127.0.0.1:%d' % (host, port)]
-        if config is not None:
-            path = os.path.join(self.work, 'config-%d.json' % len(os.listdir(self.work)))
-            with open(path, 'w') as f:
-                json.dump(config, f)
-            args += ['--config', path]
-        self.audit_path = os.path.join(self.work, 'audit-%d.jsonl' % len(os.listdir(self.work)))
-        d = self.start_daemon(*args, '--audit-log', self.audit_path, *extra)
-        d.audit_path = self.audit_path
-        self.addCleanup(self._check_secrets, d)
-        return d
-
-    def _check_secrets(self, d):
-        d.stop()
-        check_no_secrets(self, d, self.forbidden)
+            route += ['--resolve', '%s:127.0.0.1:%d' % (host, port)]
+        return start_audited_daemon(self, route, extra, auth, config)
 
     def audit(self, d):
         with open(d.audit_path) as f:
