@@ -79,7 +79,9 @@ metrics_text(const struct metrics_counts *m, const struct metrics_gauges *g)
 						    route_kind_name((enum route_kind)r),
 						    action_name((enum action)a), classes[c], v);
 					}
-	put(&o, "# HELP scopeproxy_assertions_minted_total AgentAssertion headers minted.\n"
+	put(&o, "# HELP scopeproxy_assertions_minted_total AgentAssertion headers put "
+	    "on requests (sent or not: requests_total{action=\"assert\"} counts "
+	    "those that left the proxy).\n"
 	    "# TYPE scopeproxy_assertions_minted_total counter\n"
 	    "scopeproxy_assertions_minted_total %lu\n",
 	    m->minted);
