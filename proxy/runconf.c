@@ -17,12 +17,10 @@
 #include "core/providers.h"
 #include "net/worker.h"
 #include "runconf.h"
+#include "build_commit.h"	/* made at every make: mk/version.am */
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0.0.0"
-#endif
-#ifndef SP_BUILD_COMMIT
-#define SP_BUILD_COMMIT "unknown"
 #endif
 
 /* What a bug report needs: this build and the libraries it runs with

@@ -58,6 +58,16 @@ class Basics(CliTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn(b'scopeproxy 0.1.0', r.stdout)
 
+    def test_version_names_the_commit_built(self):
+        # made at make time (mk/version.am): a build tree configured at an
+        # older commit and rebuilt since names the commit it was built from
+        here = os.path.dirname(os.path.abspath(__file__))
+        g = run_cmd(['git', '-C', here, 'rev-parse', '--short=12', 'HEAD'], timeout=10)
+        if g.returncode != 0:
+            self.skipTest('not a git checkout')
+        r = sp('--version')
+        self.assertIn(b'(commit %s)' % g.stdout.strip(), r.stdout.splitlines()[0])
+
     def test_help_lists_every_flag(self):
         r = sp('--help')
         self.assertEqual(r.returncode, 0, r.stderr)
