@@ -593,27 +593,39 @@ key_reg_codes(struct config *c, json_t *v, const char *path, char *err,
 	return 0;
 }
 
+/* A setting that is one of two words; *first: it is the first. */
+static int
+two_words(json_t *v, const char *path, const char *first,
+    const char *second, int *is_first, char *err, size_t errlen)
+{
+	const char *s = json_string_value(v);
+	char want[64];
+
+	if (s == NULL || (strcmp(s, first) != 0 && strcmp(s, second) != 0)) {
+		snprintf(want, sizeof(want), "\"%s\" or \"%s\"", first, second);
+		return type_error(err, errlen, path, want);
+	}
+	*is_first = strcmp(s, first) == 0;
+	return 0;
+}
+
 static int
 key_websocket(struct config *c, json_t *v, const char *path, char *err,
     size_t errlen)
 {
-	const char *s = json_string_value(v);
-
-	if (s == NULL || (strcmp(s, "relay") != 0 && strcmp(s, "refuse") != 0))
-		return type_error(err, errlen, path, "\"relay\" or \"refuse\"");
-	c->websocket_relay = s[2] == 'l';
-	return 0;
+	return two_words(v, path, "relay", "refuse", &c->websocket_relay, err,
+	    errlen);
 }
 
 static int
 key_plaintext(struct config *c, json_t *v, const char *path, char *err,
     size_t errlen)
 {
-	const char *s = json_string_value(v);
+	int upgrade;
 
-	if (s == NULL || (strcmp(s, "upgrade") != 0 && strcmp(s, "refuse") != 0))
-		return type_error(err, errlen, path, "\"upgrade\" or \"refuse\"");
-	c->plaintext_refuse = s[0] == 'r';
+	if (two_words(v, path, "upgrade", "refuse", &upgrade, err, errlen) != 0)
+		return -1;
+	c->plaintext_refuse = !upgrade;
 	return 0;
 }
 
