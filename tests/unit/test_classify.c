@@ -14,6 +14,7 @@
 
 #include "core/classify.h"
 #include "core/providers.h"
+#include "check_run.h"
 
 #ifndef SCOPEPROXY_SRCDIR_DEFAULT
 #define SCOPEPROXY_SRCDIR_DEFAULT "."
@@ -1146,11 +1147,5 @@ classify_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(classify_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return check_run(classify_suite());
 }

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "core/conn_slot.h"
+#include "check_run.h"
 
 START_TEST(slot_limit)
 {
@@ -57,15 +58,9 @@ main(void)
 {
 	Suite *s = suite_create("conn_slot");
 	TCase *tc = tcase_create("slot");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, slot_limit);
 	tcase_add_test(tc, slot_move_and_extra);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return check_run(s);
 }

@@ -11,6 +11,7 @@
 #include "cred/ca.h"
 #include "core/config.h"
 #include "core/connect.h"
+#include "check_run.h"
 
 static int
 parse(const char *head, struct connect_req *r, enum perr *code)
@@ -220,8 +221,6 @@ main(void)
 {
 	Suite *s = suite_create("connect");
 	TCase *tc = tcase_create("connect");
-	SRunner *sr;
-	int failed;
 
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, connect_heads);
@@ -230,9 +229,5 @@ main(void)
 	tcase_add_test(tc, ca_create_reuse_and_leaves);
 	tcase_add_test(tc, ca_leaf_cache_is_bounded);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return check_run(s);
 }

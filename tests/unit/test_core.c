@@ -12,6 +12,7 @@
 #include "core/gateway.h"
 #include "core/headers.h"
 #include "core/target.h"
+#include "check_run.h"
 
 /* --- target ------------------------------------------------------------- */
 
@@ -743,11 +744,5 @@ core_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(core_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return check_run(core_suite());
 }

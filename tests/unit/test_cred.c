@@ -27,6 +27,7 @@
 #include "cred/idstore.h"
 #include "cred/pkcs8.h"
 #include "cred/secmem.h"
+#include "check_run.h"
 
 /* Section 7 vectors. */
 #define V_PUB_HEX	"ea4a6c63e29c520abef5507b132ec5f9" \
@@ -1212,11 +1213,5 @@ cred_suite(void)
 int
 main(void)
 {
-	SRunner	*sr = srunner_create(cred_suite());
-	int	 failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return check_run(cred_suite());
 }

@@ -7,6 +7,7 @@
 #include "cred/credential.h"
 #include "core/headers.h"
 #include "cred/identity.h"
+#include "check_run.h"
 
 #define V_TIME	((time_t)1776902400)	/* 2026-04-23T00:00:00Z */
 #define V_KEY_V2 "MFECAQEwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHgSEA6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="
@@ -181,8 +182,6 @@ main(void)
 {
 	Suite *s = suite_create("credential");
 	TCase *tc = tcase_create("credential");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, vector_through_credential_step);
 	tcase_add_test(tc, no_companions_without_account);
@@ -190,9 +189,5 @@ main(void)
 	tcase_add_test(tc, fresh_assertion_each_second);
 	tcase_add_test(tc, cache_within_one_second_only);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return check_run(s);
 }

@@ -10,6 +10,7 @@
 #include "core/headers.h"
 #include "core/providers.h"
 #include "core/route.h"
+#include "check_run.h"
 
 static struct decision
 dec(enum action a, enum route_kind k, enum refusal r)
@@ -337,8 +338,6 @@ main(void)
 {
 	Suite *s = suite_create("decide");
 	TCase *tc = tcase_create("decide");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, passthrough_forwards_whatever_the_identity);
 	tcase_add_test(tc, assert_identity_cells);
@@ -348,9 +347,5 @@ main(void)
 	tcase_add_test(tc, policies_from_config);
 	tcase_add_test(tc, websocket_tokens_as_the_daemon);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return check_run(s);
 }

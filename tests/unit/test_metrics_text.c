@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/metrics_text.h"
+#include "check_run.h"
 
 START_TEST(text_from_snapshot)
 {
@@ -54,14 +55,8 @@ main(void)
 {
 	Suite *s = suite_create("metrics_text");
 	TCase *tc = tcase_create("text");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, text_from_snapshot);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return check_run(s);
 }

@@ -40,6 +40,7 @@
 #include "cred/register.h"
 #include "cred/sealed.h"
 #include "cred/secmem.h"
+#include "check_run.h"
 
 /* Spec section 7 vectors. */
 #define V_PUB_HEX	"ea4a6c63e29c520abef5507b132ec5f9" \
@@ -1433,15 +1434,11 @@ register_suite(void)
 int
 main(void)
 {
-	SRunner	*sr;
-	int	 failed;
+	int rc;
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		return EXIT_FAILURE;
-	sr = srunner_create(register_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	rc = check_run(register_suite());
 	curl_global_cleanup();
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return rc;
 }

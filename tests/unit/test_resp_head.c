@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/resp_head.h"
+#include "check_run.h"
 
 static enum resp_head_rc
 line(struct resp_head *h, const char *s)
@@ -327,8 +328,6 @@ main(void)
 {
 	Suite *s = suite_create("resp_head");
 	TCase *tc = tcase_create("resp_head");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, head_basic);
 	tcase_add_test(tc, head_connection_options);
@@ -344,9 +343,5 @@ main(void)
 	tcase_add_test(tc, chunk_bad);
 	tcase_add_test(tc, chunk_names);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return check_run(s);
 }

@@ -4,6 +4,7 @@
 
 #include "core/gateway.h"
 #include "core/route.h"
+#include "check_run.h"
 
 static struct gateway gw;
 static char err[512];
@@ -231,8 +232,6 @@ main(void)
 {
 	Suite *s = suite_create("route");
 	TCase *tc = tcase_create("route");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, forward);
@@ -243,9 +242,5 @@ main(void)
 	tcase_add_test(tc, intercept);
 	tcase_add_test(tc, mode_names);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return check_run(s);
 }

@@ -1,0 +1,21 @@
+/* The end of every unit test program's main: run the suite, give the
+ * exit status make check reads. */
+#ifndef CHECK_RUN_H
+#define CHECK_RUN_H
+
+#include <check.h>
+#include <stdlib.h>
+
+static inline int
+check_run(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+#endif
