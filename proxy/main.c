@@ -15,10 +15,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <openssl/crypto.h>
-#include <grp.h>
 #include <poll.h>
-#include <pwd.h>
-#include <sys/prctl.h>
 
 #include "cred/ca.h"
 #include "core/config.h"
@@ -31,8 +28,8 @@
 #include "net/transfer.h"
 #include "cred/registrar.h"
 #include "cred/secmem.h"
+#include "privsep.h"
 #include "safefile.h"
-#include "server_info.h"
 #include "net/tunnel.h"
 #include "net/worker.h"
 #include "cli.h"
@@ -96,12 +93,22 @@ raise_fd_limit(void)
 	}
 }
 
-/* Settings read once at start; a reload that changes them says so. */
+static int
+str_differ(const char *a, const char *b)
+{
+	return (a == NULL) != (b == NULL) ||
+	    (a != NULL && strcmp(a, b) != 0);
+}
+
+/* Settings read once at start; a reload that changes them says so. The
+ * files among them stay with the signer, which has the settings of the
+ * start; upstream_ca is read before root is dropped. */
 static void
 warn_fixed(const struct config *a, const struct config *b)
 {
 	static const char *fixed = "listen, threads, resolve, ca_dir, "
-	    "intercept, auth_file, audit_log, pid_file, limits.max_header_size, "
+	    "intercept, auth_file, audit_log, pid_file, server_info, "
+	    "log_file, user, upstream_ca, limits.max_header_size, "
 	    "limits.max_connections and timeouts.client_idle";
 
 	if (strcmp(a->listen_host, b->listen_host) != 0 ||
@@ -112,14 +119,20 @@ warn_fixed(const struct config *a, const struct config *b)
 	    a->max_header_size != b->max_header_size ||
 	    a->max_connections != b->max_connections ||
 	    a->client_idle_timeout != b->client_idle_timeout ||
-	    (a->audit_log == NULL) != (b->audit_log == NULL))
+	    (a->audit_log == NULL) != (b->audit_log == NULL) ||
+	    str_differ(a->pid_file, b->pid_file) ||
+	    str_differ(a->server_info, b->server_info) ||
+	    str_differ(a->log_file, b->log_file) ||
+	    str_differ(a->user, b->user) ||
+	    str_differ(a->upstream_ca, b->upstream_ca))
 		log_msg(LL_WARN, "reload: %s take effect at the next restart",
 		    fixed);
 }
 
 /* The log: stderr, or log_file opened like the audit log (no link
  * followed) and reopened on SIGHUP and SIGUSR1 so that a rotated file
- * is let go. */
+ * is let go. The signer reopens it (the network process may no longer
+ * be allowed to) and hands the descriptor over. */
 static int log_file_fd = -1;
 
 static int
@@ -141,7 +154,7 @@ log_reopen(const struct config *c)
 
 	if (c->log_file == NULL || log_file_fd < 0)
 		return;
-	if ((fd = safefile_open_append(c->log_file, err, sizeof(err))) < 0) {
+	if ((fd = sigclient_open_log(err, sizeof(err))) < 0) {
 		log_msg(LL_ERROR, "log_file: %s; still writing to the old file",
 		    err);
 		return;
@@ -162,12 +175,19 @@ reload(struct proxy *px, struct worker *ws, int n)
 	struct config *nc = calloc(1, sizeof(*nc));
 	struct runconf *rc;
 	char err[1024];
-	int i, r;
+	int i, r, fd = -1;
 
 	if (nc == NULL)
 		return;
 	config_defaults(nc);
-	r = runcfg_reparse(nc, err, sizeof(err));
+	/* the signer opens the file: it may be readable by root only */
+	if (runcfg_config_path() != NULL &&
+	    (fd = sigclient_open_config(err, sizeof(err))) < 0)
+		r = -1;
+	else
+		r = runcfg_reparse(nc, fd, err, sizeof(err));
+	if (fd >= 0)
+		close(fd);
 	if (r != 0 || (rc = runconf_new(nc, 1, err, sizeof(err))) == NULL) {
 		log_json(LL_ERROR, "reload rejected; keeping the running "
 		    "configuration", json_pack("{s:s}", "reason", err));
@@ -183,16 +203,6 @@ reload(struct proxy *px, struct worker *ws, int n)
 		worker_wake(&ws[i]);
 	metrics_reload(1);
 	log_msg(LL_INFO, "configuration reloaded");
-}
-
-static int
-pid_file_write(const char *path, char *err, size_t errlen)
-{
-	char buf[32];
-	int len;
-
-	len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
-	return safefile_write(path, buf, (size_t)len, 0644, err, errlen);
 }
 
 /* After SIGTERM: wait for the workers to finish their drain, still
@@ -251,7 +261,7 @@ struct daemon {
 	int			 n, started;
 	int			 port;
 	int			 sfd;
-	bool			 pid_written, info_written;
+	bool			 files_asked;	/* pid file, server-info */
 	pthread_mutex_t		 pin_lock;
 	struct runconf		*reg_pin[2];	/* see current_settings */
 	struct memtrim		 trim;
@@ -318,47 +328,6 @@ open_signals(char *err, size_t errlen)
 	return fd;
 }
 
-/* Started as root, the network process serves as c->user: it cannot
- * open the auth file or the CA key, and cannot regain root. Before any
- * thread exists (setuid applies to this one only). */
-static int
-drop_privileges(const struct config *c, char *err, size_t errlen)
-{
-	struct passwd *pw;
-
-	if (geteuid() != 0 || c->user == NULL)
-		goto out;
-	if ((pw = getpwnam(c->user)) == NULL) {
-		snprintf(err, errlen, "user: no such user '%.64s'", c->user);
-		return -1;
-	}
-	if (pw->pw_uid == 0) {
-		snprintf(err, errlen, "user: '%.64s' is root; name an "
-		    "unprivileged user (e.g. nobody)", c->user);
-		return -1;
-	}
-	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
-	    setuid(pw->pw_uid) != 0) {
-		snprintf(err, errlen, "user: cannot become '%.64s': %s", c->user,
-		    strerror(errno));
-		return -1;
-	}
-	if (setuid(0) == 0) {
-		snprintf(err, errlen, "user: root could be regained");
-		return -1;
-	}
-	log_json(LL_INFO, "serving as an unprivileged user", json_pack(
-	    "{s:s, s:i}", "user", c->user, "uid", (int)pw->pw_uid));
-out:
-	/* setuid resets the dumpable flag; exec can never add privileges */
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-	    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-		snprintf(err, errlen, "prctl: %s", strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
 /* Start-up before any thread: settings, files, TLS, the listener.
  * Logs why it fails. */
 static int
@@ -398,7 +367,11 @@ daemon_open(struct daemon *d)
 	raise_fd_limit();
 	if ((d->px.listen_fd = open_listener(c, &d->port, err, sizeof(err))) < 0)
 		goto fail;
-	if (drop_privileges(c, err, sizeof(err)) != 0)
+	/* what the network process needs after the drop is read now */
+	if (c->upstream_ca != NULL && privsep_read("upstream_ca",
+	    c->upstream_ca, &d->px.upstream_ca, err, sizeof(err)) != 0)
+		goto fail;
+	if (privsep_drop(c, err, sizeof(err)) != 0)
 		goto fail;
 	return 0;
 fail:
@@ -418,8 +391,8 @@ static int
 daemon_start(struct daemon *d)
 {
 	struct config *c = d->cfg;
-	struct registrar_hooks hooks = { current_settings, NULL, wake_workers,
-	    d };
+	struct registrar_hooks hooks = { current_settings, NULL, NULL,
+	    wake_workers, d };
 	char err[512];
 	int i;
 
@@ -439,23 +412,18 @@ daemon_start(struct daemon *d)
 		}
 	}
 	hooks.connect_to = d->px.connect_to;
+	hooks.upstream_ca = d->px.upstream_ca.data != NULL ?
+	    &d->px.upstream_ca : NULL;
 	if (registrar_start(&hooks, err, sizeof(err)) != 0)
 		goto fail;
 	kick_registration();
-	/* The pid file first: server-info is the "ready" signal. */
-	if (c->pid_file != NULL) {
-		if (pid_file_write(c->pid_file, err, sizeof(err)) != 0) {
-			log_msg(LL_ERROR, "pid-file: %s", err);
-			return -1;
-		}
-		d->pid_written = true;
+	/* The signer writes the pid file and server-info (the "ready"
+	 * signal), where only root may write, and removes them at the end. */
+	if (c->pid_file != NULL || c->server_info != NULL) {
+		d->files_asked = true;
+		if (sigclient_ready(d->port, err, sizeof(err)) != 0)
+			goto fail;
 	}
-	if (c->server_info != NULL && server_info_write(c->server_info,
-	    c->listen_host, d->port, err, sizeof(err)) != 0) {
-		log_msg(LL_ERROR, "server-info: %s", err);
-		return -1;
-	}
-	d->info_written = c->server_info != NULL;
 	log_json(LL_INFO, "listening", json_pack("{s:s, s:i, s:i, s:s}",
 	    "address", c->listen_host, "port", d->port, "threads", d->n,
 	    "auth_file", c->auth_file));
@@ -546,6 +514,7 @@ daemon_signals(struct daemon *d)
 static void
 daemon_teardown(struct daemon *d)
 {
+	bool signer_dead;
 	int i;
 
 	if (d->ws != NULL) {
@@ -564,19 +533,22 @@ daemon_teardown(struct daemon *d)
 	metrics_set_gauges(NULL, NULL);
 	free(d->ws);
 	tunnel_tls_free(&d->px);
-	/* the signer sees its descriptors close and exits */
+	/* the signer sees its descriptors close, removes the pid file and
+	 * server-info, and exits */
+	signer_dead = d->files_asked && !sigclient_alive();
 	sigclient_shutdown();
 	signer_reap(&d->signer);
+	/* a signer that died cannot have: a last try (enough when the files
+	 * are not root's) */
+	if (signer_dead && d->cfg->pid_file != NULL)
+		unlink(d->cfg->pid_file);
+	if (signer_dead && d->cfg->server_info != NULL)
+		unlink(d->cfg->server_info);
 	for (i = 0; i < 2; i++)
 		runconf_unref(d->reg_pin[i]);
 	proxy_runconf_set(&d->px, NULL);
 	pthread_mutex_destroy(&d->px.rc_lock);
 	pthread_mutex_destroy(&d->pin_lock);
-	if (d->pid_written)
-		unlink(d->cfg->pid_file);
-	/* a later run must not read a dead proxy's port */
-	if (d->info_written)
-		unlink(d->cfg->server_info);
 	if (d->px.audit_fd >= 0)
 		close(d->px.audit_fd);
 	if (d->px.listen_fd >= 0)
@@ -584,6 +556,7 @@ daemon_teardown(struct daemon *d)
 	if (d->sfd >= 0)
 		close(d->sfd);
 	curl_slist_free_all(d->px.connect_to);
+	free(d->px.upstream_ca.data);
 }
 
 /* libcurl copies the request head, the assertion in it, into buffers of
@@ -661,7 +634,7 @@ run(struct config *c)
 		log_msg(LL_WARN, "%s", err);
 	/* The keys are read only in the signer, forked before anything is
 	 * read from the network. */
-	if (signer_spawn(c, &d.signer, err, sizeof(err)) != 0) {
+	if (signer_spawn(c, &privsep_files, &d.signer, err, sizeof(err)) != 0) {
 		log_msg(LL_ERROR, "%s", err);
 		goto out;
 	}

@@ -43,6 +43,8 @@ print_version(void)
  * applies the same flags on top, exactly as at start. */
 static int	 saved_argc;
 static char	**saved_argv;
+/* -c FILE of the command line (in argv), or NULL */
+static const char *config_path;
 
 static const char usage_text[] =
 "Usage: scopeproxy [OPTIONS]                 run the proxy\n"
@@ -75,7 +77,8 @@ static const char usage_text[] =
 "      --resolve HOST:PORT:ADDR:PORT\n"
 "                               send HOST:PORT's traffic to ADDR:PORT (repeatable);\n"
 "                               Host and TLS name stay HOST\n"
-"      --upstream-ca FILE       extra CA bundle trusted for upstream TLS (adds to the system store)\n"
+"      --upstream-ca FILE       extra CA bundle trusted for upstream TLS (adds to the system\n"
+"                               store; read once at start)\n"
 "      --upstream-proxy URL     reach upstreams through this HTTP(S) proxy\n"
 "                               (http[s]://[user:pass@]host:port; TLS goes through CONNECT;\n"
 "                               HTTP(S)_PROXY in the environment is never used)\n"
@@ -88,8 +91,10 @@ static const char usage_text[] =
 "      --log-file FILE          append the log to FILE instead of stderr (reopened\n"
 "                               on SIGHUP and SIGUSR1, for rotation)\n"
 "      --pid-file FILE          write the process id to FILE (removed at exit)\n"
-"      --user NAME              started as root, serve as NAME; the keys stay\n"
-"                               with a signer process that keeps root\n"
+"      --user NAME              started as root, serve as NAME (default nobody; root\n"
+"                               is refused); the keys, and the pid file, server-info,\n"
+"                               log file and configuration file, stay with a signer\n"
+"                               process that keeps root\n"
 "      --drain-timeout SECS     on SIGTERM, let requests finish for up to SECS (default 30)\n"
 "      --threads N              event-loop threads (default: one per core)\n"
 "      --max-body-size BYTES    largest request body (default 0 = unlimited)\n"
@@ -327,9 +332,11 @@ apply_flag(struct config *c, const struct flag *f, char *err, size_t errlen)
 	return rc;
 }
 
+/* cfg_fd >= 0: the configuration file is read from it (the -c path is
+ * still the name errors give). */
 static int
 parse_args(int argc, char **argv, struct config *c, struct cmdline *cl,
-    char *err, size_t errlen)
+    int cfg_fd, char *err, size_t errlen)
 {
 	struct flag *flags;
 	const char *cfgfile = NULL;
@@ -379,7 +386,10 @@ parse_args(int argc, char **argv, struct config *c, struct cmdline *cl,
 	}
 	while (optind < argc)
 		cl->pos[cl->npos++] = argv[optind++];
-	if (cfgfile != NULL && config_load_file(c, cfgfile, err, errlen) != 0)
+	config_path = cfgfile;
+	if (cfgfile != NULL && (cfg_fd >= 0 ?
+	    config_load_fd(c, cfg_fd, cfgfile, err, errlen) :
+	    config_load_file(c, cfgfile, err, errlen)) != 0)
 		goto out;
 	for (i = 0; i < nf; i++)
 		if (apply_flag(c, &flags[i], err, errlen) != 0)
@@ -394,7 +404,13 @@ int
 runcfg_parse(int argc, char **argv, struct config *c, struct cmdline *cl,
     char *err, size_t errlen)
 {
-	return parse_args(argc, argv, c, cl, err, errlen);
+	return parse_args(argc, argv, c, cl, -1, err, errlen);
+}
+
+const char *
+runcfg_config_path(void)
+{
+	return config_path;
 }
 
 void
@@ -405,12 +421,12 @@ runcfg_save_argv(int argc, char **argv)
 }
 
 int
-runcfg_reparse(struct config *c, char *err, size_t errlen)
+runcfg_reparse(struct config *c, int cfg_fd, char *err, size_t errlen)
 {
 	struct cmdline cl = { 0 };
 	int r;
 
-	r = parse_args(saved_argc, saved_argv, c, &cl, err, errlen);
+	r = parse_args(saved_argc, saved_argv, c, &cl, cfg_fd, err, errlen);
 	free(cl.pos);
 	free(cl.headers);
 	return r;

@@ -24,8 +24,13 @@ int	 runcfg_parse(int argc, char **argv, struct config *c,
 	    struct cmdline *cl, char *err, size_t errlen);
 /* Keeps argv for runcfg_reparse (SIGHUP). */
 void	 runcfg_save_argv(int argc, char **argv);
-/* The saved command line again, over c (defaults already in). */
-int	 runcfg_reparse(struct config *c, char *err, size_t errlen);
+/* The saved command line again, over c (defaults already in); the
+ * configuration file is read from cfg_fd when it is >= 0 (the signer
+ * opens it: it may be readable by root only). */
+int	 runcfg_reparse(struct config *c, int cfg_fd, char *err,
+	    size_t errlen);
+/* The configuration file of the command line (-c), or NULL. */
+const char *runcfg_config_path(void);
 /* The built-in provider table with the configuration's entries merged
  * in front of it. */
 struct provider_table *runcfg_providers(const struct config *c, char *err,

@@ -8,8 +8,8 @@
 #include "server_info.h"
 
 int
-server_info_write(const char *path, const char *host, int port, char *err,
-    size_t errlen)
+server_info_write(const char *path, const char *host, int port, pid_t pid,
+    char *err, size_t errlen)
 {
 	char listen[300], *s = NULL;
 	json_t *o;
@@ -18,7 +18,7 @@ server_info_write(const char *path, const char *host, int port, char *err,
 
 	snprintf(listen, sizeof(listen), strchr(host, ':') ? "[%s]:%d" : "%s:%d",
 	    host, port);
-	o = json_pack("{s:i, s:i, s:s}", "port", port, "pid", (int)getpid(),
+	o = json_pack("{s:i, s:i, s:s}", "port", port, "pid", (int)pid,
 	    "listen", listen);
 	if (o == NULL ||
 	    (s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER)) == NULL) {

@@ -730,14 +730,14 @@ config_apply_json(struct config *c, json_t *root, const char *where, char *err,
 	return 0;
 }
 
-int
-config_load_file(struct config *c, const char *path, char *err, size_t errlen)
+/* The document jansson read from path (or NULL, and why in err). */
+static int
+config_load_root(struct config *c, json_t *root, const json_error_t *jerr,
+    const char *path, char *err, size_t errlen)
 {
-	json_error_t je;
-	json_t *root;
+	json_error_t je = *jerr;
 	int rc;
 
-	root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
 	if (root == NULL) {
 		/* jansson's text ends in "near '<token>'", which may be a
 		 * piece of a secret (proxy_auth): keep what precedes it. */
@@ -755,6 +755,27 @@ config_load_file(struct config *c, const char *path, char *err, size_t errlen)
 	rc = config_apply_json(c, root, path, err, errlen);
 	json_decref(root);
 	return rc;
+}
+
+int
+config_load_file(struct config *c, const char *path, char *err, size_t errlen)
+{
+	json_error_t je;
+	json_t *root;
+
+	root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+	return config_load_root(c, root, &je, path, err, errlen);
+}
+
+int
+config_load_fd(struct config *c, int fd, const char *path, char *err,
+    size_t errlen)
+{
+	json_error_t je;
+	json_t *root;
+
+	root = json_loadfd(fd, JSON_REJECT_DUPLICATES, &je);
+	return config_load_root(c, root, &je, path, err, errlen);
 }
 
 int
@@ -795,6 +816,12 @@ config_finish(struct config *c, char *err, size_t errlen)
 	    strncasecmp(c->reg_base_url, "https://", 8) != 0) {
 		snprintf(err, errlen, "task_registration.base_url: must be an "
 		    "https:// URL (the registration request carries a signature)");
+		return -1;
+	}
+	/* Started as root, the network process always drops to a user;
+	 * root itself is refused when it is named. */
+	if (c->user == NULL && (c->user = strdup("nobody")) == NULL) {
+		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
 	if (c->ca_dir == NULL && (c->ca_dir = config_default_ca_dir()) == NULL) {

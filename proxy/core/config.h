@@ -65,7 +65,8 @@ struct config {
 	double		 tls_handshake_timeout;	/* intercepted TLS; 0: none */
 	double		 drain_timeout;
 	char		*pid_file;
-	char		*user;		/* network process, when root */
+	char		*user;		/* network process, when root
+					   (config_finish: "nobody") */
 	char		*proxy_auth_basic;	/* "user:pass", secret */
 	char		*proxy_auth_bearer;	/* token, secret */
 	char		**allowed_hosts;	/* patterns; NULL: any */
@@ -81,6 +82,10 @@ char	*config_url_redacted(const char *url);
 int	 config_apply_json(struct config *c, json_t *root, const char *where,
 	    char *err, size_t errlen);
 int	 config_load_file(struct config *c, const char *path, char *err,
+	    size_t errlen);
+/* The same from a descriptor open on path (read from where it is; the
+ * caller closes it); errors name path. */
+int	 config_load_fd(struct config *c, int fd, const char *path, char *err,
 	    size_t errlen);
 int	 config_set_listen(struct config *c, const char *v, const char *where,
 	    char *err, size_t errlen);

@@ -59,6 +59,12 @@ log_set_output(int fd, enum log_format format)
 	    (format == LOG_FORMAT_AUTO && isatty(fd));
 }
 
+int
+log_output_fd(void)
+{
+	return log_fd;
+}
+
 /* "TIME LEVEL msg key=value ...": strings bare unless they hold a space,
  * a quote or '=', then JSON-quoted; other values as JSON. */
 static char *

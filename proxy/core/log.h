@@ -14,6 +14,7 @@ enum log_format { LOG_FORMAT_AUTO, LOG_FORMAT_JSON, LOG_FORMAT_TEXT };
  * it opened) and how: JSON lines, or "TIME LEVEL msg key=value ...";
  * AUTO is text on a terminal, JSON otherwise. */
 void		 log_set_output(int fd, enum log_format format);
+int		 log_output_fd(void);
 int		 log_format_parse(const char *s);	/* -1 if unknown */
 const char	*log_format_name(int format);
 

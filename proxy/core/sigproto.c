@@ -31,12 +31,16 @@ static const struct tspec {
 	[SIGP_REP_STATE] = { SIGP_F_FEDRAMP | SIGP_F_JWT | SIGP_F_CA |
 	    SIGP_F_CA_NEW, 3,
 	    { { 0, 512, 1 }, { 0, 512, 1 }, { 0, 512, 1 }, { 0, 8, 1 } } },
+	[SIGP_REQ_READY] = { 0, 0, { { 0, 0, 0 } } },
+	[SIGP_REQ_LOGFILE] = { 0, 0, { { 0, 0, 0 } } },
+	[SIGP_REQ_CONFIG] = { 0, 0, { { 0, 0, 0 } } },
 };
 
 int
 sigp_is_request(uint8_t type)
 {
-	return type >= SIGP_REQ_STATE && type <= SIGP_REQ_RELOAD;
+	return (type >= SIGP_REQ_STATE && type <= SIGP_REQ_RELOAD) ||
+	    (type >= SIGP_REQ_READY && type <= SIGP_REQ_CONFIG);
 }
 
 static int
@@ -52,6 +56,9 @@ valid(const struct sigp_msg *m)
 		return 0;
 	if ((m->type == SIGP_REP_ERR) != (m->code != 0) ||
 	    m->code >= SIGP__ERRS)
+		return 0;
+	/* READY's gen is the listening port */
+	if (m->type == SIGP_REQ_READY && (m->gen < 1 || m->gen > 65535))
 		return 0;
 	for (i = 0; i < SIGP_NFIELDS; i++) {
 		const struct sigp_field *f = &m->f[i];

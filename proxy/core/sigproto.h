@@ -24,6 +24,12 @@ enum sigp_type {
 	SIGP_REP_OK,		/* f[0]: the answer, if any */
 	SIGP_REP_ERR,		/* code; f[0]: a secret-free message */
 	SIGP_REP_STATE,		/* also pushed on the event channel */
+	/* network -> signer: the daemon's files, which stay with the
+	 * signer's privileges; only the paths of the signer's own settings
+	 * are ever used, the network process names none */
+	SIGP_REQ_READY,		/* listening on port gen: pid file, server-info */
+	SIGP_REQ_LOGFILE,	/* log_file opened for appending (an fd) */
+	SIGP_REQ_CONFIG,	/* the configuration file opened to read (an fd) */
 	SIGP__TYPES
 };
 
@@ -60,7 +66,7 @@ struct sigp_msg {
 	uint8_t		 status;	/* STATE: identity status */
 	uint16_t	 code;		/* ERR: enum sigp_err */
 	uint32_t	 id;		/* a reply echoes its request's */
-	uint64_t	 gen;		/* identity generation */
+	uint64_t	 gen;		/* identity generation; READY: the port */
 	int64_t		 ts;		/* the second, Unix time */
 	struct sigp_field f[SIGP_NFIELDS];
 };

@@ -373,7 +373,7 @@ make_handle(const struct register_opts *o, const char *url,
 		curl_easy_setopt(e, CURLOPT_CONNECT_TO, o->connect_to);
 	if (o->upstream_ca != NULL) {
 		/* The extra bundle adds to the system store, never replaces. */
-		curl_easy_setopt(e, CURLOPT_CAINFO, o->upstream_ca);
+		curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, o->upstream_ca);
 		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
 	}
 	if (o->cancel != NULL) {

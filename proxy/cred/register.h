@@ -35,7 +35,8 @@ struct register_opts {
 						   default 1000 */
 	struct curl_slist	*connect_to;	/* borrowed: CURLOPT_CONNECT_TO
 						   ("HOST:PORT:ADDR:PORT"), or NULL */
-	const char		*upstream_ca;	/* extra PEM bundle, or NULL */
+	const struct curl_blob	*upstream_ca;	/* borrowed: extra PEM bundle
+						   (bytes), or NULL */
 	const atomic_bool	*cancel;	/* optional: true aborts soon */
 	time_t			(*now)(void);	/* signing clock; NULL: time() */
 	/* Where the key is not ours (the signer holds it): the body comes

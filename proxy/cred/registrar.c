@@ -86,7 +86,7 @@ run_once(void)
 	o.max_attempts = c->reg_attempts;
 	o.backoff_ms = (long)(c->reg_backoff * 1000);
 	o.connect_to = R.h.connect_to;
-	o.upstream_ca = c->upstream_ca;
+	o.upstream_ca = R.h.upstream_ca;
 	o.cancel = &R.cancel;
 	o.sign_body = sign_body;
 	o.sign_arg = v;

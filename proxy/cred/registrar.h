@@ -9,6 +9,7 @@
 #include <time.h>
 
 struct config;
+struct curl_blob;
 struct curl_slist;
 
 /* What the registrar needs from the daemon, without knowing it. */
@@ -16,6 +17,8 @@ struct registrar_hooks {
 	/* the settings in force now (they change on SIGHUP) */
 	struct config		*(*settings)(void *arg);
 	struct curl_slist	*connect_to;	/* borrowed: --resolve */
+	/* borrowed: upstream_ca's bytes (read at start), or NULL */
+	const struct curl_blob	*upstream_ca;
 	/* a registration ended (a task came, or it failed): re-decide the
 	 * requests waiting for one; called on the registrar's thread */
 	void			 (*notify)(void *arg);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -59,10 +60,46 @@ sigclient_alive(void)
 	return C.req_fd >= 0 && !atomic_load(&C.dead);
 }
 
+/* One datagram into C.buf; a descriptor passed with it goes to *fd when
+ * fd != NULL and is closed otherwise. */
+static ssize_t
+recv_answer(int *fd)
+{
+	union {
+		struct cmsghdr	 h;
+		char		 b[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr mh;
+	struct cmsghdr *cm;
+	struct iovec iov = { .iov_base = C.buf, .iov_len = SIGP_MSG_MAX };
+	ssize_t r;
+	int got;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = u.b;
+	mh.msg_controllen = sizeof(u.b);
+	if ((r = recvmsg(C.req_fd, &mh, MSG_CMSG_CLOEXEC)) < 0)
+		return r;
+	for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
+		    cm->cmsg_len != CMSG_LEN(sizeof(int)))
+			continue;
+		memcpy(&got, CMSG_DATA(cm), sizeof(int));
+		if (fd != NULL && *fd < 0)
+			*fd = got;
+		else
+			close(got);
+	}
+	return r;
+}
+
 /* Sends req and waits for its answer, decoded into rep (pointing into
- * C.buf). Called with C.lock held. */
+ * C.buf); a descriptor that comes with the answer goes to *fd (NULL: none
+ * is wanted). Called with C.lock held. */
 static int
-roundtrip(struct sigp_msg *req, struct sigp_msg *rep)
+roundtrip_fd(struct sigp_msg *req, struct sigp_msg *rep, int *fd)
 {
 	long n;
 	ssize_t r;
@@ -86,7 +123,11 @@ roundtrip(struct sigp_msg *req, struct sigp_msg *rep)
 			continue;
 		if (p <= 0)
 			goto dead;
-		r = recv(C.req_fd, C.buf, SIGP_MSG_MAX, 0);
+		if (fd != NULL && *fd >= 0) {
+			close(*fd);
+			*fd = -1;
+		}
+		r = recv_answer(fd);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0 || sigp_decode(C.buf, (size_t)r, rep) != 0 ||
@@ -98,8 +139,18 @@ roundtrip(struct sigp_msg *req, struct sigp_msg *rep)
 		OPENSSL_cleanse(C.buf, (size_t)r);
 	}
 dead:
+	if (fd != NULL && *fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
 	mark_dead();
 	return -1;
+}
+
+static int
+roundtrip(struct sigp_msg *req, struct sigp_msg *rep)
+{
+	return roundtrip_fd(req, rep, NULL);
 }
 
 static struct idview *
@@ -467,4 +518,60 @@ sigclient_leaf(void *arg, const char *host, EVP_PKEY *pub)
 	x = cert_request(&req);
 	OPENSSL_free(der);
 	return x;
+}
+
+/* A request answered with OK and nothing, or with OK and a descriptor
+ * (fd != NULL). */
+static int
+files_request(uint8_t type, uint64_t port, int *fd, char *err,
+    size_t errlen)
+{
+	struct sigp_msg req = { .type = type, .gen = port }, rep;
+	char msg[512];
+	int got = -1, rc = -1;
+
+	pthread_mutex_lock(&C.lock);
+	if (roundtrip_fd(&req, &rep, fd != NULL ? &got : NULL) != 0)
+		snprintf(err, errlen, "the signer process is gone");
+	else if (rep.type == SIGP_REP_ERR) {
+		if (sigp_str(&rep.f[0], msg, sizeof(msg)) != 0)
+			msg[0] = '\0';
+		snprintf(err, errlen, "%s", msg);
+	} else if (rep.type != SIGP_REP_OK || (fd != NULL && got < 0))
+		snprintf(err, errlen, "signer: unexpected answer");
+	else
+		rc = 0;
+	pthread_mutex_unlock(&C.lock);
+	if (fd != NULL) {
+		if (rc == 0)
+			*fd = got;
+		else if (got >= 0)
+			close(got);
+	}
+	return rc;
+}
+
+int
+sigclient_ready(int port, char *err, size_t errlen)
+{
+	return files_request(SIGP_REQ_READY, (uint64_t)port, NULL, err,
+	    errlen);
+}
+
+int
+sigclient_open_log(char *err, size_t errlen)
+{
+	int fd = -1;
+
+	return files_request(SIGP_REQ_LOGFILE, 0, &fd, err, errlen) == 0 ?
+	    fd : -1;
+}
+
+int
+sigclient_open_config(char *err, size_t errlen)
+{
+	int fd = -1;
+
+	return files_request(SIGP_REQ_CONFIG, 0, &fd, err, errlen) == 0 ?
+	    fd : -1;
 }

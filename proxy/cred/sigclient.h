@@ -85,4 +85,14 @@ X509	*sigclient_cacert(void);
 /* ca_issue_fn: a leaf for host and pub, signed by the signer. */
 X509	*sigclient_leaf(void *arg, const char *host, EVP_PKEY *pub);
 
+/* The daemon's files, done by the signer from its own settings (the
+ * network process names no path; struct signer_files): "listening on
+ * port", which writes the pid file and server-info (removed when the
+ * daemon goes); log_file opened to append to; the configuration file
+ * opened to read. 0 or a new descriptor; -1 and err (the signer's
+ * message, which names the file) otherwise. */
+int	 sigclient_ready(int port, char *err, size_t errlen);
+int	 sigclient_open_log(char *err, size_t errlen);
+int	 sigclient_open_config(char *err, size_t errlen);
+
 #endif

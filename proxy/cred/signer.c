@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +28,9 @@
 
 static struct {
 	const struct config	*cfg;
+	const struct signer_files *files;	/* or NULL */
+	pid_t			 parent;
+	int			 ready;		/* files->ready was called */
 	int			 req_fd, ev_fd;
 	struct identity		*cur;		/* a reference, or NULL */
 	enum identity_status	 st;
@@ -40,6 +44,14 @@ static struct {
 	uint64_t		 val_gen;
 	time_t			 val_ts;
 } S = { .req_fd = -1, .ev_fd = -1 };
+
+/* PR_SET_PDEATHSIG's signal: only wakes the loop, which then sees the
+ * parent gone and cleans up (a stray one changes nothing). */
+static void
+on_parent_death(int sig)
+{
+	(void)sig;
+}
 
 static void
 signer_logger(const char *level, const char *msg)
@@ -185,6 +197,81 @@ reply_ok(uint32_t id, const void *p, size_t len)
 	m.f[0].p = p;
 	m.f[0].len = len;
 	return reply(&m);
+}
+
+/* OK with a descriptor (SCM_RIGHTS), which is closed here. */
+static int
+reply_fd(uint32_t id, int fd)
+{
+	struct sigp_msg m = { .type = SIGP_REP_OK, .id = id };
+	union {
+		struct cmsghdr	 h;
+		char		 b[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr mh;
+	struct cmsghdr *cm;
+	struct iovec iov;
+	long n;
+	ssize_t r;
+
+	if ((n = sigp_encode(&m, S.buf, SIGP_MSG_MAX)) < 0) {
+		close(fd);
+		return -1;
+	}
+	memset(&u, 0, sizeof(u));
+	memset(&mh, 0, sizeof(mh));
+	iov.iov_base = S.buf;
+	iov.iov_len = (size_t)n;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = u.b;
+	mh.msg_controllen = sizeof(u.b);
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	r = sendmsg(S.req_fd, &mh, MSG_NOSIGNAL);
+	close(fd);
+	return r == n ? 0 : -1;
+}
+
+/* The daemon's files (struct signer_files): the paths are the signer's
+ * settings, never anything the network process sent. */
+static int
+do_files(const struct sigp_msg *q)
+{
+	const struct signer_files *h = S.files;
+	char err[512];
+	int fd;
+
+	switch (q->type) {
+	case SIGP_REQ_READY:
+		if (h == NULL || h->ready == NULL)
+			return reply_err(q->id, SIGP_E_STATE, "not available");
+		/* unready removes whatever was written, even in part */
+		S.ready = 1;
+		if (h->ready(S.cfg, S.parent, (int)q->gen, err,
+		    sizeof(err)) != 0)
+			return reply_err(q->id, SIGP_E_INTERNAL, err);
+		return reply_ok(q->id, NULL, 0);
+	case SIGP_REQ_LOGFILE:
+		if (h == NULL || h->open_log == NULL)
+			return reply_err(q->id, SIGP_E_STATE, "not available");
+		if ((fd = h->open_log(S.cfg, err, sizeof(err))) < 0)
+			return reply_err(q->id, SIGP_E_INTERNAL, err);
+		/* the signer's own lines follow the file too */
+		if (S.cfg->log_file != NULL && log_output_fd() >= 0 &&
+		    log_output_fd() != STDERR_FILENO)
+			(void)dup2(fd, log_output_fd());
+		return reply_fd(q->id, fd);
+	default:
+		if (h == NULL || h->open_config == NULL)
+			return reply_err(q->id, SIGP_E_STATE, "not available");
+		if ((fd = h->open_config(S.cfg, err, sizeof(err))) < 0)
+			return reply_err(q->id, SIGP_E_INTERNAL, err);
+		return reply_fd(q->id, fd);
+	}
 }
 
 static int
@@ -384,6 +471,10 @@ handle(const struct sigp_msg *q)
 		idstore_reload();
 		refresh();
 		return reply_ok(q->id, NULL, 0);
+	case SIGP_REQ_READY:
+	case SIGP_REQ_LOGFILE:
+	case SIGP_REQ_CONFIG:
+		return do_files(q);
 	}
 	return reply_err(q->id, SIGP_E_BAD, "unknown request");
 }
@@ -400,7 +491,7 @@ serve(void)
 		    { .fd = idstore_watch_fd(), .events = POLLIN } };
 
 		if (poll(pf, pf[1].fd >= 0 ? 2 : 1, -1) < 0) {
-			if (errno == EINTR)
+			if (errno == EINTR && getppid() == S.parent)
 				continue;
 			return;
 		}
@@ -429,11 +520,18 @@ serve(void)
 static int
 signer_main(const struct config *c, pid_t parent)
 {
+	struct sigaction sa;
 	char err[512];
 
-	/* The network process going is the end, whatever way it goes. */
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+	/* The network process going is the end, whatever way it goes; the
+	 * signal wakes the loop, which removes the daemon's files first. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_parent_death;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGUSR2, &sa, NULL) != 0 ||
+	    prctl(PR_SET_PDEATHSIG, SIGUSR2) != 0 || getppid() != parent)
 		return 1;
+	S.parent = parent;
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
@@ -459,6 +557,10 @@ signer_main(const struct config *c, pid_t parent)
 	S.st = (enum identity_status)-1;
 	refresh();
 	serve();
+	/* before this process is gone (the network process waits for it):
+	 * no pid file or server-info outlives the daemon */
+	if (S.ready && S.files->unready != NULL)
+		S.files->unready(c);
 	identity_unref(S.cur);
 	idstore_shutdown();
 	ca_free(S.ca);
@@ -468,8 +570,8 @@ signer_main(const struct config *c, pid_t parent)
 }
 
 int
-signer_spawn(const struct config *c, struct signer_proc *sp, char *err,
-    size_t errlen)
+signer_spawn(const struct config *c, const struct signer_files *files,
+    struct signer_proc *sp, char *err, size_t errlen)
 {
 	int req[2], ev[2];
 	pid_t parent = getpid(), pid;
@@ -493,6 +595,7 @@ signer_spawn(const struct config *c, struct signer_proc *sp, char *err,
 		close(ev[0]);
 		S.req_fd = req[1];
 		S.ev_fd = ev[1];
+		S.files = files;
 		_exit(signer_main(c, parent));
 	}
 	close(req[1]);

@@ -44,11 +44,13 @@ upstream_setopt_common(CURL *e, struct worker *w, void *owner,
 	curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, connect_only ? 1L : 0L);
 	if (w->px->connect_to != NULL)
 		curl_easy_setopt(e, CURLOPT_CONNECT_TO, w->px->connect_to);
-	if (c->upstream_ca != NULL) {
-		/* The extra bundle adds to the system store, never replaces. */
-		curl_easy_setopt(e, CURLOPT_CAINFO, c->upstream_ca);
+	if (w->px->upstream_ca.data != NULL) {
+		/* The extra bundle adds to the system store, never replaces.
+		 * Its bytes were read at start: the file may be root's. */
+		curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &w->px->upstream_ca);
 		curl_easy_setopt(e, CURLOPT_CAPATH, "/etc/ssl/certs");
-		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO, c->upstream_ca);
+		curl_easy_setopt(e, CURLOPT_PROXY_CAINFO_BLOB,
+		    &w->px->upstream_ca);
 		curl_easy_setopt(e, CURLOPT_PROXY_CAPATH, "/etc/ssl/certs");
 	}
 }

@@ -58,6 +58,9 @@ struct proxy {
 	atomic_int		 draining;	/* SIGTERM: finish, accept nothing */
 	long long		 drain_deadline;
 	struct curl_slist	*connect_to;	/* from --resolve */
+	/* upstream_ca's bytes, read before root is dropped (data NULL:
+	 * none) */
+	struct curl_blob	 upstream_ca;
 	int			 audit_fd;	/* -1: no audit log */
 	struct ca		*ca;		/* NULL: no interception */
 	SSL_CTX			*tls_ctx;

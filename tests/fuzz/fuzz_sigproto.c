@@ -3,7 +3,9 @@
  *    (requests reach the signer, answers and states the network
  *    process). An accepted one re-encodes to exactly the same bytes, and
  *    not into a buffer one byte short; sigp_str on each field either
- *    fails or gives the field's bytes.
+ *    fails or gives the field's bytes. The file requests (READY,
+ *    LOGFILE, CONFIG) carry no field: the network process never names a
+ *    path; READY's port is 1-65535.
  *  bit 0 set: a message built from the rest (type, flags, status, code,
  *    then four NUL-separated fields); when it encodes, it decodes to the
  *    same message. */
@@ -38,6 +40,12 @@ received(const uint8_t *d, size_t n)
 		return;
 	FZ_CHECK(m.type != 0 && m.type < SIGP__TYPES);
 	FZ_CHECK((m.type == SIGP_REP_ERR) == (m.code != 0));
+	if (m.type == SIGP_REQ_READY)
+		FZ_CHECK(m.gen >= 1 && m.gen <= 65535);
+	if (m.type == SIGP_REQ_READY || m.type == SIGP_REQ_LOGFILE ||
+	    m.type == SIGP_REQ_CONFIG)
+		for (i = 0; i < SIGP_NFIELDS; i++)
+			FZ_CHECK(m.f[i].len == 0 && sigp_is_request(m.type));
 	k = sigp_encode(&m, out, sizeof(out));
 	FZ_CHECK(k >= 0 && (size_t)k == n && memcmp(out, d, n) == 0);
 	FZ_CHECK(sigp_encode(&m, out, n - 1) == -1);

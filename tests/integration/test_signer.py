@@ -151,8 +151,8 @@ class SignerCase(ProxyTestCase):
                    '--upstream-ca', self.upstream_ca,
                    '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port, *args)
         self.addCleanup(self._finish_daemon, d)
-        # server-info is written after the network process drops root
-        os.chmod(d.tmp, 0o777)
+        # server-info (in the harness's 0700 root directory) is written by
+        # the signer, which keeps root
         d.start()
         kids = children(d.pid)
         self.assertEqual(len(kids), 1, 'one signer process: %r' % kids)
@@ -234,6 +234,122 @@ class KeysStayInTheSigner(SignerCase):
         LINGER.append(sum(found.values()))
         self.assertEqual(sum(found.values()), 0,
                          'assertion copies left in the network process: %r' % found)
+
+
+def wait_for(cond, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    return cond()
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@unittest.skipUnless(ROOT, 'needs root (the default drop to nobody)')
+class RootOnlyFiles(SignerCase):
+    """Started as root without --user: the network process serves as
+    nobody, and everything a root daemon does with its files after the
+    drop still works when they are root's alone (a 0700 root directory):
+    the signer writes and removes the pid file and server-info, reopens
+    the log and opens the configuration for a reload; upstream_ca was
+    read before the drop."""
+
+    def test_default_user_is_nobody_and_root_only_files_keep_working(self):
+        priv = tempfile.mkdtemp(prefix='scopeproxy-rootonly-')
+        self.addCleanup(shutil.rmtree, priv, True)
+        os.chmod(priv, 0o700)
+        cfg = os.path.join(priv, 'scopeproxy.json')
+        with open(cfg, 'w') as f:
+            f.write('{"log_level": "info"}\n')
+        os.chmod(cfg, 0o600)
+        ca = os.path.join(priv, 'upstream-ca.pem')
+        shutil.copy(tls_material().ca, ca)
+        os.chmod(ca, 0o600)
+        pid_file = os.path.join(priv, 'scopeproxy.pid')
+        log_file = os.path.join(priv, 'scopeproxy.log')
+        d = Daemon('--config', cfg, '--auth-file', self.auth, '--ca-dir', self.ca_dir,
+                   '--upstream-ca', ca, '--pid-file', pid_file, '--log-file', log_file,
+                   '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port)
+        self.addCleanup(self._finish_daemon, d)
+        d.start()
+        signer = children(d.pid)
+        why = lambda: '\n' + (read(log_file) or '')[-3000:] + d.tail(1500)  # noqa: E731
+        nobody = pwd.getpwnam('nobody')
+        self.assertEqual([int(x) for x in proc_field(d.pid, 'Uid')], [nobody.pw_uid] * 4,
+                         'the network process serves as nobody by default' + why())
+        self.assertEqual(proc_field(d.pid, 'CapEff'), ['0000000000000000'])
+        self.assertEqual(read(pid_file), '%d\n' % d.pid)
+        self.assertEqual(d.info['pid'], d.pid)
+        self.assertEqual(d.info['listen'], '127.0.0.1:%d' % d.port)
+        # the upstream CA (root's alone) verifies the TLS upstream
+        resp = self.credentialed(d, tag='tls')
+        self.assertEqual(resp.status, 200, '%r%s' % (resp, why()))
+        got = self.up.wait_request(lambda r: r.header('X-Req') == 'tls', timeout=3)
+        self.assertTrue(got.header('Authorization').startswith('AgentAssertion '))
+        # SIGHUP reloads the root-only configuration: proxy_auth now applies
+        with open(cfg, 'w') as f:
+            f.write('{"log_level": "info", "proxy_auth": {"basic": "u:signer-test-pw"}}\n')
+        os.kill(d.pid, signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: 'configuration reloaded' in (read(log_file) or '')),
+                        'no reload' + why())
+        self.assertNotIn('reload rejected', read(log_file))
+        # (each worker takes the new settings when it next wakes)
+        resp = wait_for(lambda: (lambda r: r if r.status == 407 else None)(
+            self.credentialed(d, tag='noauth')), timeout=3) or self.credentialed(d, tag='noauth')
+        self.assertProxyError(resp, 407, 'proxy_auth_required', d)
+        # SIGUSR1 after a rotation: new lines land in a new file at the path
+        os.rename(log_file, log_file + '.1')
+        os.kill(d.pid, signal.SIGUSR1)
+        self.assertTrue(wait_for(lambda: 'log file reopened' in (read(log_file) or '')),
+                        'the log was not reopened at its path' + why())
+        self.assertEqual(os.stat(log_file).st_uid, 0)
+        self.assertEqual(os.stat(log_file).st_mode & 0o777, 0o600)
+        # one from the SIGHUP before the rotation; SIGUSR1's is in the new file
+        self.assertEqual(read(log_file + '.1').count('log file reopened'), 1)
+        # the signer's own lines follow: it logs the auth file it re-reads
+        write_auth(self.auth, auth_doc(identity_record(self.key.v2, task_id=TASK)))
+        self.assertTrue(wait_for(lambda: 'agent identity loaded' in (read(log_file) or '')),
+                        'the signer still writes to the rotated file' + why())
+        self.assertNotIn('signer-test-pw', read(log_file) + read(log_file + '.1'))
+        # SIGTERM: both files are gone by the time the daemon is
+        self.assertEqual(d.stop(), 0, why())
+        self.assertFalse(os.path.exists(pid_file), 'pid file left behind')
+        self.assertFalse(os.path.exists(d.info_path), 'server-info left behind')
+        self.assertTrue(all(gone(p) for p in signer))
+
+    def test_files_where_the_network_user_could_swap_them_are_refused(self):
+        # nobody owns this directory: it could replace the pid file's
+        # directory entry by a link and have the signer write elsewhere
+        mine = tempfile.mkdtemp(prefix='scopeproxy-nobodys-')
+        self.addCleanup(shutil.rmtree, mine, True)
+        nobody = pwd.getpwnam('nobody')
+        os.chown(mine, nobody.pw_uid, nobody.pw_gid)
+        p = subprocess.run([os.environ.get('SCOPEPROXY_BIN', 'scopeproxy'), '--listen',
+                            '127.0.0.1:0', '--auth-file', self.auth, '--ca-dir', self.ca_dir,
+                            '--pid-file', os.path.join(mine, 'sp.pid')],
+                           capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("can be changed by the network process's user 'nobody'", p.stderr)
+        self.assertEqual(os.listdir(mine), [])
+
+    def test_network_death_removes_the_files(self):
+        pid_file = os.path.join(self.work, 'sp.pid')
+        d = self.daemon('--pid-file', pid_file)
+        self.assertEqual(read(pid_file), '%d\n' % d.pid)
+        os.kill(d.pid, signal.SIGKILL)
+        d.proc.wait(5)
+        self.assertTrue(wait_for(lambda: gone(d.signer)), 'the signer outlived it')
+        self.assertFalse(os.path.exists(pid_file), 'pid file left behind')
+        self.assertFalse(os.path.exists(d.info_path), 'server-info left behind')
 
 
 class FailClosed(SignerCase):

@@ -4,12 +4,14 @@
  * identity generation and second, refuse leaves it should not sign, and
  * stop at a malformed request. */
 #include <check.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,7 +50,7 @@ write_auth(const char *task)
 }
 
 static void
-start(void)
+start_with(const struct signer_files *files)
 {
 	char path[128], err[256];
 
@@ -63,7 +65,14 @@ start(void)
 	free(cfg.ca_dir);
 	cfg.ca_dir = strdup(path);
 	cfg.intercept = 1;
-	ck_assert_msg(signer_spawn(&cfg, &sp, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(signer_spawn(&cfg, files, &sp, err, sizeof(err)) == 0,
+	    "%s", err);
+}
+
+static void
+start(void)
+{
+	start_with(NULL);
 }
 
 static void
@@ -264,6 +273,148 @@ START_TEST(stops_at_a_malformed_request)
 }
 END_TEST
 
+/* File hooks that leave a trace in dir (they run in the signer). */
+static int
+stub_ready(const struct config *c, pid_t pid, int port, char *err,
+    size_t errlen)
+{
+	char path[160];
+	FILE *f;
+
+	(void)c;
+	(void)err;
+	(void)errlen;
+	snprintf(path, sizeof(path), "%s/ready", dir);
+	if ((f = fopen(path, "w")) == NULL)
+		return -1;
+	fprintf(f, "%d %d", (int)pid, port);
+	fclose(f);
+	return 0;
+}
+
+static void
+stub_unready(const struct config *c)
+{
+	char path[160];
+
+	(void)c;
+	snprintf(path, sizeof(path), "%s/ready", dir);
+	unlink(path);
+}
+
+static int
+stub_open_log(const struct config *c, char *err, size_t errlen)
+{
+	(void)c;
+	(void)err;
+	(void)errlen;
+	return open("/dev/null", O_WRONLY | O_CLOEXEC);
+}
+
+static int
+stub_open_config(const struct config *c, char *err, size_t errlen)
+{
+	(void)c;
+	snprintf(err, errlen, "/etc/x.json: no");
+	return -1;
+}
+
+static const struct signer_files stubs = {
+	stub_ready, stub_unready, stub_open_log, stub_open_config
+};
+
+/* A request whose answer may carry a descriptor (into *fd, or -1). */
+static void
+ask_fd(struct sigp_msg *q, struct sigp_msg *rep, int *fd)
+{
+	union {
+		struct cmsghdr	 h;
+		char		 b[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+	struct msghdr mh;
+	struct cmsghdr *cm;
+	long n;
+	ssize_t r;
+
+	q->id = ++seq;
+	ck_assert_int_gt(n = sigp_encode(q, buf, sizeof(buf)), 0);
+	ck_assert_int_eq(send(sp.req_fd, buf, (size_t)n, 0), n);
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = u.b;
+	mh.msg_controllen = sizeof(u.b);
+	ck_assert_int_gt(r = recvmsg(sp.req_fd, &mh, 0), 0);
+	*fd = -1;
+	if ((cm = CMSG_FIRSTHDR(&mh)) != NULL && cm->cmsg_type == SCM_RIGHTS)
+		memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	ck_assert_int_eq(sigp_decode(buf, (size_t)r, rep), 0);
+	ck_assert_uint_eq(rep->id, q->id);
+}
+
+START_TEST(files_only_through_the_hooks)
+{
+	struct sigp_msg q = { .type = SIGP_REQ_READY, .gen = 8080 }, rep;
+	char path[160], got[64] = "", want[64];
+	struct stat st;
+	uint8_t b[256];
+	FILE *f;
+	int fd;
+
+	/* the port is a port */
+	q.gen = 0;
+	ck_assert_int_eq(sigp_encode(&q, b, sizeof(b)), -1);
+	q.gen = 65536;
+	ck_assert_int_eq(sigp_encode(&q, b, sizeof(b)), -1);
+	/* no hooks: refused */
+	start();
+	q.gen = 8080;
+	ask(&q, &rep);
+	ck_assert_int_eq(rep.type, SIGP_REP_ERR);
+	q.type = SIGP_REQ_LOGFILE;
+	q.gen = 0;
+	ask_fd(&q, &rep, &fd);
+	ck_assert_int_eq(rep.type, SIGP_REP_ERR);
+	ck_assert_int_eq(fd, -1);
+	stop();
+
+	start_with(&stubs);
+	q.type = SIGP_REQ_READY;
+	q.gen = 8080;
+	ask(&q, &rep);
+	ck_assert_int_eq(rep.type, SIGP_REP_OK);
+	snprintf(path, sizeof(path), "%s/ready", dir);
+	ck_assert_ptr_nonnull(f = fopen(path, "r"));
+	ck_assert_ptr_nonnull(fgets(got, sizeof(got), f));
+	fclose(f);
+	/* the pid is the signer's parent: here, the test */
+	snprintf(want, sizeof(want), "%d 8080", (int)getpid());
+	ck_assert_str_eq(got, want);
+	q.type = SIGP_REQ_LOGFILE;
+	q.gen = 0;
+	ask_fd(&q, &rep, &fd);
+	ck_assert_int_eq(rep.type, SIGP_REP_OK);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	ck_assert(S_ISCHR(st.st_mode));
+	close(fd);
+	q.type = SIGP_REQ_CONFIG;
+	ask_fd(&q, &rep, &fd);
+	ck_assert_int_eq(rep.type, SIGP_REP_ERR);
+	ck_assert_int_eq(fd, -1);
+	ck_assert_int_eq(sigp_str(&rep.f[0], got, sizeof(got)), 0);
+	ck_assert_str_eq(got, "/etc/x.json: no");
+	/* the signer removes what it wrote before it exits */
+	close(sp.req_fd);
+	close(sp.ev_fd);
+	signer_reap(&sp);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	sp.req_fd = sp.ev_fd = -1;
+	stop();
+}
+END_TEST
+
 START_TEST(protocol_round_trip)
 {
 	struct sigp_msg m = { .type = SIGP_REP_STATE, .id = 3, .gen = 5,
@@ -303,6 +454,7 @@ main(void)
 	tcase_add_test(tc, mints_only_for_current_generation_and_second);
 	tcase_add_test(tc, signs_leaves_only_as_leaves);
 	tcase_add_test(tc, stops_at_a_malformed_request);
+	tcase_add_test(tc, files_only_through_the_hooks);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
