@@ -21,6 +21,7 @@
 #include "cred/fileperm.h"
 #include "cred/identity.h"
 #include "doctor.h"
+#include "privsep.h"
 #include "runconf.h"
 
 /* 2024-01-01: before it, every assertion would be stale. */
@@ -156,6 +157,22 @@ check_ca(struct doctor *dr, const struct config *c)
 	ca_free(ca);
 }
 
+/* Started as root, the network process must have a user to become. */
+static void
+check_user(struct doctor *dr, const struct config *c)
+{
+	char err[512];
+	uid_t uid;
+
+	if (geteuid() != 0)
+		return;
+	if (privsep_user(c, &uid, err, sizeof(err)) != 0)
+		report(dr, "FAIL", "user", "%s", err);
+	else
+		report(dr, "ok", "user", "started as root, the network process "
+		    "serves as '%s' (uid %d)", c->user, (int)uid);
+}
+
 static void
 check_clock(struct doctor *dr)
 {
@@ -267,6 +284,7 @@ doctor_run(struct config *c, bool network)
 	check_listen(&dr, c);
 	check_auth(&dr, c);
 	check_ca(&dr, c);
+	check_user(&dr, c);
 	check_clock(&dr);
 	if (network) {
 		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)

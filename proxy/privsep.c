@@ -42,6 +42,17 @@ target_user(const struct config *c, char *err, size_t errlen)
 }
 
 int
+privsep_user(const struct config *c, uid_t *uid, char *err, size_t errlen)
+{
+	struct passwd *pw = target_user(c, err, errlen);
+
+	if (pw == NULL)
+		return -1;
+	*uid = pw->pw_uid;
+	return 0;
+}
+
+int
 privsep_drop(const struct config *c, char *err, size_t errlen)
 {
 	struct passwd *pw;

@@ -4,6 +4,7 @@
 #ifndef SP_PRIVSEP_H
 #define SP_PRIVSEP_H
 #include <stddef.h>
+#include <sys/types.h>
 
 #include <curl/curl.h>
 
@@ -15,6 +16,9 @@ struct config;
  * no root, no capabilities, no new privileges. In every case the process
  * becomes non-dumpable. Before any thread exists. */
 int	 privsep_drop(const struct config *c, char *err, size_t errlen);
+/* The uid privsep_drop would take, or -1 (err: what to fix). */
+int	 privsep_user(const struct config *c, uid_t *uid, char *err,
+	    size_t errlen);
 
 /* A file the network process needs after the drop (upstream_ca), read
  * now into *blob (data malloc'd; free it). */

@@ -14,6 +14,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import unittest
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,19 @@ class Doctor(ProxyTestCase):
             self.assertEqual(lines[check][0][0], 'ok', (check, r))
         self.assertEqual(lines['reach'][0][0], 'skip')
         self.assertIn(b'doctor: 0 failed', r.stdout)
+
+    @unittest.skipUnless(os.geteuid() == 0, 'the user check is made only as root')
+    def test_user_the_network_process_cannot_become(self):
+        r, lines = self.doctor()
+        self.assertEqual(lines['user'][0][0], 'ok', r)
+        self.assertIn("'nobody'", lines['user'][0][1])
+        for user, want in (('no-such-user-xyz', 'create it'), ('root', 'is root')):
+            r, lines = self.doctor('--user', user)
+            self.assertEqual(r.returncode, 1, r)
+            verdict, text = lines['user'][0]
+            self.assertEqual(verdict, 'FAIL')
+            self.assertIn(want, text)
+            self.assertIn('--user NAME', text)
 
     def test_auth_file_that_the_daemon_would_refuse(self):
         os.chmod(self.auth, 0o644)

@@ -651,6 +651,45 @@ START_TEST(config_shipped_example_is_valid)
 }
 END_TEST
 
+/* A reload reads the file from a descriptor the signer opened: the same
+ * rules, and errors still name the file (never its text). */
+START_TEST(config_loads_from_a_descriptor)
+{
+	static const char good[] = "{\"threads\": 3, \"user\": \"daemon\"}";
+	static const char bad[] = "{\"proxy_auth\": {\"basic\": \"u:s3cret\"";
+	char err[512];
+	struct config c;
+	int p[2];
+
+	ck_assert_int_eq(pipe(p), 0);
+	ck_assert_int_eq(write(p[1], good, strlen(good)), (ssize_t)strlen(good));
+	close(p[1]);
+	config_defaults(&c);
+	ck_assert_msg(config_load_fd(&c, p[0], "/etc/sp.json", err,
+	    sizeof(err)) == 0, "%s", err);
+	close(p[0]);
+	ck_assert_int_eq(c.threads, 3);
+	ck_assert_str_eq(c.user, "daemon");
+	config_free(&c);
+
+	ck_assert_int_eq(pipe(p), 0);
+	ck_assert_int_eq(write(p[1], bad, strlen(bad)), (ssize_t)strlen(bad));
+	close(p[1]);
+	config_defaults(&c);
+	ck_assert_int_eq(config_load_fd(&c, p[0], "/etc/sp.json", err,
+	    sizeof(err)), -1);
+	close(p[0]);
+	ck_assert_msg(strncmp(err, "/etc/sp.json:", 13) == 0, "%s", err);
+	ck_assert_msg(strstr(err, "s3cret") == NULL, "%s", err);
+	config_free(&c);
+	/* no user given: nobody, the drop's default when started as root */
+	config_defaults(&c);
+	ck_assert_int_eq(config_finish(&c, err, sizeof(err)), 0);
+	ck_assert_str_eq(c.user, "nobody");
+	config_free(&c);
+}
+END_TEST
+
 /* --- errors and buffers ------------------------------------------------- */
 
 START_TEST(error_body_shape)
@@ -733,6 +772,7 @@ core_suite(void)
 	tcase_add_test(tc, config_values_apply);
 	tcase_add_test(tc, config_remote_listen_needs_opt_in);
 	tcase_add_test(tc, config_shipped_example_is_valid);
+	tcase_add_test(tc, config_loads_from_a_descriptor);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("misc");
 	tcase_add_test(tc, error_body_shape);
