@@ -9,7 +9,9 @@ scalar (both byte orders); the same search finds the seed in the signer, so
 the scan is not blind.
 """
 
+import base64
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -268,16 +270,16 @@ class RootOnlyFiles(SignerCase):
         self.addCleanup(shutil.rmtree, priv, True)
         os.chmod(priv, 0o700)
         cfg = os.path.join(priv, 'scopeproxy.json')
-        with open(cfg, 'w') as f:
-            f.write('{"log_level": "info"}\n')
-        os.chmod(cfg, 0o600)
         ca = os.path.join(priv, 'upstream-ca.pem')
         shutil.copy(tls_material().ca, ca)
         os.chmod(ca, 0o600)
+        with open(cfg, 'w') as f:
+            json.dump({'log_level': 'info', 'upstream_ca': ca}, f)
+        os.chmod(cfg, 0o600)
         pid_file = os.path.join(priv, 'scopeproxy.pid')
         log_file = os.path.join(priv, 'scopeproxy.log')
         d = Daemon('--config', cfg, '--auth-file', self.auth, '--ca-dir', self.ca_dir,
-                   '--upstream-ca', ca, '--pid-file', pid_file, '--log-file', log_file,
+                   '--pid-file', pid_file, '--log-file', log_file,
                    '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port)
         self.addCleanup(self._finish_daemon, d)
         d.start()
@@ -296,8 +298,11 @@ class RootOnlyFiles(SignerCase):
         got = self.up.wait_request(lambda r: r.header('X-Req') == 'tls', timeout=3)
         self.assertTrue(got.header('Authorization').startswith('AgentAssertion '))
         # SIGHUP reloads the root-only configuration: proxy_auth now applies
+        # (upstream_ca is read once, before the drop: a new one is for the
+        # next start, and says so)
         with open(cfg, 'w') as f:
-            f.write('{"log_level": "info", "proxy_auth": {"basic": "u:signer-test-pw"}}\n')
+            json.dump({'log_level': 'info', 'upstream_ca': ca + '.new',
+                       'proxy_auth': {'basic': 'u:signer-test-pw'}}, f)
         os.kill(d.pid, signal.SIGHUP)
         self.assertTrue(wait_for(lambda: 'configuration reloaded' in (read(log_file) or '')),
                         'no reload' + why())
@@ -306,6 +311,11 @@ class RootOnlyFiles(SignerCase):
         resp = wait_for(lambda: (lambda r: r if r.status == 407 else None)(
             self.credentialed(d, tag='noauth')), timeout=3) or self.credentialed(d, tag='noauth')
         self.assertProxyError(resp, 407, 'proxy_auth_required', d)
+        self.assertIn('take effect at the next restart', read(log_file))
+        resp = request(d.port, b'POST /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\n'
+                       b'Proxy-Authorization: Basic ' + base64.b64encode(b'u:signer-test-pw') +
+                       b'\r\nX-Req: tls2\r\nContent-Length: 2\r\n\r\n{}')
+        self.assertEqual(resp.status, 200, '%r%s' % (resp, why()))
         # SIGUSR1 after a rotation: new lines land in a new file at the path
         os.rename(log_file, log_file + '.1')
         os.kill(d.pid, signal.SIGUSR1)
