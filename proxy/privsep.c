@@ -185,8 +185,10 @@ safe_path(const struct config *c, const char *what, const char *path,
 		    strerror(errno));
 		goto out;
 	}
-	if (geteuid() == 0 && (pw = getpwnam(c->user)) != NULL &&
-	    pw->pw_uid != 0) {
+	/* as root, fail closed: no user to check against, no file */
+	if (geteuid() == 0 && (pw = target_user(c, err, errlen)) == NULL)
+		goto out;
+	if (pw != NULL) {
 		/* "/", then every prefix "/a", "/a/b", ... of the real path */
 		for (i = 0, n = strlen(dir); i <= n; i++) {
 			if (i > 0 && dir[i] != '/' && dir[i] != '\0')
