@@ -146,6 +146,71 @@ changeable(const struct stat *st, uid_t uid, gid_t gid)
 	    ((st->st_mode & S_IWGRP) && st->st_gid == gid);
 }
 
+static void
+not_safe(const struct config *c, const char *what, const char *path,
+    const char *at, const char *why, char *err, size_t errlen)
+{
+	snprintf(err, errlen, "%s: %s: %s %s by the network process's user "
+	    "'%.64s'; use a path that user cannot change", what, path, at,
+	    why, c->user);
+}
+
+/*
+ * path as given, component by component: every directory a name is
+ * looked up in must not be changeable by uid, and no link on the way
+ * may be uid's (in a sticky directory it could replace it). The last
+ * component may be missing (a file to create).
+ */
+static int
+walk_given(const struct config *c, const char *what, const char *path,
+    const struct passwd *pw, char *err, size_t errlen)
+{
+	char pre[PATH_MAX];
+	struct stat st;
+	size_t i, n;
+	int len;
+
+	len = path[0] == '/' ? snprintf(pre, sizeof(pre), "%s", path) :
+	    getcwd(pre, sizeof(pre)) == NULL ? -1 :
+	    snprintf(pre + strlen(pre), sizeof(pre) - strlen(pre), "/%s",
+	    path);
+	if (len < 0 || (size_t)len >= sizeof(pre)) {
+		snprintf(err, errlen, "%s: %s: path too long", what, path);
+		return -1;
+	}
+	n = strlen(pre);
+	for (i = 1; i <= n; i++) {
+		char save = pre[i];
+
+		if (save != '/' && save != '\0')
+			continue;
+		if (pre[i - 1] == '/')	/* "//" */
+			continue;
+		pre[i] = '\0';
+		if (lstat(pre, &st) != 0) {
+			pre[i] = save;
+			if (save == '\0' && errno == ENOENT)
+				return 0;
+			snprintf(err, errlen, "%s: %s: %s", what, path,
+			    strerror(errno));
+			return -1;
+		}
+		if (S_ISLNK(st.st_mode) && st.st_uid == pw->pw_uid) {
+			not_safe(c, what, path, pre, "is a link owned", err,
+			    errlen);
+			return -1;
+		}
+		if (save == '/' && (stat(pre, &st) != 0 ||
+		    changeable(&st, pw->pw_uid, pw->pw_gid))) {
+			not_safe(c, what, path, pre, "is a directory that can "
+			    "be changed", err, errlen);
+			return -1;
+		}
+		pre[i] = save;
+	}
+	return 0;
+}
+
 /*
  * path with its directory resolved (whole: the file too, which must
  * exist) into out, when the network process drops to another user and
@@ -169,6 +234,10 @@ safe_path(const struct config *c, const char *what, const char *path,
 		    what, path);
 		return -1;
 	}
+	/* as root, fail closed: no user to check against, no file */
+	if (geteuid() == 0 && ((pw = target_user(c, err, errlen)) == NULL ||
+	    walk_given(c, what, path, pw, err, errlen) != 0))
+		return -1;
 	if (whole) {
 		if (realpath(path, full) == NULL) {
 			snprintf(err, errlen, "%s: %s: %s", what, path,
@@ -185,11 +254,9 @@ safe_path(const struct config *c, const char *what, const char *path,
 		    strerror(errno));
 		goto out;
 	}
-	/* as root, fail closed: no user to check against, no file */
-	if (geteuid() == 0 && (pw = target_user(c, err, errlen)) == NULL)
-		goto out;
 	if (pw != NULL) {
-		/* "/", then every prefix "/a", "/a/b", ... of the real path */
+		/* and where links led: "/", then every prefix "/a", "/a/b",
+		 * ... of the real path */
 		for (i = 0, n = strlen(dir); i <= n; i++) {
 			if (i > 0 && dir[i] != '/' && dir[i] != '\0')
 				continue;
@@ -197,10 +264,8 @@ safe_path(const struct config *c, const char *what, const char *path,
 			pre[i > 0 ? i : 1] = '\0';
 			if (lstat(pre, &st) != 0 ||
 			    changeable(&st, pw->pw_uid, pw->pw_gid)) {
-				snprintf(err, errlen, "%s: %s: the directory %s "
-				    "can be changed by the network process's "
-				    "user '%.64s'; use a directory that user "
-				    "cannot write", what, path, pre, c->user);
+				not_safe(c, what, path, pre, "is a directory "
+				    "that can be changed", err, errlen);
 				goto out;
 			}
 		}

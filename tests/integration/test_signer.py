@@ -351,6 +351,27 @@ class RootOnlyFiles(SignerCase):
         self.assertIn("can be changed by the network process's user 'nobody'", p.stderr)
         self.assertEqual(os.listdir(mine), [])
 
+    def test_a_link_the_network_user_swapped_in_is_not_opened_on_reload(self):
+        # a sticky directory, as /tmp: nobody owns the configuration's
+        # entry, so it could replace it with a link to the auth file and
+        # have the signer hand over a descriptor of it on SIGHUP
+        sticky = tempfile.mkdtemp(prefix='scopeproxy-sticky-')
+        self.addCleanup(shutil.rmtree, sticky, True)
+        os.chmod(sticky, 0o1777)
+        nobody = pwd.getpwnam('nobody')
+        cfg = os.path.join(sticky, 'sp.json')
+        with open(cfg, 'w') as f:
+            f.write('{}\n')
+        os.chown(cfg, nobody.pw_uid, nobody.pw_gid)
+        d = self.daemon('--config', cfg)
+        os.unlink(cfg)
+        os.symlink(self.auth, cfg)
+        os.lchown(cfg, nobody.pw_uid, nobody.pw_gid)
+        os.kill(d.pid, signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: 'reload rejected' in d.stderr_text()), d.tail())
+        self.assertIn("is a link owned by the network process's user 'nobody'", d.stderr_text())
+        self.assertEqual(self.credentialed(d, tag='after').status, 200)
+
     def test_network_death_removes_the_files(self):
         pid_file = os.path.join(self.work, 'sp.pid')
         d = self.daemon('--pid-file', pid_file)
