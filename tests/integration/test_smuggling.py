@@ -771,13 +771,17 @@ class Smuggling(ProxyTestCase):
 
     @classmethod
     def tearDownClass(cls):
+        probs = []
         for d in (cls.d, cls.dt):
             d.stop()
+            probs += ['%s: %s' % (p, d.tail(1500)) for p in d.problems()]   # leaks show at exit
             d.cleanup()
         cls.rec.close()
         cls.trec.close()
         cls.dual.close()
         shutil.rmtree(cls.work, True)
+        if probs:
+            raise AssertionError('daemon problems after the corpus: %s' % '; '.join(probs))
 
     MODES = ('forward', 'gateway', 'tunnel')
 
