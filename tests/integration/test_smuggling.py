@@ -841,6 +841,30 @@ class Smuggling(ProxyTestCase):
             self.assertTrue(rec_header(ups[0], b'Authorization').startswith(b'AgentAssertion '),
                             ups[0].describe())
 
+    def test_late_head_in_tunnel_is_not_parsed(self):
+        """A head that reaches libmicrohttpd with the rest of a body, after
+        the gate let the request through, is never parsed: the connection
+        closes after the answer before it (the relay's count of bytes
+        written into the socketpair tells the gate what MHD has read)."""
+        tok = b'late-tunnel'
+        c = tunnel_client(self.dt.port, self.cctx)
+        try:
+            c.send(b'POST /' + tok + b'/case HTTP/1.1\r\nHost: api.openai.com\r\n'
+                   b'Content-Length: 10\r\n\r\nhello')
+            time.sleep(0.3)     # the gate has let it through; MHD reads the body
+            c.send(b'world' + b'GET /' + tok + b'/smuggled HTTP/1.1\r\nHost: api.openai.com\r\n'
+                   b'X-A: a\x00b\r\n\r\n')
+            r = c.read_response('POST', timeout=5)
+            self.assertEqual((r.status, r.header('X-Recorder')), (200, '1'), r)
+            with self.assertRaises(NoResponse):
+                c.read_response(timeout=2)
+            self.assertTrue(c.eof, 'the TLS session stayed open after an unchecked head')
+        finally:
+            c.close()
+        ups = [u for u in self.trec_requests() if (u.target or '').startswith('/late-tunnel/')]
+        self.assertEqual([(u.target, u.body) for u in ups], [('/late-tunnel/case', b'helloworld')],
+                         [u.describe() for u in ups])
+
     def trec_requests(self, wait=0.5):
         time.sleep(wait)
         with self.trec.lock:
