@@ -162,8 +162,8 @@ peek_ready(struct evsrc *src, uint32_t events)
 	peek_unlink(p);
 	/* MHD closes the socket if it refuses it. */
 	p->gate.on = true;
-	if (worker_add_gated(w, p->src.fd, (struct sockaddr *)&p->addr,
-	    p->addrlen, &p->slot, &p->gate) != 0)
+	if (worker_add_connection(w, p->src.fd, (struct sockaddr *)&p->addr,
+	    p->addrlen, &p->slot, NULL, &p->gate) != 0)
 		log_msg(LL_WARN, "libmicrohttpd refused a connection");
 	free(p);
 }

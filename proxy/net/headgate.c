@@ -18,6 +18,7 @@
 #include "net/worker_int.h"
 #include "net/linger.h"
 #include "net/reply.h"
+#include "net/tally.h"
 #include "net/worker.h"
 
 /* A head (at buf, n bytes on) and, for a chunked body that is here
@@ -75,10 +76,13 @@ headgate_scan(struct head_gate *g, const char *buf, size_t n, size_t max,
 }
 
 /* Bytes of the stream MHD has read: what arrived minus what is queued.
- * peeked: the queue as just peeked (-1: ask). A byte arriving between
- * the two questions makes the answer larger, never smaller. */
+ * peeked: the queue as just peeked (-1: ask). On TCP the kernel counts
+ * what arrived; a byte arriving between the two questions makes the
+ * answer larger, never smaller. On a tunnel's socketpair its relay
+ * counts what it wrote, on this thread: the answer is exact. */
 static int
-stream_consumed(int fd, long long peeked, unsigned long long *out)
+stream_consumed(const struct head_gate *g, int fd, long long peeked,
+    unsigned long long *out)
 {
 	struct tcp_info ti;
 	socklen_t tl = sizeof(ti);
@@ -88,6 +92,10 @@ stream_consumed(int fd, long long peeked, unsigned long long *out)
 		if (ioctl(fd, SIOCINQ, &inq) != 0)
 			return -1;
 		peeked = inq;
+	}
+	if (g->sent != NULL) {
+		*out = g->sent->n - (unsigned long long)peeked;
+		return 0;
 	}
 	memset(&ti, 0, sizeof(ti));
 	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0 ||
@@ -209,11 +217,12 @@ nothing_held(struct client *cl)
 	if (n < 0 && errno != EAGAIN && errno != EINTR)
 		return false;
 	cl->gate.queued = n > 0;
-	if (stream_consumed(cl->src.fd, n < 0 ? 0 : (size_t)n < max ? n : -1,
-	    &used) != 0)
+	if (stream_consumed(&cl->gate, cl->src.fd, n < 0 ? 0 :
+	    (size_t)n < max ? n : -1, &used) != 0)
 		return false;
 	/* a byte that arrived between the questions: ask once more */
-	if (used != cl->gate.pos && stream_consumed(cl->src.fd, -1, &used) != 0)
+	if (used != cl->gate.pos && stream_consumed(&cl->gate, cl->src.fd, -1,
+	    &used) != 0)
 		return false;
 	return used == cl->gate.pos;
 }
@@ -260,14 +269,30 @@ headgate_completed(struct client *cl, bool ok)
 	}
 }
 
+/* Suspends cl until its next head has been peeked whole and checked;
+ * until its first byte it may idle for timeouts.client_idle. */
+static void
+gate(struct client *cl)
+{
+	struct worker *w = cl->w;
+	struct head_gate *g = &cl->gate;
+	double idle;
+
+	MHD_suspend_connection(cl->con);
+	g->suspended = true;
+	g->gated = true;
+	g->started = false;
+	idle = w->rc->cfg->client_idle_timeout * 1000;
+	g->deadline = now_ms() + (idle > 0 ? (long long)idle : 86400000LL);
+	TAILQ_INSERT_TAIL(&w->gate_idle, cl, gate_entry);
+}
+
 /* After the MHD run in which a request ended, MHD still keeping the
  * connection: take it back, or hold it until the next head is here. */
 static void
 gate_next(struct client *cl)
 {
-	struct worker *w = cl->w;
 	struct head_gate *g = &cl->gate;
-	double idle;
 
 	if (g->hold) {
 		if (g->refuse && !g->lost)
@@ -278,16 +303,20 @@ gate_next(struct client *cl)
 	}
 	if (g->nq > 0)
 		return;
-	MHD_suspend_connection(cl->con);
-	g->suspended = true;
-	g->gated = true;
-	g->started = false;
-	idle = w->rc->cfg->client_idle_timeout * 1000;
-	g->deadline = now_ms() + (idle > 0 ? (long long)idle : 86400000LL);
-	TAILQ_INSERT_TAIL(&w->gate_idle, cl, gate_entry);
+	gate(cl);
 	/* what arrives from now on raises an event; what was here, look at */
 	if (g->queued)
 		look(cl, -1, 0);
+}
+
+void
+headgate_open(struct client *cl)
+{
+	if (!cl->gate.on || cl->gate.nq > 0 || cl->gate.gated ||
+	    cl->gate.detached || cl->w->gate_stopped)
+		return;
+	gate(cl);
+	look(cl, -1, 0);
 }
 
 void

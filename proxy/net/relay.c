@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "net/metrics.h"
 #include "net/relay.h"
+#include "net/tally.h"
 
 #define RELAY_WINDOW	(64 * 1024)
 #define RELAY_CHUNK	(16 * 1024)
@@ -200,6 +201,8 @@ release_endpoints(struct relay *r)
 	r->a.easy = r->b.easy = NULL;
 	r->a.fd = r->b.fd = -1;
 	conn_slot_release(&r->slot);
+	tally_unref(r->sent);
+	r->sent = NULL;
 	buf_free(&r->ab);
 	buf_free(&r->ba);
 	free(r->what);
@@ -246,6 +249,8 @@ pump(struct relay *r)
 
 	do {
 		m1 = pump_dir(&r->a, &r->ab, &r->b, &r->bytes_ab);
+		if (r->sent != NULL)
+			r->sent->n = (unsigned long long)r->bytes_ab;
 		m2 = pump_dir(&r->b, &r->ba, &r->a, &r->bytes_ba);
 		if (m1 < 0 || m2 < 0) {
 			r->failed = 1;
@@ -257,6 +262,8 @@ pump(struct relay *r)
 	} while (m1 || m2);
 	if (r->handshake_by != 0 && SSL_is_init_finished(r->a.ssl))
 		r->handshake_by = 0;
+	if (r->close_ms > 0 && r->b.eof && r->a.shut && r->idle_ms > r->close_ms)
+		r->idle_ms = r->close_ms;
 	if ((r->a.eof && r->b.eof && buf_pending(&r->ab) == 0 &&
 	    buf_pending(&r->ba) == 0) ||
 	    (r->end_on_eof && ((r->a.eof && buf_pending(&r->ab) == 0) ||

@@ -1,7 +1,8 @@
 /* A bidirectional byte relay between two endpoints, driven by the worker's
  * epoll loop: CONNECT tunnels (client <-> upstream), intercepted TLS
  * (client TLS <-> the plain socket handed to MHD). Nothing in the stream
- * is looked at. Each direction has a bounded window; a full window stops
+ * is looked at (the heads MHD reads are checked on its side of the pair,
+ * by net/headgate.c, which learns from the relay's count what it wrote). Each direction has a bounded window; a full window stops
  * reading from the source (backpressure), EOF is passed on as a
  * half-close once the window is drained. */
 #ifndef SP_RELAY_H
@@ -11,6 +12,8 @@
 
 #include "core/buf.h"
 #include "net/worker.h"
+
+struct tally;
 
 enum ep_kind { EP_FD, EP_CURL, EP_SSL };
 
@@ -33,9 +36,13 @@ struct relay {
 	struct endpoint	 a, b;		/* a: the client side */
 	struct buf	 ab, ba;
 	long long	 bytes_ab, bytes_ba;
+	struct tally	*sent;		/* bytes_ab, shared with b's reader; a ref */
 	long long	 last_active;
 	long long	 idle_ms;
 	long long	 handshake_by;	/* a's TLS handshake must end by; 0: none */
+	/* >0: once b has ended and a has been told, a has this long (idle)
+	 * to close, as after a lingering close */
+	long long	 close_ms;
 	long long	 start_ms;
 	int		 failed;
 	int		 kind;		/* enum m_tunnel, for metrics */

@@ -137,8 +137,10 @@ queue_error(struct transfer *t)
 	    t->err == PERR_AGENT_IDENTITY_INVALID ||
 	    t->err == PERR_SIGNER_UNAVAILABLE)
 		MHD_add_response_header(r, "x-should-retry", "false");
+	/* A malformed or misaddressed request (421: inside a tunnel, for
+	 * another host) ends the connection, as a refused head does. */
 	if (t->status == 400 || t->status == 405 || t->status == 413 ||
-	    t->status == 431 || t->err == PERR_SHUTTING_DOWN)
+	    t->status == 421 || t->status == 431 || t->err == PERR_SHUTTING_DOWN)
 		MHD_add_response_header(r, "Connection", "close");
 	rc = MHD_queue_response(t->con, (unsigned)t->status, r);
 	MHD_destroy_response(r);

@@ -20,6 +20,7 @@
 #include "net/metrics.h"
 #include "net/relay.h"
 #include "net/reply.h"
+#include "net/tally.h"
 #include "net/tlswarn.h"
 #include "net/tunnel.h"
 #include "net/upstream.h"
@@ -361,12 +362,18 @@ intercept_done(struct relay *r)
 		    r->w->px->cfg->ca_dir);
 }
 
+/* How long the client of an intercepted tunnel may take to close once
+ * MHD has ended the connection (a refused head, Connection: close) and
+ * the client has been told, as a lingering close would wait. */
+#define INTERCEPT_CLOSE_MS	2000
+
 static void
 start_intercept(struct tunnel *tn)
 {
 	struct worker *w = tn->w;
 	struct relay *r = NULL;
 	struct icpt_target icpt;
+	struct head_gate gate;
 	struct conn_slot plain;
 	SSL *ssl;
 	char err[256];
@@ -377,12 +384,14 @@ start_intercept(struct tunnel *tn)
 		return;
 	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0 ||
-	    (r = relay_new(w, (long long)(w->rc->cfg->client_idle_timeout * 1000))) == NULL) {
+	    (r = relay_new(w, (long long)(w->rc->cfg->client_idle_timeout * 1000))) == NULL ||
+	    (r->sent = tally_new()) == NULL) {
 		SSL_free(ssl);
 		if (sp[0] >= 0) {
 			close(sp[0]);
 			close(sp[1]);
 		}
+		free(r);
 		refuse(tn, PERR_INTERNAL, "cannot set up TLS interception", NULL);
 		return;
 	}
@@ -390,6 +399,7 @@ start_intercept(struct tunnel *tn)
 		SSL_free(ssl);
 		close(sp[0]);
 		close(sp[1]);
+		tally_unref(r->sent);
 		free(r);
 		close(tn->fd);
 		tunnel_free(tn);
@@ -397,16 +407,22 @@ start_intercept(struct tunnel *tn)
 	}
 	/* The plain end goes to MHD, tagged with the CONNECT target so
 	 * requests on it go there. It counts as a connection of its own;
-	 * the client's slot stays with the TLS side (the relay). */
+	 * the client's slot stays with the TLS side (the relay). Its heads
+	 * are gated like a TCP client's, from the first: the relay counts
+	 * what it writes into the pair, which tells the gate what MHD read. */
 	icpt.host = tn->req.host;
 	icpt.port = tn->req.port;
 	icpt.ipv6 = tn->req.ipv6;
 	icpt.client = tn->client;
+	memset(&gate, 0, sizeof(gate));
+	gate.on = true;
+	gate.sent = r->sent;
 	conn_slot_acquire_extra(&w->px->conns, &plain);
 	if (worker_add_connection(w, sp[1], (struct sockaddr *)&tn->addr,
-	    tn->addrlen, &plain, &icpt) != 0) {
+	    tn->addrlen, &plain, &icpt, &gate) != 0) {
 		SSL_free(ssl);
 		close(sp[0]);	/* MHD closed sp[1] */
+		tally_unref(r->sent);
 		free(r);
 		close(tn->fd);
 		log_connect(tn, 503, "reject", "too_many_connections");
@@ -415,6 +431,7 @@ start_intercept(struct tunnel *tn)
 	}
 	r->kind = MT_INTERCEPT;
 	r->on_done = intercept_done;
+	r->close_ms = INTERCEPT_CLOSE_MS;
 	conn_slot_move(&r->slot, &tn->slot);
 	if (w->rc->cfg->tls_handshake_timeout > 0)
 		r->handshake_by = now_ms() +

@@ -17,6 +17,7 @@
 #include "cred/secmem.h"
 #include "core/log.h"
 #include "net/loop.h"
+#include "net/tally.h"
 #include "net/worker.h"
 
 /* A connection on its way into MHD (see worker_add_connection). */
@@ -24,6 +25,7 @@ struct adoption {
 	struct conn_slot		*slot;
 	const struct icpt_target	*icpt;
 	const struct head_gate		*gate;
+	struct client			*cl;	/* out: what MHD_add_connection made */
 };
 
 void
@@ -296,8 +298,11 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 		if (w->adopting != NULL) {
 			conn_slot_move(&cl->slot, w->adopting->slot);
 			icpt = w->adopting->icpt;
-			if (w->adopting->gate != NULL)
+			if (w->adopting->gate != NULL) {
 				cl->gate = *w->adopting->gate;
+				tally_ref(cl->gate.sent);
+			}
+			w->adopting->cl = cl;
 		}
 		cl->con = con;
 		if (icpt != NULL) {
@@ -329,6 +334,7 @@ mhd_notify_connection(void *cls, struct MHD_Connection *con,
 	if (cl->t != NULL)
 		w->reqs->client_closed(cl->t);
 	free(cl->icpt_host);
+	tally_unref(cl->gate.sent);
 	conn_slot_release(&cl->slot);
 	free(cl);
 	*socket_context = NULL;
@@ -351,38 +357,25 @@ request_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 		    toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
 }
 
-static int
-add_connection(struct worker *w, int fd, const struct sockaddr *sa,
-    socklen_t sl, struct adoption *a)
+int
+worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
+    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt,
+    const struct head_gate *gate)
 {
+	struct adoption a = { slot, icpt, gate, NULL };
 	int rc;
 
 	/* MHD_add_connection runs mhd_notify_connection before it returns
 	 * and passes it nothing of ours: the new connection adopts a. */
-	w->adopting = a;
+	w->adopting = &a;
 	rc = MHD_add_connection(w->mhd, fd, sa, sl) == MHD_YES ? 0 : -1;
 	w->adopting = NULL;
 	/* refused, or no memory for the client: the count goes back now */
-	conn_slot_release(a->slot);
+	conn_slot_release(slot);
+	/* no head checked yet: MHD must not read before the gate has */
+	if (rc == 0 && a.cl != NULL)
+		headgate_open(a.cl);
 	return rc;
-}
-
-int
-worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
-    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt)
-{
-	struct adoption a = { slot, icpt, NULL };
-
-	return add_connection(w, fd, sa, sl, &a);
-}
-
-int
-worker_add_gated(struct worker *w, int fd, const struct sockaddr *sa,
-    socklen_t sl, struct conn_slot *slot, const struct head_gate *gate)
-{
-	struct adoption a = { slot, NULL, gate };
-
-	return add_connection(w, fd, sa, sl, &a);
 }
 
 /* --- the loop ----------------------------------------------------------- */

@@ -207,14 +207,14 @@ CURL	*worker_easy_get(struct worker *w);
 void	 worker_defer_free(struct worker *w, void *p);
 void	 worker_easy_put(struct worker *w, CURL *e);
 
-/* Hands fd to MHD with its counted slot (moved into the connection) and,
- * for an intercepted CONNECT, its target (NULL otherwise). -1: MHD
- * refused it and closed fd; the slot is given back. */
+/* Hands fd to MHD with its counted slot (moved into the connection), for
+ * an intercepted CONNECT its target (NULL otherwise), and the gate on its
+ * heads (net/headgate.c; NULL: none): a gate with heads checked (accept.c
+ * peeked the first) lets MHD read them; one with none (a tunnel's
+ * decrypted stream) holds MHD off until the first head is checked. -1:
+ * MHD refused it and closed fd; the slot is given back. */
 int	 worker_add_connection(struct worker *w, int fd, const struct sockaddr *sa,
-	    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt);
-/* The same for a client socket whose first head(s) accept.c checked
- * (gate): every later head is checked too (net/headgate.c). */
-int	 worker_add_gated(struct worker *w, int fd, const struct sockaddr *sa,
-	    socklen_t sl, struct conn_slot *slot, const struct head_gate *gate);
+	    socklen_t sl, struct conn_slot *slot, const struct icpt_target *icpt,
+	    const struct head_gate *gate);
 
 #endif

@@ -3,9 +3,10 @@
  *
  * Every request head on a client connection is checked raw by the proxy
  * (core/headers head_scan) before libmicrohttpd parses it. The first one
- * is peeked by accept.c; between requests MHD is kept from reading (the
- * connection is suspended) until the next head has been peeked whole and
- * found sound. Heads that arrived pipelined are checked in the same peek;
+ * is peeked by accept.c (on the decrypted stream of an intercepted
+ * tunnel, a socketpair, here too); between requests MHD is kept from
+ * reading (the connection is suspended) until the next head has been
+ * peeked whole and found sound. Heads that arrived pipelined are checked in the same peek;
  * bytes MHD read past what was checked end the connection after the
  * current answer. A refused head gets the proxy's JSON answer and the
  * connection is taken from MHD without MHD reading another byte. */
@@ -19,6 +20,7 @@
 
 struct worker;
 struct client;
+struct tally;
 
 #define GATE_QUEUE	8
 
@@ -30,7 +32,10 @@ struct head_gate {
 	bool			 refuse;	/* a refused head follows them */
 	enum perr		 code;
 	char			 err[160];
-	bool			 on;	/* offsets can be measured (TCP) */
+	bool			 on;	/* offsets can be measured */
+	/* a socketpair's (intercepted tunnel): the bytes its relay wrote
+	 * into it, shared (net/tally.h); NULL: TCP, the kernel counts */
+	struct tally		*sent;
 	bool			 lost;	/* where the next head starts is unknown */
 	bool			 pending;	/* a request ended in this MHD run */
 	bool			 hold;		/* held at once: take it from MHD */
@@ -51,6 +56,9 @@ int	 headgate_scan(struct head_gate *g, const char *buf, size_t n,
 int	 headgate_attach(struct worker *w, char *err, size_t errlen);
 void	 headgate_clear(struct worker *w);
 
+/* cl was just handed to MHD with no head checked yet (gate.nq 0): MHD
+ * reads nothing of it until the first head is here whole and sound. */
+void	 headgate_open(struct client *cl);
 /* MHD finished a request on cl; ok: it keeps the connection. */
 void	 headgate_completed(struct client *cl, bool ok);
 /* After every MHD run: gate the connections whose request ended. */

@@ -5,15 +5,18 @@ timeouts.request_head (--head-timeout); a client that sends part of a head
 and hangs up holds no slot."""
 
 import os
+import shutil
 import socket
+import ssl
 import sys
+import tempfile
 import threading
 import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import LOOPBACK, HTTPClient, NoResponse, ProxyTestCase, main  # noqa: E402
+from harness import LOOPBACK, HTTPClient, NoResponse, ProxyTestCase, main, tls_material  # noqa: E402
 
 
 class HeadDeadline(ProxyTestCase):
@@ -82,6 +85,116 @@ class HeadDeadline(ProxyTestCase):
         c.send(self.req(b'/after-idle'))
         self.assertEqual(c.read_response(timeout=5).status, 200)
         self.assertEqual([r.target for r in self.up.requests], ['/first', '/after-idle'])
+
+
+class TunnelHeadDeadline(ProxyTestCase):
+    """The same inside an intercepted tunnel (CONNECT api.openai.com:443,
+    TLS with the proxy's CA): the first and every later head must arrive
+    whole within --head-timeout, and a refused head ends the TLS session
+    (the proxy does not keep it open for a client that stays silent)."""
+
+    def setUp(self):
+        super().setUp()
+        tls = tls_material()
+        self.up = self.start_upstream(tls=True)
+        ca_dir = tempfile.mkdtemp(prefix='scopeproxy-headca-')
+        self.addCleanup(shutil.rmtree, ca_dir, True)
+        self.d = self.start_daemon('--head-timeout', '1', '--client-idle-timeout', '20',
+                                   '--ca-dir', ca_dir, '--upstream-ca', tls.ca,
+                                   '--resolve', 'api.openai.com:443:127.0.0.1:%d' % self.up.port)
+        self.ctx = ssl.create_default_context(cafile=os.path.join(ca_dir, 'ca.crt'))
+
+    @staticmethod
+    def req(path):
+        return b'GET ' + path + b' HTTP/1.1\r\nHost: api.openai.com\r\n\r\n'
+
+    def tunnel(self):
+        c = HTTPClient(self.d.port, timeout=10)
+        self.addCleanup(c.close)
+        c.send(b'CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n')
+        self.assertEqual(c.read_head('CONNECT', timeout=5).status, 200)
+        c.sock = self.ctx.wrap_socket(c.sock, server_hostname='api.openai.com')
+        return c
+
+    @staticmethod
+    def answered(c):
+        """True once the proxy has sent application data or closed (TLS
+        records that carry none, such as session tickets, do not count)."""
+        c.sock.setblocking(False)
+        try:
+            data = c.sock.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False
+        except OSError:
+            c.eof = True
+            return True
+        finally:
+            c.sock.settimeout(c.timeout)
+        if not data:
+            c.eof = True
+        c.buf += data
+        return True
+
+    def trickle(self, c, data, seconds):
+        t0 = time.monotonic()
+        for b in data:
+            if time.monotonic() - t0 > seconds or self.answered(c):
+                break
+            try:
+                c.sock.sendall(bytes([b]))
+            except OSError:
+                break
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def test_slow_later_head_in_tunnel_is_answered_408_and_closed(self):
+        c = self.tunnel()
+        c.send(self.req(b'/first'))
+        self.assertEqual(c.read_response(timeout=5).status, 200)
+        took = self.trickle(c, self.req(b'/second') * 4, 8)
+        self.assertLess(took, 4, 'a later head trickled in a tunnel for %.1f s was not cut' % took)
+        resp = c.read_response(timeout=5)
+        self.assertProxyError(resp, 408, 'request_timeout', self.d)
+        with self.assertRaises(NoResponse):
+            c.read_response(timeout=2)
+        self.assertTrue(c.eof, 'TLS session left open after the 408')
+        self.assertEqual([r.target for r in self.up.requests], ['/first'])
+
+    def test_slow_first_head_in_tunnel_is_cut(self):
+        c = self.tunnel()
+        took = self.trickle(c, self.req(b'/slow') * 4, 8)
+        self.assertLess(took, 4, 'a first head trickled in a tunnel for %.1f s was not cut' % took)
+        self.assertEqual(self.up.requests, [])
+
+    def open_intercepts(self):
+        c = HTTPClient(self.d.port, timeout=5)
+        try:
+            c.send(b'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+            body = c.read_response(timeout=5).body.decode()
+        finally:
+            c.close()
+        for line in body.splitlines():
+            if line.startswith('scopeproxy_open_tunnels{kind="intercept"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def test_refused_head_in_tunnel_ends_the_session(self):
+        # The JSON answer reaches the client through TLS, then the session
+        # ends, even while the client keeps its socket open and silent.
+        c = self.tunnel()
+        c.send(self.req(b'/first'))
+        self.assertEqual(c.read_response(timeout=5).status, 200)
+        c.send(b'GET /bad HTTP/1.1\r\nHost: api.openai.com\r\nX-A: a\x00b\r\n\r\n')
+        resp = c.read_response(timeout=5)
+        self.assertProxyError(resp, 400, 'bad_request', self.d)
+        with self.assertRaises(NoResponse):
+            c.read_response(timeout=2)
+        self.assertTrue(c.eof, 'TLS session left open after a refused head')
+        deadline = time.monotonic() + 8
+        while self.open_intercepts() > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(self.open_intercepts(), 0, 'the proxy kept the refused TLS session')
+        self.assertEqual([r.target for r in self.up.requests], ['/first'])
 
 
 class HalfHeads(ProxyTestCase):

@@ -3,11 +3,14 @@
 real daemon, each checked against what an upstream actually received.
 
 Every case of CASES is sent in forward mode (absolute-form targets on a raw
-recording upstream) and in gateway mode (`--gateway /g/=` to the same
-upstream), and each of those twice: as the FIRST head of a fresh connection
-(checked raw by the proxy before libmicrohttpd sees it) and as a LATER head,
-after one good request on the same kept-alive connection (checked raw the
-same way, by net/headgate.c, before libmicrohttpd reads it).  Each run passes when exactly one of these holds:
+recording upstream), in gateway mode (`--gateway /g/=` to the same
+upstream) and in tunnel mode (inside an intercepted HTTPS tunnel: CONNECT
+api.openai.com:443, TLS with the proxy's CA, origin-form requests that the
+proxy sends on over TLS to a raw recording TLS upstream), and each of those
+twice: as the FIRST head of a fresh connection (or TLS session) and as a
+LATER head, after one good request on the same kept-alive connection.  Every
+head is checked raw by the proxy before libmicrohttpd reads it.  Each run
+passes when exactly one of these holds:
 
   rejected   the proxy answers its own JSON 4xx (X-Scopeproxy-Error, OpenAI
              error JSON), closes the connection after it, and no upstream
@@ -25,7 +28,9 @@ Smuggled payloads are either a plain request (`/TOKEN/smuggled`) or a
 credentialed `POST .../v1/responses` (api.openai.com is --resolve'd to a
 plain+TLS harness upstream with the test CA trusted and an auth file with a
 run task loaded, so a smuggled credentialed request would be minted and
-visible there).
+visible there; in tunnel mode the TLS recorder is api.openai.com, and a
+request to /v1/ there carrying the run's X-Case is a smuggled credentialed
+one).
 
 The failures are not marked expectedFailure: the list printed at the end
 (and the subTest failures) is the work list for the daemon.
@@ -48,6 +53,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -363,6 +369,11 @@ class RecReq:
             ' PROBLEMS: %s' % '; '.join(self.problems) if self.problems else '')
 
 
+def rec_header(req, name):
+    """The first value of a field of a recorded request (b'' if none)."""
+    return next((v for k, v in req.headers if k.lower() == name.lower()), b'')
+
+
 class _Fail(Exception):
     pass
 
@@ -372,7 +383,8 @@ class Recorder:
     request strictly and flags anything that is not canonical framing;
     answers 200 with X-Recorder: 1."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
+        self.tls = tls              # a server SSLContext: a TLS origin
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(('127.0.0.1', 0))
@@ -408,6 +420,14 @@ class Recorder:
         with self.lock:
             self.raw[cid] = bytearray()
         s.settimeout(20)
+        if self.tls is not None:
+            try:
+                s = self.tls.wrap_socket(s, server_side=True)
+            except (OSError, ssl.SSLError) as e:
+                with self.lock:
+                    self.errors.append((cid, 'TLS handshake %r' % e, b''))
+                s.close()
+                return
 
         def fill():
             try:
@@ -576,10 +596,30 @@ def _read_one(c, method, timeout):
         return None, 'error: %r' % e
 
 
-def run_case(port, run, good):
+def plain_client(port):
+    return HTTPClient(port, timeout=FIRST_TIMEOUT)
+
+
+def tunnel_client(port, ctx, host='api.openai.com'):
+    """A client inside an intercepted tunnel: CONNECT host:443, then TLS
+    trusting only the proxy's CA; HTTPClient works on the TLS socket."""
+    c = HTTPClient(port, timeout=FIRST_TIMEOUT)
     try:
-        c = HTTPClient(port, timeout=FIRST_TIMEOUT)
-    except OSError as e:
+        c.send(b'CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n' % (host.encode(), host.encode()))
+        r = c.read_head('CONNECT')
+        if r.status != 200 or c.buf:
+            raise OSError('CONNECT answered %r, %r' % (r, bytes(c.buf[:100])))
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=host)
+    except Exception:
+        c.close()
+        raise
+    return c
+
+
+def run_case(connect, run, good):
+    try:
+        c = connect()
+    except (OSError, NoResponse) as e:
         run.end = 'error: connect %r' % e
         return run
     try:
@@ -682,8 +722,7 @@ def judge(run, ups, errs, dual):
     for cid, msg, raw in errs:
         why.append('upstream conn %d: %s; bytes: %r' % (cid, msg, raw[-300:]))
     for d in dual:
-        why.append('CREDENTIALED request reached api.openai.com (%s, tls=%s, auth=%r): %r'
-                   % (d.request_line(), d.tls, (d.header('Authorization') or '')[:20], d.raw_head[:200]))
+        why.append('CREDENTIALED request reached api.openai.com (%s)' % d)
     if why:
         run.verdict = 'FAIL'
         run.detail = '; '.join(why)
@@ -701,6 +740,9 @@ class Smuggling(ProxyTestCase):
         cls.work = tempfile.mkdtemp(prefix='scopeproxy-smuggle-')
         cls.tls = tls_material()
         cls.rec = Recorder()
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(cls.tls.cert, cls.tls.key)
+        cls.trec = Recorder(tls=sctx)
         cls.dual = UpstreamServer(dual=True)
         cls.auth = os.path.join(cls.work, 'auth.json')
         write_auth(cls.auth, auth_doc(identity_record(SPEC_V2_B64, RUNTIME, task_id=TASK)))
@@ -709,20 +751,44 @@ class Smuggling(ProxyTestCase):
                        '--resolve', 'api.openai.com:443:127.0.0.1:%d' % cls.dual.port,
                        '--resolve', 'api.openai.com:80:127.0.0.1:%d' % cls.dual.port,
                        '--audit-log', os.path.join(cls.work, 'audit.jsonl'))
+        # Tunnel mode: intercepted CONNECTs to api.openai.com, whose
+        # origin is the TLS recorder.
+        cls.dt = Daemon('--auth-file', cls.auth, '--upstream-ca', cls.tls.ca,
+                        '--ca-dir', os.path.join(cls.work, 'ca'),
+                        '--resolve', 'api.openai.com:443:127.0.0.1:%d' % cls.trec.port,
+                        '--audit-log', os.path.join(cls.work, 'audit-tunnel.jsonl'))
         try:
             cls.d.start()
+            cls.dt.start()
         except Exception:
+            cls.d.stop()
+            cls.d.cleanup()
             cls.rec.close()
+            cls.trec.close()
             cls.dual.close()
             raise
+        cls.cctx = ssl.create_default_context(cafile=os.path.join(cls.work, 'ca', 'ca.crt'))
 
     @classmethod
     def tearDownClass(cls):
-        cls.d.stop()
-        cls.d.cleanup()
+        probs = []
+        for d in (cls.d, cls.dt):
+            d.stop()
+            probs += ['%s: %s' % (p, d.tail(1500)) for p in d.problems()]   # leaks show at exit
+            d.cleanup()
         cls.rec.close()
+        cls.trec.close()
         cls.dual.close()
         shutil.rmtree(cls.work, True)
+        if probs:
+            raise AssertionError('daemon problems after the corpus: %s' % '; '.join(probs))
+
+    MODES = ('forward', 'gateway', 'tunnel')
+
+    def connector(self, mode):
+        if mode == 'tunnel':
+            return lambda: tunnel_client(self.dt.port, self.cctx)
+        return lambda: plain_client(self.d.port)
 
     def subst(self, mode, tok):
         hp = b'127.0.0.1:%d' % self.rec.port
@@ -731,9 +797,15 @@ class Smuggling(ProxyTestCase):
             s = {'U': b'http://' + hp + b'/' + t + b'/case', 'P': b'http://' + hp + b'/' + t + b'/pipe',
                  'H': hp, 'SU': b'http://' + hp + b'/' + t + b'/smuggled',
                  'CT': b'http://api.openai.com/v1/responses', 'CH': b'api.openai.com'}
-        else:
+        elif mode == 'gateway':
             s = {'U': b'/g/' + t + b'/case', 'P': b'/g/' + t + b'/pipe', 'H': b'127.0.0.1',
                  'SU': b'/g/' + t + b'/smuggled', 'CT': b'/v1/responses', 'CH': b'127.0.0.1'}
+        else:
+            # inside the tunnel every request goes to api.openai.com (the
+            # TLS recorder); absolute forms name it too
+            hp = b'api.openai.com'
+            s = {'U': b'/' + t + b'/case', 'P': b'/' + t + b'/pipe', 'H': hp,
+                 'SU': b'/' + t + b'/smuggled', 'CT': b'/v1/responses', 'CH': hp}
         s['HP'] = hp
         s['TOK'] = t
         s['SMUG'] = b'GET ' + s['SU'] + b' HTTP/1.1\r\nHost: ' + s['H'] + b'\r\n\r\n'
@@ -754,15 +826,64 @@ class Smuggling(ProxyTestCase):
                 self.assertIsNotNone(up, 'the control request never reached api.openai.com')
                 self.assertTrue(up.tls)
                 self.assertTrue((up.header('Authorization') or '').startswith('AgentAssertion '), up.headers)
+        with self.subTest(mode='tunnel'):
+            s = self.subst('tunnel', 'control-tunnel')
+            c = tunnel_client(self.dt.port, self.cctx)
+            try:
+                c.send(s['CRED'])
+                r = c.read_response('POST', timeout=10)
+            finally:
+                c.close()
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.header('X-Recorder'), '1', r)
+            ups = [u for u in self.trec_requests() if rec_header(u, b'X-Case') == b'control-tunnel']
+            self.assertEqual(len(ups), 1, ups)
+            self.assertTrue(rec_header(ups[0], b'Authorization').startswith(b'AgentAssertion '),
+                            ups[0].describe())
+
+    def test_late_head_in_tunnel_is_not_parsed(self):
+        """A head that reaches libmicrohttpd with the rest of a body, after
+        the gate let the request through, is never parsed: the connection
+        closes after the answer before it (the relay's count of bytes
+        written into the socketpair tells the gate what MHD has read)."""
+        tok = b'late-tunnel'
+        c = tunnel_client(self.dt.port, self.cctx)
+        try:
+            c.send(b'POST /' + tok + b'/case HTTP/1.1\r\nHost: api.openai.com\r\n'
+                   b'Content-Length: 10\r\n\r\nhello')
+            time.sleep(0.3)     # the gate has let it through; MHD reads the body
+            c.send(b'world' + b'GET /' + tok + b'/smuggled HTTP/1.1\r\nHost: api.openai.com\r\n'
+                   b'X-A: a\x00b\r\n\r\n')
+            r = c.read_response('POST', timeout=5)
+            self.assertEqual((r.status, r.header('X-Recorder')), (200, '1'), r)
+            with self.assertRaises(NoResponse):
+                c.read_response(timeout=2)
+            self.assertTrue(c.eof, 'the TLS session stayed open after an unchecked head')
+        finally:
+            c.close()
+        ups = [u for u in self.trec_requests() if (u.target or '').startswith('/late-tunnel/')]
+        self.assertEqual([(u.target, u.body) for u in ups], [('/late-tunnel/case', b'helloworld')],
+                         [u.describe() for u in ups])
+
+    def trec_requests(self, wait=0.5):
+        time.sleep(wait)
+        with self.trec.lock:
+            return list(self.trec.requests)
 
     def test_control_templates(self):
         """The good requests the corpus builds on are forwarded as they should."""
-        for mode in ('forward', 'gateway'):
+        for mode in self.MODES:
             s = self.subst(mode, 'tmpl-' + mode)
             for name, tpl in (('get', get()), ('post', post(CL, b'{[}hello{]}')),
                               ('chunked', post(TE, CHUNKED_SMUG)), ('cred_body', post(CL, b'{[}{CRED}{]}'))):
                 with self.subTest(mode=mode, template=name):
-                    r = request(self.d.port, expand(tpl, s), timeout=10)
+                    c = self.connector(mode)()
+                    try:
+                        data = expand(tpl, s)
+                        c.send(data)
+                        r = c.read_response(data.split(b' ', 1)[0].decode(), timeout=10)
+                    finally:
+                        c.close()
                     self.assertEqual(r.status, 200, r)
                     self.assertEqual(r.header('X-Recorder'), '1', r)
 
@@ -770,7 +891,7 @@ class Smuggling(ProxyTestCase):
         """Where RFC 9112 accepts a case, what follows its request(s) is no
         valid request: a smuggled request is never a legitimate pipelined one."""
         for idx, (name, tpl, cat) in enumerate(CASES):
-            for mode in ('forward', 'gateway'):
+            for mode in self.MODES:
                 with self.subTest(case=name, mode=mode):
                     s = self.subst(mode, 'sound')
                     run = Run(name, cat, mode, 'first', 'sound', expand(tpl, s))
@@ -784,7 +905,7 @@ class Smuggling(ProxyTestCase):
         self.assertEqual(len(names), len(set(names)), 'duplicate case names')
         runs = []
         for idx, (name, tpl, cat) in enumerate(CASES):
-            for mode in ('forward', 'gateway'):
+            for mode in self.MODES:
                 for position in ('first', 'later'):
                     tok = 'k%03d%s%s' % (idx, mode[0], position[0])
                     s = self.subst(mode, tok)
@@ -792,27 +913,38 @@ class Smuggling(ProxyTestCase):
                     good = None
                     if position == 'later':
                         good = b'GET ' + s['U'].replace(b'/case', b'/good') + b' HTTP/1.1\r\nHost: ' + s['H'] + b'\r\n\r\n'
-                    runs.append((run, good))
+                    runs.append((self.connector(mode), run, good))
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=12) as ex:
-            done = list(ex.map(lambda a: run_case(self.d.port, *a), runs))
+            done = list(ex.map(lambda a: run_case(*a), runs))
         time.sleep(0.5)     # anything still on its way upstream
         elapsed = time.monotonic() - t0
-        with self.rec.lock:
-            recs = list(self.rec.requests)
-            errs = list(self.rec.errors)
+        recs, errs = [], []
+        for rec in (self.rec, self.trec):
+            with rec.lock:
+                recs += list(rec.requests)
+                errs += list(rec.errors)
         by_tok = {}
+        # a credentialed request (on the harness upstream, or a /v1/ one on
+        # the TLS recorder) names its run in X-Case
+        creds = [(q.header('X-Case'), '%s, tls=%s, auth=%r: %r' % (
+                  q.request_line(), q.tls, (q.header('Authorization') or '')[:20], q.raw_head[:200]))
+                 for q in self.dual.requests if not (q.header('X-Case') or '').startswith('control-')]
         for u in recs:
+            if (u.target or '').startswith('/v1/'):
+                case = rec_header(u, b'X-Case').decode('latin-1')
+                if not case.startswith('control-'):
+                    creds.append((case, 'tunnel: %s' % u.describe()))
+                continue
             parts = (u.target or '').split('/')
             tok = parts[1] if len(parts) > 2 else (u.target or '').partition('?')[2]
             if tok and not tok.startswith('tmpl-') and not (len(parts) > 2 and parts[2] == 'good'):
                 by_tok.setdefault(tok, []).append(u)
-        dual = [q for q in self.dual.requests if not (q.header('X-Case') or '').startswith('control-')]
         for run in done:
             ups = by_tok.pop(run.tok, [])
             tok_b = run.tok.encode()
             run_errs = [e for e in errs if tok_b in e[2]]
-            run_dual = [q for q in dual if q.header('X-Case') == run.tok]
+            run_dual = [d for case, d in creds if case == run.tok]
             judge(run, ups, run_errs, run_dual)
         self.report(done, elapsed)
         for run in done:
@@ -823,20 +955,21 @@ class Smuggling(ProxyTestCase):
             stray = [u.describe() for us in by_tok.values() for u in us]
             stray += ['upstream conn %d: %s: %r' % (c, m, r[-200:]) for c, m, r in errs
                       if not any(run.tok.encode() in r for run in done)]
-            stray += ['api.openai.com got %r' % q.raw_head[:200] for q in dual
-                      if q.header('X-Case') not in {r.tok for r in done}]
+            stray += ['api.openai.com got %s' % d for case, d in creds
+                      if case not in {r.tok for r in done}]
             self.assertEqual(stray, [])
-        with self.subTest(check='daemon healthy'):
-            self.assertTrue(self.d.alive(), 'the daemon died during the corpus')
-            self.assertEqual(self.d.problems(), [])
+        with self.subTest(check='daemons healthy'):
+            for d in (self.d, self.dt):
+                self.assertTrue(d.alive(), 'a daemon died during the corpus')
+                self.assertEqual(d.problems(), [])
 
     def report(self, done, elapsed):
         cats = []
         for r in done:
             if r.category not in cats:
                 cats.append(r.category)
-        out = ['', 'smuggling corpus: %d cases x 2 modes x 2 positions = %d runs in %.1fs'
-               % (len(CASES), len(done), elapsed),
+        out = ['', 'smuggling corpus: %d cases x %d modes x 2 positions = %d runs in %.1fs'
+               % (len(CASES), len(self.MODES), len(done), elapsed),
                '%-14s %-6s %5s %9s %9s %5s' % ('category', 'pos', 'runs', 'rejected', 'forwarded', 'FAIL')]
         for cat in cats + ['TOTAL']:
             for pos in ('first', 'later'):
