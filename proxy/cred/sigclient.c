@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/sigproto.h"
 #include "cred/secmem.h"
+#include "cred/fdpass.h"
 #include "cred/sigclient.h"
 
 /* A signer that takes longer than this is taken for dead: the request
@@ -65,34 +66,7 @@ sigclient_alive(void)
 static ssize_t
 recv_answer(int *fd)
 {
-	union {
-		struct cmsghdr	 h;
-		char		 b[CMSG_SPACE(sizeof(int))];
-	} u;
-	struct msghdr mh;
-	struct cmsghdr *cm;
-	struct iovec iov = { .iov_base = C.buf, .iov_len = SIGP_MSG_MAX };
-	ssize_t r;
-	int got;
-
-	memset(&mh, 0, sizeof(mh));
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = u.b;
-	mh.msg_controllen = sizeof(u.b);
-	if ((r = recvmsg(C.req_fd, &mh, MSG_CMSG_CLOEXEC)) < 0)
-		return r;
-	for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
-		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS ||
-		    cm->cmsg_len != CMSG_LEN(sizeof(int)))
-			continue;
-		memcpy(&got, CMSG_DATA(cm), sizeof(int));
-		if (fd != NULL && *fd < 0)
-			*fd = got;
-		else
-			close(got);
-	}
-	return r;
+	return fdpass_recv(C.req_fd, C.buf, SIGP_MSG_MAX, fd);
 }
 
 /* Sends req and waits for its answer, decoded into rep (pointing into

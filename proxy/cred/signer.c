@@ -24,6 +24,7 @@
 #include "cred/idstore.h"
 #include "cred/sealed.h"
 #include "cred/secmem.h"
+#include "cred/fdpass.h"
 #include "cred/signer.h"
 
 static struct {
@@ -204,36 +205,13 @@ static int
 reply_fd(uint32_t id, int fd)
 {
 	struct sigp_msg m = { .type = SIGP_REP_OK, .id = id };
-	union {
-		struct cmsghdr	 h;
-		char		 b[CMSG_SPACE(sizeof(int))];
-	} u;
-	struct msghdr mh;
-	struct cmsghdr *cm;
-	struct iovec iov;
 	long n;
-	ssize_t r;
+	ssize_t r = -1;
 
-	if ((n = sigp_encode(&m, S.buf, SIGP_MSG_MAX)) < 0) {
-		close(fd);
-		return -1;
-	}
-	memset(&u, 0, sizeof(u));
-	memset(&mh, 0, sizeof(mh));
-	iov.iov_base = S.buf;
-	iov.iov_len = (size_t)n;
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = u.b;
-	mh.msg_controllen = sizeof(u.b);
-	cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET;
-	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-	r = sendmsg(S.req_fd, &mh, MSG_NOSIGNAL);
+	if ((n = sigp_encode(&m, S.buf, SIGP_MSG_MAX)) >= 0)
+		r = fdpass_send(S.req_fd, S.buf, (size_t)n, fd);
 	close(fd);
-	return r == n ? 0 : -1;
+	return n >= 0 && r == n ? 0 : -1;
 }
 
 /* The daemon's files (struct signer_files): the paths are the signer's
