@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,6 +312,24 @@ tunnel_tls_free(struct proxy *px)
 	px->ca = NULL;
 }
 
+/* Sessions (cached or in tickets) resume only on a tunnel to the host
+ * they were made for: OpenSSL refuses one whose context differs, and
+ * the context is a digest of the CONNECT host. Without it a session
+ * from a tunnel to one host would resume on a tunnel to another and
+ * skip that host's leaf. */
+static int
+bind_sessions(SSL *ssl, const char *host)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n;
+
+	if (EVP_Digest(host, strlen(host), md, &n, EVP_sha256(), NULL) != 1 ||
+	    n > SSL_MAX_SID_CTX_LENGTH ||
+	    SSL_set_session_id_context(ssl, md, n) != 1)
+		return -1;
+	return 0;
+}
+
 /* The server side of the client's TLS, with a leaf for the CONNECT
  * host; NULL (err set) on failure. */
 static SSL *
@@ -330,6 +349,7 @@ intercept_ssl(struct tunnel *tn, char *err, size_t errlen)
 	    SSL_set_ex_data(ssl, icpt_index, ic) == 1)
 		ic = NULL;	/* the SSL owns it now */
 	if (ssl == NULL || ic != NULL ||
+	    bind_sessions(ssl, tn->req.host) != 0 ||
 	    SSL_use_certificate(ssl, leaf) != 1 ||
 	    SSL_use_PrivateKey(ssl, key) != 1 ||
 	    SSL_add1_chain_cert(ssl, ca_cert(w->px->ca)) != 1 ||

@@ -606,6 +606,47 @@ class Interception(ConnectCase):
         self.assertTrue(openssl_verifies(der, self.d.ca, 'chatgpt.com'),
                         'without SNI the leaf must be for the CONNECT host:\n' + x509_text(der))
 
+    def test_reconnect_resumes_tls_session_for_same_host_only(self):
+        # A client that reconnects skips the full handshake (README:
+        # interception, session resumption), in TLS 1.2 and 1.3; a session
+        # made for one CONNECT host never resumes on a tunnel to another,
+        # even when the client offers it.
+        def tunnel(host, ctx, session=None):
+            c, resp = open_tunnel(self.d.port, host + ':443')
+            self.addCleanup(c.close)
+            self.assertEqual(resp.status, 200, resp)
+            assert not c.buf
+            ss = ctx.wrap_socket(c.sock, server_hostname=host, session=session)
+            c.sock = ss
+            # a request and its answer: a TLS 1.3 ticket comes after the handshake
+            c.send(inner_request('GET', '/v1/models', host, [CLIENT_AUTH]))
+            r = c.read_response('GET')
+            self.assertEqual(r.status, 200, r)
+            return c, ss
+
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with self.subTest(version=version):
+                ctx = client_ctx(self.d.ca)
+                ctx.minimum_version = ctx.maximum_version = version
+                c1, s1 = tunnel('api.openai.com', ctx)
+                self.assertFalse(s1.session_reused)
+                sess = s1.session
+                self.assertIsNotNone(sess)
+                c1.close()
+                c2, s2 = tunnel('api.openai.com', ctx, sess)
+                self.assertTrue(s2.session_reused, '%s: a reconnect to the same host did a full '
+                                'handshake (no resumption)' % version)
+                self.assertTrue(openssl_verifies(s2.getpeercert(True), self.d.ca, 'api.openai.com'))
+                c2.close()
+                c3, s3 = tunnel('chatgpt.com', ctx, sess)
+                self.assertFalse(s3.session_reused, '%s: a session for api.openai.com resumed '
+                                 'on a tunnel to chatgpt.com' % version)
+                self.assertTrue(openssl_verifies(s3.getpeercert(True), self.d.ca, 'chatgpt.com'),
+                                'the tunnel to chatgpt.com got another host\'s leaf')
+                c3.close()
+        got = [r.sni for r in self.up.requests]
+        self.assertEqual(sorted(set(got)), ['api.openai.com', 'chatgpt.com'], got)
+
     def test_leaf_cache_is_a_bounded_lru(self):
         # README: leaves cached per host, LRU of 1024.  A cached host gets the
         # same leaf again; a host not used for 1100 other hosts is evicted
