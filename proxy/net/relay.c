@@ -109,6 +109,27 @@ ep_write(struct endpoint *ep, const char *p, size_t n)
 	return IO_ERROR;
 }
 
+/* A read of k < want bytes emptied what the endpoint had: the socket
+ * (a stream socket returns all it holds, up to want) and, for TLS,
+ * OpenSSL's buffers. The relay's fds are level-triggered, so epoll
+ * reports whatever arrives later and the next read can wait for it.
+ * curl may hold decrypted bytes it does not report: always drained. */
+static int
+ep_read_dry(struct endpoint *ep, ssize_t k, size_t want)
+{
+	if ((size_t)k >= want)
+		return 0;
+	switch (ep->kind) {
+	case EP_FD:
+		return 1;
+	case EP_SSL:
+		return !SSL_has_pending(ep->ssl);
+	case EP_CURL:
+		break;
+	}
+	return 0;
+}
+
 static void
 ep_shutdown_write(struct endpoint *ep)
 {
@@ -130,7 +151,7 @@ pump_dir(struct endpoint *src, struct buf *win, struct endpoint *dst,
 	int moved = 0;
 	ssize_t k;
 
-	while (!src->eof && buf_pending(win) < RELAY_WINDOW) {
+	while (!src->eof && !src->dry && buf_pending(win) < RELAY_WINDOW) {
 		k = ep_read(src, tmp, sizeof(tmp));
 		if (k == IO_AGAIN)
 			break;
@@ -144,6 +165,8 @@ pump_dir(struct endpoint *src, struct buf *win, struct endpoint *dst,
 		if (buf_append(win, tmp, (size_t)k) != 0)
 			return -1;
 		moved = 1;
+		if (ep_read_dry(src, k, sizeof(tmp)))
+			src->dry = 1;
 	}
 	while (buf_pending(win) > 0 && !dst->shut) {
 		k = ep_write(dst, buf_head(win), buf_pending(win));
@@ -303,6 +326,7 @@ relay_event(struct evsrc *src, uint32_t events)
 	struct endpoint *ep = src->arg;
 
 	(void)events;
+	ep->dry = 0;	/* the other side stays dry until its own event */
 	pump(ep->relay);
 }
 

@@ -28,6 +28,7 @@ struct endpoint {
 	int		 shut;		/* its write side is closed */
 	int		 want_write;	/* SSL needs the fd writable to read */
 	int		 no_close;	/* the fd is someone else's to close */
+	int		 dry;		/* read short this turn: wait for epoll */
 	uint32_t	 events;	/* what epoll watches now */
 };
 
