@@ -299,6 +299,9 @@ tunnel_tls_init(struct proxy *px, char *err, size_t errlen)
 	SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
 	SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+	/* One read(2) per record, not two (header, then body): the relay
+	 * checks SSL_has_pending before it waits for epoll. */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	px->tls_ctx = ctx;
 	return 0;
 }
