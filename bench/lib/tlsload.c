@@ -10,7 +10,9 @@
  * verified against --ca and the name checked (no --insecure mode: a proxy
  * whose leaf does not verify gets errors, not figures).  Without --proxy the
  * TCP connection goes to --addr and TLS starts at once.  TLS sessions are
- * never resumed: every new connection is a full handshake.
+ * not resumed (every new connection is a full handshake) unless newconn
+ * runs with --resume 1: each thread then offers the session of its last
+ * connection, and "resumed" counts the handshakes that resumed.
  *
  * Modes (one JSON object on stdout; latencies in microseconds):
  *   keepalive  --conns N threads, one connection each, GET --path in a loop
@@ -65,11 +67,13 @@ static struct {
 	double		 seconds;
 	long long	 expect;	/* -1: any */
 	int		 io_timeout;	/* seconds */
-} opt = { M_KEEPALIVE, NULL, NULL, NULL, NULL, "/", NULL, 1, 5, -1, 10 };
+	int		 resume;	/* newconn: offer the last session */
+} opt = { M_KEEPALIVE, NULL, NULL, NULL, NULL, "/", NULL, 1, 5, -1, 10, 0 };
 
 static SSL_CTX *ctx;
 static double t_end;
 static atomic_long n_err;
+static atomic_long n_resumed;
 static pthread_mutex_t err_mu = PTHREAD_MUTEX_INITIALIZER;
 static char first_err[300];
 
@@ -118,6 +122,7 @@ struct conn {
 	size_t	 off, len;	/* unread bytes: buf[off .. off+len) */
 	/* timings of the last open, seconds */
 	double	 t_connect_sent, t_established, t_tls_done;
+	SSL_SESSION *sess;	/* --resume: offered on the next open */
 };
 
 static int
@@ -282,6 +287,7 @@ conn_open(struct conn *c, const char *target, char *err, size_t errlen)
 	    SSL_set_fd(c->ssl, c->fd) != 1 ||
 	    SSL_set_tlsext_host_name(c->ssl, host) != 1 ||
 	    SSL_set1_host(c->ssl, host) != 1 ||
+	    (c->sess != NULL && SSL_set_session(c->ssl, c->sess) != 1) ||
 	    SSL_connect(c->ssl) != 1) {
 		long v = c->ssl != NULL ? SSL_get_verify_result(c->ssl) : X509_V_OK;
 
@@ -518,9 +524,16 @@ run_newconn(void *arg)
 		} else {
 			add(&w->lat, now() - t0);
 			w->ok++;
+			if (SSL_session_reused(c->ssl))
+				atomic_fetch_add(&n_resumed, 1);
+			if (opt.resume) {
+				SSL_SESSION_free(c->sess);
+				c->sess = SSL_get1_session(c->ssl);
+			}
 		}
 		conn_close(c);
 	}
+	SSL_SESSION_free(c->sess);
 	free(c);
 	return NULL;
 }
@@ -577,6 +590,8 @@ load(void)
 	    opt.mode == M_KEEPALIVE ? "keepalive" : "newconn", opt.conns, ok,
 	    t1 - t0, ok / (t1 - t0), pct(&all, 50), pct(&all, 90), pct(&all, 99),
 	    all.n ? all.v[all.n - 1] : 0);
+	if (opt.mode == M_NEWCONN)
+		printf("\"resumed\":%ld,", atomic_load(&n_resumed));
 	print_err_json();
 	printf("}\n");
 	free(all.v);
@@ -699,7 +714,7 @@ usage(void)
 	fprintf(stderr, "usage: tlsload --mode keepalive|newconn|cold|download "
 	    "--target HOST:PORT (--proxy HOST:PORT | --addr HOST:PORT) --ca FILE "
 	    "[--path P] [--conns N] [--seconds S] [--expect-bytes N] "
-	    "[--cold-file F] [--io-timeout S]\n");
+	    "[--cold-file F] [--io-timeout S] [--resume 1]\n");
 	exit(2);
 }
 
@@ -730,6 +745,7 @@ main(int argc, char **argv)
 		else if (!strcmp(a, "--seconds")) opt.seconds = atof(v);
 		else if (!strcmp(a, "--expect-bytes")) opt.expect = atoll(v);
 		else if (!strcmp(a, "--io-timeout")) opt.io_timeout = atoi(v);
+		else if (!strcmp(a, "--resume")) opt.resume = atoi(v);
 		else usage();
 	}
 	if (opt.target == NULL || opt.ca == NULL || (opt.proxy == NULL) == (opt.addr == NULL) ||
@@ -745,7 +761,10 @@ main(int argc, char **argv)
 	}
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	/* Full handshakes unless --resume: then each newconn worker offers
+	 * the session (ticket) of its previous connection. */
+	if (!opt.resume)
+		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
 	switch (opt.mode) {
 	case M_KEEPALIVE:
 	case M_NEWCONN:
