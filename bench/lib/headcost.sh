@@ -69,7 +69,7 @@ headcost_perf() {
 }
 
 headcost_callgrind() {
-    local d=$WORK/headcost cg=$WORK/headcost/cg name=sp_cg port req asuser=() f files=()
+    local d=$WORK/headcost cg=$WORK/headcost/cg name=sp_cg t=hc-cg port req asuser=() f files=()
     if ! command -v valgrind >/dev/null; then
         headcost_note "valgrind not found (apt-get install -y valgrind): no callgrind figure"
         return 0
@@ -78,25 +78,34 @@ headcost_callgrind() {
     # Started as root the daemon would serve as nobody and callgrind could
     # not write its output: run it as nobody from the start instead.
     if [[ $(id -u) == 0 ]]; then
-        chown nobody "$cg" "$cg/home" 2>/dev/null && chmod 700 "$cg/home" &&
-            asuser=(setpriv --reuid=nobody --regid=nogroup --clear-groups) ||
-            { headcost_note "cannot prepare a directory for nobody: no callgrind figure"; return 0; }
         command -v setpriv >/dev/null ||
             { headcost_note "setpriv not found (util-linux): no callgrind figure"; return 0; }
+        if ! chown nobody "$cg" "$cg/home" 2>/dev/null || ! chmod 700 "$cg/home"; then
+            headcost_note "cannot prepare a directory for nobody: no callgrind figure"
+            return 0
+        fi
+        asuser=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
     fi
-    HOME=$cg/home CODEX_HOME=$cg/home start_bg "$name" "${asuser[@]}" valgrind -q --tool=callgrind \
-        --toggle-collect=worker_main --callgrind-out-file="$cg/callgrind.%p" \
-        "$SP_RUN" --listen 127.0.0.1:0 --server-info "$cg/server-info.json" --log-level warn \
-        --threads 1 "${SP_EXTRA[@]}"
-    local var="PID_$name"
-    if ! port=$("$PY" "$LIB/probe.py" server-info "$cg/server-info.json" "${!var}" 60); then
-        headcost_note "the daemon did not start under valgrind: $(tail -c 300 "$WORK/$name.err" | tr '\n' ' ')"
+    # Under valgrind on a busy machine the signer may miss the daemon's
+    # 2 s start-up handshake: a few tries.
+    local var="PID_$name" try
+    for try in 1 2 3; do
+        rm -f "$cg"/callgrind.* "$cg/server-info.json"
+        HOME=$cg/home CODEX_HOME=$cg/home start_bg "$name" "${asuser[@]}" valgrind -q --tool=callgrind \
+            --toggle-collect=worker_main --callgrind-out-file="$cg/callgrind.%p" \
+            "$SP_RUN" --listen 127.0.0.1:0 --server-info "$cg/server-info.json" --log-level warn \
+            --threads 1 "${SP_EXTRA[@]}"
+        port=$("$PY" "$LIB/probe.py" server-info "$cg/server-info.json" "${!var}" 60 2>/dev/null) && break
         stop_bg "$name"
+        port=""
+    done
+    if [[ -z $port ]]; then
+        headcost_note "the daemon did not start under valgrind ($try tries), last error: $(grep -o '"level":"error","msg":"[^"]*' "$WORK/$name.err" | tail -n 1 | sed 's/.*"msg":"//' | tr ';' ',')"
         return 0
     fi
-    TGT_PORT[hc-cg]=$port TGT_PATH[hc-cg]=${TGT_PATH[sp-forward]} TGT_HOST[hc-cg]=${TGT_HOST[sp-forward]}
-    TGT_HEADERS[hc-cg]=""
-    req=$(SYSCALL_CONNS=10 fixed_wrk hc-cg "$HEADCOST_REQUESTS" "$d/wrk-cg.txt")
+    TGT_PORT[$t]=$port TGT_PATH[$t]=${TGT_PATH[sp-forward]} TGT_HOST[$t]=${TGT_HOST[sp-forward]}
+    TGT_HEADERS[$t]=""
+    req=$(SYSCALL_CONNS=10 fixed_wrk "$t" "$HEADCOST_REQUESTS" "$d/wrk-cg.txt")
     stop_bg "$name"     # callgrind writes its output at exit
     for f in "$cg"/callgrind.*; do [[ -s $f ]] && files+=("$f"); done
     if [[ -z $req || $req -le 0 || ${#files[@]} -eq 0 ]]; then
