@@ -14,6 +14,10 @@ Reads the files bench/run writes in its work directory:
   --https FILE       JSON lines from the HTTPS part (lib/https.sh, lib/tlsload.c)
   --https-notes FILE notes from the HTTPS part (skips, failures), one a line
   --startup FILE     JSON from startup.py: start-up ms and idle RSS per run
+  --headcost FILE    JSON lines from headcost.py (perf, callgrind): the
+                     request-head validator's share of the daemon's work
+  --headcost-note S  why a part of it did not run
+  --headcost-funcs S the functions counted as the validator
 """
 import argparse
 import json
@@ -41,6 +45,8 @@ GOAL13_TUNNEL_VS_DIRECT = 0.9
 GOAL13_TUNNEL_SPREAD = 0.2   # (max - min) / median MB/s: "stable"
 GOAL13_STARTUP_MS = 50.0
 GOAL13_IDLE_RSS_KIB = 8 * 1000 * 1000 / 1024   # 8 MB
+# Issue 12: the request-head validator's share of CPU per request.
+GOAL12_VALIDATOR_PCT = 5.0
 PROXY_NAMES = {"sp_tls": "scopeproxy", "mitm": "mitmproxy", "direct": "direct"}
 
 
@@ -109,6 +115,9 @@ def main():
     ap.add_argument("--syscalls")
     ap.add_argument("--syscalls-note", default="")
     ap.add_argument("--startup")
+    ap.add_argument("--headcost")
+    ap.add_argument("--headcost-note", default="")
+    ap.add_argument("--headcost-funcs", default="")
     a = ap.parse_args()
 
     out = []
@@ -274,6 +283,7 @@ def main():
     tls = {}
     checks4 = https_section(p, a.https, a.https_notes, tls)
     startup = startup_section(p, a.startup)
+    checks12 = headcost_section(p, a.headcost, a.headcost_note, a.headcost_funcs)
 
     def verdicts(title, cl, width=40):
         p(title)
@@ -302,6 +312,9 @@ def main():
         if noisy:
             p("  (req/s and latency verdicts come from a NOISY run; CPU us/req holds up better)")
         p("")
+    if checks12:
+        verdicts("Issue 12 targets (hostile input)", checks12, 44)
+        p("")
     print("\n".join(out))
 
 
@@ -327,6 +340,56 @@ def startup_section(p, path):
             p(f"  idle RSS      median {statistics.median(rss)} KiB  ({min(rss)}..{max(rss)})")
     p("")
     return su
+
+
+def load_jsonl(path):
+    rows = []
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        pass
+    return rows
+
+
+def headcost_section(p, path, note, funcs):
+    """The request-head validator's share of the daemon's work on the
+    forward keep-alive load (lib/headcost.sh); returns Issue 12's checks."""
+    rows = {r.get("tool"): r for r in load_jsonl(path)}
+    if not rows and not note:
+        return []
+    p("Request-head validator's share of the daemon's work (sp-forward, keep-alive)")
+    p("-" * 78)
+    if funcs:
+        p(f"  validator: {', '.join(funcs.split())} (inclusive: with all they call)")
+    pf, cg = rows.get("perf"), rows.get("callgrind")
+    if pf and pf.get("incl_pct") is not None:
+        kp = pf.get("kernel_pct")
+        p(f"  perf ({pf.get('event') or '?'}, --call-graph dwarf, every thread): "
+          f"{pf['incl_pct']:.2f} % of {pf['samples']} samples inclusive, {pf['self_pct']:.2f} % self")
+        p(f"    ({pf.get('seconds', '?')} s, wrk -c{pf.get('connections', '?')}, "
+          f"{pf.get('requests', '?')} requests; "
+          f"{'?' if kp is None else f'{kp:.0f}'} % of the samples in the kernel)")
+    if cg and cg.get("incl_pct") is not None:
+        p(f"  callgrind (instructions, one worker, whole worker life): {cg['incl_pct']:.2f} % inclusive "
+          f"({cg['validator_instructions_per_request']:.0f} of "
+          f"{cg['instructions_per_request']:.0f} per request, {cg['requests']} requests)")
+    for n in filter(None, (s.strip() for s in note.split(";"))):
+        p(f"  ! {n}")
+    p("")
+    cl = []
+    goal = f"validator <= {GOAL12_VALIDATOR_PCT:.0f} % of CPU per request"
+    if pf and pf.get("incl_pct") is not None:
+        cl.append((goal + " (perf)", f"{pf['incl_pct']:.2f} %", pf["incl_pct"] <= GOAL12_VALIDATOR_PCT))
+    if cg and cg.get("incl_pct") is not None:
+        cl.append((goal + " (callgrind)", f"{cg['incl_pct']:.2f} %", cg["incl_pct"] <= GOAL12_VALIDATOR_PCT))
+    if not cl:
+        cl.append((goal, "no figure (see above)", "skipped"))
+    return cl
 
 
 def issue13_checks(stats, usable, st, tls, su):

@@ -94,6 +94,17 @@ int	 hdr_response_drop(const char *name, const struct hdr_conn *c);
 int	 head_validate(const char *buf, size_t n, size_t max_head,
 	    enum perr *code, char *err, size_t errlen);
 
+/* libmicrohttpd 0.9.75 keeps a request's head and a 56-byte record (64
+ * with its pool's alignment) per header field, query argument and cookie
+ * in one per-connection pool. The pool holds max_header_size bytes plus
+ * HEAD_POOL_FIELDS for those records (more fields count against
+ * max_header_size: head_scan) plus HEAD_POOL_REPLY for the response head
+ * MHD builds in what is left. */
+#define HEAD_FIELD_COST		64
+#define HEAD_POOL_FIELDS	4096
+#define HEAD_POOL_REPLY		8192
+#define HEAD_POOL_SIZE(max)	((max) + HEAD_POOL_FIELDS + HEAD_POOL_REPLY)
+
 /* Where a sound head ends and how long a body it declares (-1: not known
  * from the head, as with Transfer-Encoding). */
 struct head_extent {
@@ -102,7 +113,10 @@ struct head_extent {
 	int		 te;		/* Transfer-Encoding is present */
 };
 
-/* head_validate that also fills *hx (when not NULL) for a sound head. */
+/* head_validate that also fills *hx (when not NULL) for a sound head,
+ * and refuses with 431 a head whose pool cost (its bytes and
+ * HEAD_FIELD_COST per field, query argument and cookie) passes
+ * max_head + HEAD_POOL_FIELDS. */
 int	 head_scan(const char *buf, size_t n, size_t max_head,
 	    struct head_extent *hx, enum perr *code, char *err, size_t errlen);
 

@@ -12,6 +12,7 @@
 
 #include "core/config.h"
 #include "core/providers.h"
+#include "core/headers.h"
 #include "cred/credential.h"
 #include "cred/identity.h"
 #include "cred/secmem.h"
@@ -503,9 +504,10 @@ start_mhd(struct worker *w, char *err, size_t errlen)
 	size_t mem;
 
 	/* MHD zeroes the whole pool after every request: keep it to the
-	 * header limit (a connection's first head is checked raw, so an
-	 * oversize one gets our JSON 431) plus room for a body block. */
-	mem = (size_t)c->max_header_size + 12288;
+	 * header limit plus room for field records and the response head
+	 * (every head is checked raw against the same sum, so one MHD
+	 * could not hold gets our JSON 431: core/headers.h). */
+	mem = HEAD_POOL_SIZE((size_t)c->max_header_size);
 	/* TURBO: optimistic reads and writes, fewer epoll round trips. */
 	w->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
 	    MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG | MHD_USE_TURBO |

@@ -224,6 +224,12 @@ CASES = [
     ('pipe_x_chunked', PIPE + post(b'Transfer-Encoding: x-chunked\r\n', CHUNKED_SMUG), 'pipelined'),
     ('pipe_bad_request_line', PIPE + b'GET  {U} HTTP/1.1\r\nHost: {H}\r\n\r\n', 'pipelined'),
     ('pipe_http_2_0', PIPE + b'GET {U} HTTP/2.0\r\nHost: {H}\r\n\r\n', 'pipelined'),
+    # -- heads within limits.max_header_size that libmicrohttpd's pool cannot hold ----------
+    ('many_fields', get(b''.join(b'X-F%03d: %s\r\n' % (i, b'v' * 90) for i in range(300))), 'size'),
+    ('many_query_args', get(b'X-Pad: ' + b'p' * 20000 + b'\r\n',
+                            line=b'GET {U}?' + b'&'.join(b'a%d' % i for i in range(400)) + b' HTTP/1.1'), 'size'),
+    ('many_cookies', get(b'X-Pad: ' + b'p' * 20000 + b'\r\nCookie: '
+                         + b'; '.join(b'c%d=1' % i for i in range(350)) + b'\r\n'), 'size'),
 ]
 
 _REGION = {'N': (b'{[}', b'{]}', lambda n: b'%d' % n), 'X': (b'{<}', b'{>}', lambda n: b'%x' % n)}
@@ -865,6 +871,74 @@ class Smuggling(ProxyTestCase):
         self.assertEqual([(u.target, u.body) for u in ups], [('/late-tunnel/case', b'helloworld')],
                          [u.describe() for u in ups])
 
+    # -- what libmicrohttpd's pool can hold ------------------------------------------
+    # With the default limits.max_header_size (32768) a head may cost
+    # 32768 + 4096 bytes: its own bytes and 64 per field (core/headers.h).
+    POOL_BUDGET = 32768 + 4096
+
+    def cost_head(self, s, extra_cost):
+        """The head whose pool cost is POOL_BUDGET + extra_cost, with as
+        many 40-byte fields as fit, and its list of those fields."""
+        def build(n, pad):
+            fields = [(b'X-F%03d' % i, b'v' * 40) for i in range(n)]
+            fields.append((b'X-Pad', b'p' * (1 + pad)))
+            data = (b'GET ' + s['U'] + b' HTTP/1.1\r\nHost: ' + s['H'] + b'\r\n'
+                    + b''.join(k + b': ' + v + b'\r\n' for k, v in fields) + b'\r\n')
+            return data, fields, len(data) + 64 * (len(fields) + 1)
+        n = 0
+        while build(n + 1, 0)[2] <= self.POOL_BUDGET:
+            n += 1
+        data, fields, cost = build(n, 0)
+        data, fields, cost = build(n, self.POOL_BUDGET - cost + extra_cost)
+        self.assertEqual(cost, self.POOL_BUDGET + extra_cost)
+        self.assertLess(len(data), 32768)
+        return data, fields
+
+    def test_pool_cost_boundary(self):
+        """The largest head whose fields libmicrohttpd's pool can hold is
+        forwarded intact, first and later on a connection, and inside a
+        tunnel; one byte more gets the proxy's JSON 431 naming the limit,
+        the upstream sees nothing of it and the connection closes."""
+        for mode in self.MODES:
+            for position in ('first', 'later'):
+                with self.subTest(mode=mode, position=position):
+                    tok = 'cost-%s-%s' % (mode, position)
+                    s = self.subst(mode, tok)
+                    good = (b'GET ' + s['U'].replace(b'/case', b'/good') + b' HTTP/1.1\r\nHost: '
+                            + s['H'] + b'\r\n\r\n') if position == 'later' else None
+                    for extra, want in ((0, 200), (1, 431)):
+                        c = self.connector(mode)()
+                        try:
+                            if good is not None:
+                                c.send(good)
+                                self.assertEqual(c.read_response('GET', timeout=10).status, 200)
+                            data, fields = self.cost_head(s, extra)
+                            c.send(data)
+                            r = c.read_response('GET', timeout=10)
+                            self.assertEqual(r.status, want, describe_response(r))
+                            if want == 431:
+                                self.assertTrue(is_proxy_json_error(r), describe_response(r))
+                                self.assertEqual(r.header('X-Scopeproxy-Error'), 'headers_too_large')
+                                msg = json.loads(r.body)['error']['message']
+                                self.assertIn('limits.max_header_size', msg)
+                                self.assertIn('32768', msg)
+                                with self.assertRaises(NoResponse):
+                                    c.read_response(timeout=2)
+                                self.assertTrue(c.eof, 'the connection stayed open after the 431')
+                            else:
+                                self.assertEqual(r.header('X-Recorder'), '1', describe_response(r))
+                        finally:
+                            c.close()
+                    time.sleep(0.3)
+                    rec = self.trec if mode == 'tunnel' else self.rec
+                    with rec.lock:
+                        ups = [u for u in rec.requests if ('/%s/case' % tok) in (u.target or '')]
+                    # only the boundary head, with every field as sent
+                    self.assertEqual(len(ups), 1, [u.describe() for u in ups])
+                    got = [(k, v) for k, v in ups[0].headers if k.startswith(b'X-F') or k == b'X-Pad']
+                    self.assertEqual(got, self.cost_head(s, 0)[1])
+                    self.assertTrue(ups[0].complete and not ups[0].problems, ups[0].describe())
+
     def trec_requests(self, wait=0.5):
         time.sleep(wait)
         with self.trec.lock:
@@ -938,7 +1012,7 @@ class Smuggling(ProxyTestCase):
                 continue
             parts = (u.target or '').split('/')
             tok = parts[1] if len(parts) > 2 else (u.target or '').partition('?')[2]
-            if tok and not tok.startswith('tmpl-') and not (len(parts) > 2 and parts[2] == 'good'):
+            if tok and not tok.startswith(('tmpl-', 'cost-')) and not (len(parts) > 2 and parts[2] == 'good'):
                 by_tok.setdefault(tok, []).append(u)
         for run in done:
             ups = by_tok.pop(run.tok, [])

@@ -400,6 +400,57 @@ START_TEST(raw_head_extent)
 }
 END_TEST
 
+/* A head of k fields "a: b" and a padding field "p: <pad bytes>";
+ * target "/" or the one given. */
+static char *
+cost_head(char *b, size_t blen, const char *target, int k, size_t pad)
+{
+	size_t o;
+	int i;
+
+	o = (size_t)snprintf(b, blen, "GET %s HTTP/1.1\r\n", target);
+	for (i = 0; i < k; i++)
+		o += (size_t)snprintf(b + o, blen - o, "a: b\r\n");
+	o += (size_t)snprintf(b + o, blen - o, "p: ");
+	memset(b + o, 'x', pad);
+	o += pad;
+	snprintf(b + o, blen - o, "\r\n\r\n");
+	return b;
+}
+
+START_TEST(raw_head_pool_cost)
+{
+	char b[8192];
+	enum perr code;
+
+	/* max 1024: a head may cost 1024 + HEAD_POOL_FIELDS = 5120 bytes:
+	 * 16 + 71 fields (6 + 64 each, the padding field 5 + 64) + 2 */
+	ck_assert_int_eq(HEAD_POOL_FIELDS, 4096);
+	ck_assert_int_eq(hv(cost_head(b, sizeof(b), "/", 70, 133), 1024, &code), 1);
+	ck_assert_int_lt(strlen(b), 1024);
+	ck_assert_int_eq(hv(cost_head(b, sizeof(b), "/", 70, 134), 1024, &code), -1);
+	ck_assert_int_eq(code, PERR_HEADERS_TOO_LARGE);
+	/* a query argument is a record too: "/?aa" is one, "/?&a" two */
+	ck_assert_int_eq(hv(cost_head(b, sizeof(b), "/?aa", 70, 65), 1024, &code), 1);
+	ck_assert_int_eq(hv(cost_head(b, sizeof(b), "/?&a", 70, 65), 1024, &code), -1);
+	ck_assert_int_eq(code, PERR_HEADERS_TOO_LARGE);
+	/* so is a cookie, and MHD copies the Cookie value: max 4096, budget
+	 * 8192 = 16 + (8 + L + 2) + 2 bytes + (L + 2) copied + 2 records */
+	snprintf(b, sizeof(b), "GET / HTTP/1.1\r\nCookie: ");
+	memset(b + strlen(b), 'c', 4017);
+	snprintf(b + 24 + 4017, sizeof(b) - 24 - 4017, "\r\n\r\n");
+	ck_assert_int_eq(hv(b, 4096, &code), 1);
+	b[30] = ';';
+	ck_assert_int_eq(hv(b, 4096, &code), -1);
+	ck_assert_int_eq(code, PERR_HEADERS_TOO_LARGE);
+	/* refused as soon as the fields seen cost too much */
+	cost_head(b, sizeof(b), "/", 80, 0);
+	ck_assert_int_eq(hv(b, 1024, &code), -1);
+	b[strlen(b) - 4] = '\0';		/* no end of head yet */
+	ck_assert_int_eq(hv(b, 1024, &code), -1);
+}
+END_TEST
+
 static int
 cs(const char *body, size_t *len, enum perr *code)
 {
@@ -760,6 +811,7 @@ core_suite(void)
 	tcase_add_test(tc, connection_options_capped);
 	tcase_add_test(tc, raw_head_validation);
 	tcase_add_test(tc, raw_head_extent);
+	tcase_add_test(tc, raw_head_pool_cost);
 	tcase_add_test(tc, raw_chunked_body);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("gateway");
