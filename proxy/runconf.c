@@ -98,7 +98,7 @@ static const char usage_text[] =
 "      --drain-timeout SECS     on SIGTERM, let requests finish for up to SECS (default 30)\n"
 "      --threads N              event-loop threads (default: one per core)\n"
 "      --max-body-size BYTES    largest request body (default 0 = unlimited)\n"
-"      --max-header-size BYTES  largest request head (default 32768)\n"
+"      --max-header-size BYTES  largest request head (default 16384)\n"
 "      --max-connections N      concurrent client connections (default 4096)\n"
 "      --connect-timeout SECS   upstream connect timeout (default 10)\n"
 "      --idle-timeout SECS      abort an upstream silent for SECS (default 300, 0 = never)\n"

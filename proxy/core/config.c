@@ -115,7 +115,7 @@ config_defaults(struct config *c)
 	c->listen_host = strdup("127.0.0.1");
 	c->listen_port = SP_DEFAULT_PORT;
 	c->log_level = LL_INFO;
-	c->max_header_size = 32768;
+	c->max_header_size = 16384;
 	c->max_connections = 4096;
 	c->connect_timeout = 10;
 	c->upstream_idle_timeout = 300;
