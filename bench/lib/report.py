@@ -338,6 +338,9 @@ def startup_section(p, path):
         p(f"  start-up      median {statistics.median(ms):.1f} ms  ({min(ms):.1f}..{max(ms):.1f}, {len(ms)} runs)")
         if rss:
             p(f"  idle RSS      median {statistics.median(rss)} KiB  ({min(rss)}..{max(rss)})")
+        anon = [r for r in su.get("anon_kib", []) if r]
+        if anon:
+            p(f"    anonymous   median {statistics.median(anon)} KiB  (the rest: shared library pages)")
     p("")
     return su
 

@@ -6,9 +6,12 @@
 Starts the daemon RUNS times with --listen 127.0.0.1:0 --server-info and
 the given arguments, and measures the time from fork to the moment the
 server-info file (written once the listener is open and the workers run)
-appears, then the daemon's VmRSS half a second later, when it is idle.
-Each daemon is stopped with SIGTERM and waited for. Prints one JSON
-object: {"ms": [...], "rss_kib": [...]} or {"error": "..."}.
+appears, then the daemon's VmRSS half a second later, when it is idle,
+and the part of it that is anonymous memory (RssAnon: heap, stacks; the
+rest is pages of shared libraries, shared with every process mapping
+them). Each daemon is stopped with SIGTERM and waited for. Prints one
+JSON object: {"ms": [...], "rss_kib": [...], "anon_kib": [...]} or
+{"error": "..."}.
 """
 import json
 import os
@@ -18,10 +21,10 @@ import sys
 import time
 
 
-def rss_kib(pid):
+def status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return None
 
@@ -44,7 +47,7 @@ def one(binary, work, args):
             time.sleep(0.0005)
         ms = (time.monotonic() - t0) * 1000
         time.sleep(0.5)
-        return ms, rss_kib(p.pid)
+        return ms, status_kib(p.pid, "VmRSS"), status_kib(p.pid, "RssAnon")
     finally:
         p.send_signal(signal.SIGTERM)
         try:
@@ -57,12 +60,13 @@ def one(binary, work, args):
 
 def main():
     binary, work, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    out = {"ms": [], "rss_kib": []}
+    out = {"ms": [], "rss_kib": [], "anon_kib": []}
     try:
         for _ in range(runs):
-            ms, rss = one(binary, work, sys.argv[4:])
+            ms, rss, anon = one(binary, work, sys.argv[4:])
             out["ms"].append(round(ms, 1))
             out["rss_kib"].append(rss)
+            out["anon_kib"].append(anon)
     except (OSError, RuntimeError) as e:
         out = {"error": str(e)}
     print(json.dumps(out))
