@@ -361,6 +361,7 @@ ws_event(struct evsrc *src, uint32_t events)
 struct ws_end {
 	struct MHD_UpgradeResponseHandle *urh;
 	struct proxy	*px;
+	struct worker	*w;
 	json_t		*audit;		/* NULL: no audit log */
 };
 
@@ -377,7 +378,7 @@ upgrade_done(struct relay *r)
 		    json_integer(r->bytes_ba));
 		audit_write(end->px, end->audit);
 	}
-	MHD_upgrade_action(end->urh, MHD_UPGRADE_ACTION_CLOSE);
+	worker_mhd_upgrade_close(end->w, end->urh);
 	free(end);
 }
 
@@ -398,11 +399,12 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	    (r = relay_new(w,
 	    (long long)(w->rc->cfg->upstream_idle_timeout * 1000))) == NULL) {
 		free(end);
-		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+		worker_mhd_upgrade_close(w, urh);
 		return;
 	}
 	end->urh = urh;
 	end->px = w->px;
+	end->w = w;
 	if (t->audited)
 		end->audit = transfer_audit_line(t);
 	/* The client socket is the relay's now, not the hang-up watch's. */
@@ -435,7 +437,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 		curl_easy_cleanup(r->b.easy);
 		json_decref(end->audit);
 		free(end);
-		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+		worker_mhd_upgrade_close(w, urh);
 		buf_free(&r->ab);
 		buf_free(&r->ba);
 		free(r->what);
