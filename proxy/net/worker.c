@@ -472,9 +472,13 @@ mhd_due(struct worker *w)
 	    (MHD_get_timeout(w->mhd, &mt) == MHD_YES && mt == 0);
 }
 
-/* How often curl and MHD may hand each other work within one turn (a
- * request MHD has just read starts upstream at once, an answer curl has
- * just read goes out at once) before the loop polls again. */
+/* How often MHD may run within one turn (an answer curl has just read
+ * goes out at once, a completed request's next head is read at once)
+ * before the loop polls again. curl's timeout action runs once per turn,
+ * before its messages are read: a second one in the same turn may hand
+ * back (CURL_POLL_REMOVE) the socket of a connect-only transfer that a
+ * WebSocket leg has just registered as its own, deleting that
+ * registration (test_websocket's until-close refusal then hung). */
 #define TURN_ROUNDS	3
 
 /* One turn: the events, then curl's and MHD's own work, then the
@@ -492,7 +496,8 @@ worker_turn(struct worker *w)
 	}
 	for (i = 0; i < TURN_ROUNDS; i++) {
 		did = false;
-		if (w->curl_deadline >= 0 && now_ms() >= w->curl_deadline) {
+		if (i == 0 && w->curl_deadline >= 0 &&
+		    now_ms() >= w->curl_deadline) {
 			w->curl_deadline = -1;
 			curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT,
 			    0, &running);
