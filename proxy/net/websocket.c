@@ -348,9 +348,13 @@ ws_event(struct evsrc *src, uint32_t events)
 			if (e == NULL || ws->state != WS_HEAD)
 				break;
 			head_complete(ws, (size_t)(e - ws->head) + 4);
-			if (t->ws == NULL || ws->state != WS_HEAD)
+			if (t->ws == NULL || ws->state == WS_UPGRADED)
 				return;
 		}
+		/* A refusal's body (WS_BODY) reads on: the read that
+		 * brought the head may have been the first, before the leg
+		 * ever watched the socket, and nothing else would wake it
+		 * for the rest of the body or the close that ends it. */
 	}
 }
 
