@@ -475,10 +475,8 @@ mhd_due(struct worker *w)
 /* How often MHD may run within one turn (an answer curl has just read
  * goes out at once, a completed request's next head is read at once)
  * before the loop polls again. curl's timeout action runs once per turn,
- * before its messages are read: a second one in the same turn may hand
- * back (CURL_POLL_REMOVE) the socket of a connect-only transfer that a
- * WebSocket leg has just registered as its own, deleting that
- * registration (test_websocket's until-close refusal then hung). */
+ * before its messages are read (the branch's figures were measured so;
+ * a 0 ms timer curl sets during the turn waits for the next one). */
 #define TURN_ROUNDS	3
 
 /* One turn: the events, then curl's and MHD's own work, then the
