@@ -75,26 +75,17 @@ headgate_scan(struct head_gate *g, const char *buf, size_t n, size_t max,
 	return 1;
 }
 
-/* Bytes of the stream MHD has read: what arrived minus what is queued.
- * peeked: the queue as just peeked (-1: ask). On TCP the kernel counts
- * what arrived; a byte arriving between the two questions makes the
- * answer larger, never smaller. On a tunnel's socketpair its relay
- * counts what it wrote, on this thread: the answer is exact. */
+/* Bytes of the stream that have arrived (read or queued). On TCP the
+ * kernel counts them; on a tunnel's socketpair its relay counts what it
+ * wrote, on this thread. */
 static int
-stream_consumed(const struct head_gate *g, int fd, long long peeked,
-    unsigned long long *out)
+stream_received(const struct head_gate *g, int fd, unsigned long long *out)
 {
 	struct tcp_info ti;
 	socklen_t tl = sizeof(ti);
-	int inq;
 
-	if (peeked < 0) {
-		if (ioctl(fd, SIOCINQ, &inq) != 0)
-			return -1;
-		peeked = inq;
-	}
 	if (g->sent != NULL) {
-		*out = g->sent->n - (unsigned long long)peeked;
+		*out = g->sent->n;
 		return 0;
 	}
 	memset(&ti, 0, sizeof(ti));
@@ -102,7 +93,29 @@ stream_consumed(const struct head_gate *g, int fd, long long peeked,
 	    tl < offsetof(struct tcp_info, tcpi_bytes_received) +
 	    sizeof(ti.tcpi_bytes_received))
 		return -1;
-	*out = ti.tcpi_bytes_received - (unsigned long long)peeked;
+	*out = ti.tcpi_bytes_received;
+	return 0;
+}
+
+/* Bytes of the stream MHD has read: what arrived minus what is queued.
+ * peeked: the queue as just peeked (-1: ask). On TCP a byte arriving
+ * between the two questions makes the answer larger, never smaller; on
+ * a tunnel's socketpair the answer is exact. */
+static int
+stream_consumed(const struct head_gate *g, int fd, long long peeked,
+    unsigned long long *out)
+{
+	unsigned long long got;
+	int inq;
+
+	if (peeked < 0) {
+		if (ioctl(fd, SIOCINQ, &inq) != 0)
+			return -1;
+		peeked = inq;
+	}
+	if (stream_received(g, fd, &got) != 0)
+		return -1;
+	*out = got - (unsigned long long)peeked;
 	return 0;
 }
 
@@ -117,8 +130,7 @@ ungate(struct client *cl)
 	    gate_entry);
 	cl->gate.gated = false;
 	cl->gate.suspended = false;
-	MHD_resume_connection(cl->con);
-	w->mhd_rerun = true;
+	worker_mhd_resume(w, cl->con);
 }
 
 /* Takes the socket from MHD: MHD's descriptor now reads end-of-file
@@ -157,8 +169,7 @@ detach(struct client *cl, enum perr e, const char *msg)
 	} else
 		linger_close(w, real);
 	cl->gate.suspended = false;
-	MHD_resume_connection(cl->con);
-	w->mhd_rerun = true;
+	worker_mhd_resume(w, cl->con);
 }
 
 static long long
@@ -204,34 +215,54 @@ look(struct client *cl, ssize_t n, unsigned events)
 }
 
 /* True when MHD has read exactly the requests that ended: it holds no
- * byte of a head the proxy did not check. */
+ * byte of a head the proxy did not check. *peeked: how many bytes of
+ * what follows (from pos on) are in w->peekbuf. */
 static bool
-nothing_held(struct client *cl)
+nothing_held(struct client *cl, ssize_t *peeked)
 {
 	struct worker *w = cl->w;
+	struct head_gate *g = &cl->gate;
 	size_t max = (size_t)w->px->cfg->max_header_size;
 	unsigned long long used;
 	ssize_t n;
 
+	*peeked = 0;
 	/* In a tunnel the relay's count is exact (this thread wrote every
 	 * byte): all of it in ended requests means nothing is held and
 	 * nothing queued, which the peek below would only confirm. */
-	if (cl->gate.sent != NULL && cl->gate.sent->n == cl->gate.pos) {
-		cl->gate.queued = false;
+	if (g->sent != NULL && g->sent->n == g->pos) {
+		g->queued = false;
 		return true;
+	}
+	/* On TCP: MHD parsed the whole request (it made the last upload
+	 * call), so it has read at least pos bytes: when no more than pos
+	 * arrived, it read exactly pos and none are queued. One question
+	 * instead of a peek and two, unless this client's next head tends
+	 * to be here already (eager), when the peek is needed anyway. */
+	if (g->sent == NULL && cl->read_whole && !g->eager) {
+		if (stream_received(g, cl->src.fd, &used) != 0)
+			return false;
+		if (used == g->pos) {
+			g->queued = false;
+			return true;
+		}
+		g->eager = true;
 	}
 	n = recv(cl->src.fd, w->peekbuf, max, MSG_PEEK | MSG_DONTWAIT);
 	if (n < 0 && errno != EAGAIN && errno != EINTR)
 		return false;
-	cl->gate.queued = n > 0;
-	if (stream_consumed(&cl->gate, cl->src.fd, n < 0 ? 0 :
+	g->queued = g->eager = n > 0;
+	if (stream_consumed(g, cl->src.fd, n < 0 ? 0 :
 	    (size_t)n < max ? n : -1, &used) != 0)
 		return false;
 	/* a byte that arrived between the questions: ask once more */
-	if (used != cl->gate.pos && stream_consumed(&cl->gate, cl->src.fd, -1,
-	    &used) != 0)
+	if (used != g->pos && stream_consumed(g, cl->src.fd, -1, &used) != 0)
 		return false;
-	return used == cl->gate.pos;
+	if (used != g->pos)
+		return false;
+	/* MHD read none of what was peeked: it starts at pos */
+	*peeked = n > 0 ? n : 0;
+	return true;
 }
 
 /* Runs inside MHD's completion callback: MHD would go on at once with
@@ -241,6 +272,9 @@ void
 headgate_completed(struct client *cl, bool ok)
 {
 	struct head_gate *g;
+	enum perr code;
+	char err[160];
+	ssize_t n = 0;
 
 	if (cl == NULL || !cl->gate.on || cl->gate.detached ||
 	    cl->w->gate_stopped)
@@ -265,11 +299,17 @@ headgate_completed(struct client *cl, bool ok)
 	/* A body of unknown length (where a next head would start is not
 	 * known), a refused head, or bytes MHD read past the requests
 	 * checked (a pipelined head nobody checked): no more requests. */
-	g->hold = g->lost || g->refuse || !nothing_held(cl);
+	g->hold = g->lost || g->refuse || !nothing_held(cl, &n);
 	if (g->hold) {
 		MHD_suspend_connection(cl->con);
 		g->suspended = true;
-	}
+	} else if (n > 0)
+		/* The next head is here already: checked now as the gate
+		 * would after suspending. Whole and sound, it is queued (nq)
+		 * and MHD goes on with it; otherwise the gate looks again. */
+		(void)headgate_scan(g, cl->w->peekbuf, (size_t)n,
+		    (size_t)cl->w->px->cfg->max_header_size, &code, err,
+		    sizeof(err));
 	if (!g->pending) {
 		g->pending = true;
 		LIST_INSERT_HEAD(&cl->w->gate_pending, cl, pending_entry);

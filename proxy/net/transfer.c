@@ -48,7 +48,7 @@ transfer_resume(struct transfer *t)
 {
 	if (t->wait != WAIT_NONE) {
 		t->wait = WAIT_NONE;
-		MHD_resume_connection(t->con);
+		worker_mhd_resume(t->w, t->con);
 	}
 }
 
@@ -90,6 +90,7 @@ transfer_uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 	t->mode = "local";
 	if ((cl = conn_client(con)) != NULL) {
 		cl->t = t;
+		cl->read_whole = false;
 		t->cl = cl;
 		/* bytes MHD held when the proxy took the socket back */
 		t->client_gone = cl->gate.detached;
@@ -729,6 +730,8 @@ transfer_access(void *cls, struct MHD_Connection *con, const char *url,
 		if (*upload_data_size > 0)
 			return body_chunk(t, upload_data, upload_data_size);
 		t->upload_eof = true;
+		if (t->cl != NULL)
+			t->cl->read_whole = true;
 		if (t->send_paused)
 			transfer_schedule_unpause(t);
 		t->phase = PH_RESPOND;

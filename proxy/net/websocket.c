@@ -348,9 +348,13 @@ ws_event(struct evsrc *src, uint32_t events)
 			if (e == NULL || ws->state != WS_HEAD)
 				break;
 			head_complete(ws, (size_t)(e - ws->head) + 4);
-			if (t->ws == NULL || ws->state != WS_HEAD)
+			if (t->ws == NULL || ws->state == WS_UPGRADED)
 				return;
 		}
+		/* A refusal's body (WS_BODY) reads on: the read that
+		 * brought the head may have been the first, before the leg
+		 * ever watched the socket, and nothing else would wake it
+		 * for the rest of the body or the close that ends it. */
 	}
 }
 
@@ -361,6 +365,7 @@ ws_event(struct evsrc *src, uint32_t events)
 struct ws_end {
 	struct MHD_UpgradeResponseHandle *urh;
 	struct proxy	*px;
+	struct worker	*w;
 	json_t		*audit;		/* NULL: no audit log */
 };
 
@@ -377,7 +382,7 @@ upgrade_done(struct relay *r)
 		    json_integer(r->bytes_ba));
 		audit_write(end->px, end->audit);
 	}
-	MHD_upgrade_action(end->urh, MHD_UPGRADE_ACTION_CLOSE);
+	worker_mhd_upgrade_close(end->w, end->urh);
 	free(end);
 }
 
@@ -398,11 +403,12 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 	    (r = relay_new(w,
 	    (long long)(w->rc->cfg->upstream_idle_timeout * 1000))) == NULL) {
 		free(end);
-		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+		worker_mhd_upgrade_close(w, urh);
 		return;
 	}
 	end->urh = urh;
 	end->px = w->px;
+	end->w = w;
 	if (t->audited)
 		end->audit = transfer_audit_line(t);
 	/* The client socket is the relay's now, not the hang-up watch's. */
@@ -435,7 +441,7 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 		curl_easy_cleanup(r->b.easy);
 		json_decref(end->audit);
 		free(end);
-		MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+		worker_mhd_upgrade_close(w, urh);
 		buf_free(&r->ab);
 		buf_free(&r->ba);
 		free(r->what);

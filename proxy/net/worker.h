@@ -75,6 +75,9 @@ struct client {
 	struct evsrc		 src;
 	struct worker		*w;
 	struct transfer		*t;	/* request in progress, or NULL */
+	/* MHD made the request's last upload call: it has parsed (so
+	 * read) all of it, head and body (net/headgate.c) */
+	bool			 read_whole;
 	char			 addr[64];
 	char			*icpt_host;	/* intercepted CONNECT target */
 	int			 icpt_port;
@@ -152,7 +155,9 @@ struct worker {
 	char			*peekbuf;	/* first request head, peeked */
 	struct relay_list	 relays;	/* tunnels and intercepted TLS */
 	atomic_int		 listening;
+	/* MHD_run only when it has work (worker.c mhd_due) */
 	bool			 mhd_rerun;	/* MHD has work its timeout hides */
+	bool			 mhd_ready;	/* MHD's epoll descriptor fired */
 	/* out of descriptors (net/accept.c): a spare one to accept and
 	 * refuse with, and the listener paused until listen_resume */
 	int			 spare_fd;
@@ -206,6 +211,12 @@ CURL	*worker_easy_get(struct worker *w);
 /* loop_defer_free on w's loop. */
 void	 worker_defer_free(struct worker *w, void *p);
 void	 worker_easy_put(struct worker *w, CURL *e);
+/* MHD_resume_connection, and MHD runs again in this turn. */
+void	 worker_mhd_resume(struct worker *w, struct MHD_Connection *con);
+/* Closes an upgraded connection: MHD_upgrade_action(CLOSE), and MHD
+ * runs again in this turn to let go of it. */
+void	 worker_mhd_upgrade_close(struct worker *w,
+	    struct MHD_UpgradeResponseHandle *urh);
 
 /* Hands fd to MHD with its counted slot (moved into the connection), for
  * an intercepted CONNECT its target (NULL otherwise), and the gate on its

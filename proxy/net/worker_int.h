@@ -40,6 +40,7 @@ struct head_gate {
 	bool			 pending;	/* a request ended in this MHD run */
 	bool			 hold;		/* held at once: take it from MHD */
 	bool			 queued;	/* bytes were waiting at the end */
+	bool			 eager;	/* they were last time: peek first */
 	bool			 suspended;	/* by this module */
 	bool			 gated;		/* suspended until its next head */
 	bool			 started;	/* bytes of the next head arrived */

@@ -383,6 +383,9 @@ class WSUpstream:
       answer    None: 101 (echo mode); bytes: send these instead and keep
                 the connection open for `answer_hold` seconds (or close at
                 once if answer_hold is 0)
+      answer_first  True: send `answer` as soon as the connection is
+                accepted, before reading the request (plain only), so it
+                is already queued when the proxy first reads
       delay     seconds to wait (watching for the proxy to hang up) before
                 answering
       greeting  bytes sent in the same write as the 101
@@ -400,6 +403,7 @@ class WSUpstream:
         tls = tls or dual
         self.answer = None
         self.answer_hold = 0.0
+        self.answer_first = False
         self.delay = 0.0
         self.greeting = b''
         self.protocol = 'responses.v1'
@@ -505,6 +509,8 @@ class WSUpstream:
         try:
             conn.sock.settimeout(10)
             first = None
+            if self.answer_first and self.answer is not None:
+                conn._send(self.answer)
             if self.dual:
                 try:
                     first = conn.sock.recv(1, socket.MSG_PEEK)
@@ -554,7 +560,8 @@ class WSUpstream:
                         conn.buf += data
                         conn.raw_in += data
             if self.answer is not None:
-                conn._send(self.answer)
+                if not self.answer_first:
+                    conn._send(self.answer)
                 hold = now() + self.answer_hold
                 while now() < hold:
                     if self._recv(conn, hold - now()) == b'':
@@ -1219,6 +1226,23 @@ class ForwardRelay(WSCase):
         body = b'{"error":"no websocket today"}'
         self.up.answer = b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\r\n' + body
         self.up.answer_hold = 0.0      # the body ends when the upstream closes
+        c = self.forward_client(self.d)
+        resp, ws, key, _ = self.handshake(c, 'http://ws.example.test:8080/ws', 'ws.example.test:8080')
+        self.assertIsNone(ws)
+        self.assertEqual(resp.status, 400, resp)
+        self.assertEqual(resp.body, body, resp)
+        self.assertIsNone(resp.header('X-Scopeproxy-Error'), resp)
+
+    def test_upstream_refuses_at_once_with_body_until_close(self):
+        # The answer (head and body) is queued before the proxy's first
+        # read: that read gets the head and body together, and the leg
+        # must still watch for the rest (here: the close that ends the
+        # body). Before the fix the leg stopped watching and the client
+        # waited until its own timeout.
+        body = b'{"error":"no websocket here"}'
+        self.up.answer = b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\r\n' + body
+        self.up.answer_first = True
+        self.up.answer_hold = 0.0
         c = self.forward_client(self.d)
         resp, ws, key, _ = self.handshake(c, 'http://ws.example.test:8080/ws', 'ws.example.test:8080')
         self.assertIsNone(ws)
