@@ -877,6 +877,7 @@ transfer_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	if (t->in_unpause)
 		LIST_REMOVE(t, unpause_entry);
 	LIST_REMOVE(t, live_entry);
+	transfer_idle_disarm(t);
 	resp_head_clear(&t->head);
 	buf_free(&t->up);
 	buf_free(&t->down);

@@ -84,6 +84,7 @@ struct transfer {
 	char			 tail[4];	/* the last bytes sent */
 	long long		 start_ms;
 	long long		 last_io;	/* last byte to or from upstream */
+	struct deadline		 idle_dl;	/* w->idle_heap: last_io + idle */
 
 	struct ws		*ws;		/* WebSocket handshake, or NULL */
 
@@ -112,8 +113,8 @@ void	 transfer_completed(void *cls, struct MHD_Connection *con,
 /* What a worker's MHD daemon and loop call for requests. */
 extern const struct worker_reqs transfer_reqs;
 /* Registers with w's loop: re-deciding requests parked for a
- * registration, the upstream idle sweep (once a second) and the drain
- * wait for requests in flight. */
+ * registration, the upstream idle deadlines (a heap: no periodic walk)
+ * and the drain wait for requests in flight. */
 int	 transfer_attach(struct worker *w, char *err, size_t errlen);
 
 void	 transfer_curl_done(struct curl_owner *o, CURLcode rc);

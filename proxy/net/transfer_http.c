@@ -3,6 +3,7 @@
  * after invalid_task_id and the idle sweep; and what a worker calls for
  * its requests (transfer_reqs, transfer_attach). The client side is in
  * transfer.c. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,11 +342,15 @@ transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-	/* The upstream idle timeout is the worker's once-a-second sweep
-	 * (transfer_idle_sweep): curl's speed check would arm a timer per
-	 * transfer every second, which costs CPU on thousands of idle
-	 * streams. */
+	/* The upstream idle timeout is ours (w->idle_heap, one deadline per
+	 * leg, moved only when it comes): curl's speed check would arm a
+	 * timer per transfer every second, which costs CPU on thousands of
+	 * idle streams. */
 	t->last_io = now_ms();
+	if (transfer_idle_arm(t) != 0) {
+		transfer_set_error(t, PERR_INTERNAL, "out of memory");
+		return -1;
+	}
 	if (c->total_timeout > 0)
 		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
 		    (long)(c->total_timeout * 1000));
@@ -407,36 +412,109 @@ cache_timeout(void *arg, long long now)
 	return w->acache.ts != 0 ? 250 : -1;
 }
 
-/* Ends upstream legs silent for longer than timeouts.upstream_idle. */
-static void
-idle_sweep(struct worker *w, long long now)
-{
-	long long idle = (long long)(w->rc->cfg->upstream_idle_timeout * 1000);
-	struct transfer *t;
+/* --- the upstream idle timeout ------------------------------------------ *
+ * Each upstream leg has one deadline in w->idle_heap: last_io plus
+ * timeouts.upstream_idle as of when it was armed. I/O only moves last_io;
+ * when the deadline comes the leg is looked at once and either ended or
+ * armed again for last_io + idle. So the loop sleeps until the earliest
+ * real deadline, and an open idle stream costs nothing in between (there
+ * is no periodic walk over all transfers). A reload that shortens the
+ * timeout applies at each leg's next look; one that turns it on applies
+ * to legs started after it. */
 
-	if (idle <= 0)
-		return;
-	LIST_FOREACH(t, &w->live, live_entry) {
-		if (t->ws != NULL) {
-			/* connecting is curl's (connect timeout); after the
-			 * 101 the relay has its own idle timeout */
-			if ((t->ws->state == WS_SENDING || t->ws->state == WS_HEAD ||
-			    t->ws->state == WS_BODY) && now - t->last_io >= idle)
-				ws_timeout(t);
-			continue;
-		}
-		/* paused by us: the client is the slow side, not the upstream */
-		if (t->easy == NULL || t->recv_paused ||
-		    t->send_paused || now - t->last_io < idle)
-			continue;
-		if (!t->resp_ready)
-			transfer_set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
-			    "for %g s (timeouts.upstream_idle)", t->rt.log_host,
-			    w->rc->cfg->upstream_idle_timeout);
-		t->leg = LEG_FAILED;
-		transfer_release_upstream(t);
-		transfer_resume(t);
+static long long
+idle_ms(const struct worker *w)
+{
+	return (long long)(w->rc->cfg->upstream_idle_timeout * 1000);
+}
+
+int
+transfer_idle_arm(struct transfer *t)
+{
+	long long idle = idle_ms(t->w);
+
+	if (idle <= 0) {
+		deadline_del(&t->w->idle_heap, &t->idle_dl);
+		return 0;
 	}
+	return deadline_set(&t->w->idle_heap, &t->idle_dl, t->last_io + idle);
+}
+
+void
+transfer_idle_disarm(struct transfer *t)
+{
+	deadline_del(&t->w->idle_heap, &t->idle_dl);
+}
+
+/* t's deadline came: ends its leg when silent for longer than
+ * timeouts.upstream_idle, or arms it for later. Leaves t either out of
+ * the heap or due after now (the caller loops until nothing is due). */
+static void
+idle_check(struct worker *w, struct transfer *t, long long now,
+    long long idle)
+{
+	struct deadline_heap *h = &w->idle_heap;
+
+	if (idle <= 0 || (t->ws == NULL && t->easy == NULL)) {
+		/* no leg now: transfer_http_start arms the next one */
+		deadline_del(h, &t->idle_dl);
+		return;
+	}
+	if (t->ws != NULL) {
+		/* connecting is curl's (connect timeout) and ws_connected
+		 * arms it; after the 101 the relay has its own idle timeout */
+		if (t->ws->state != WS_SENDING && t->ws->state != WS_HEAD &&
+		    t->ws->state != WS_BODY)
+			deadline_del(h, &t->idle_dl);
+		else if (now - t->last_io < idle)
+			deadline_set(h, &t->idle_dl, t->last_io + idle);
+		else {
+			deadline_del(h, &t->idle_dl);
+			ws_timeout(t);
+		}
+		return;
+	}
+	if (t->recv_paused || t->send_paused) {
+		/* paused by us: the client is the slow side, not the
+		 * upstream; looked at again each second while it lasts */
+		deadline_set(h, &t->idle_dl, t->last_io + idle > now + 1000 ?
+		    t->last_io + idle : now + 1000);
+		return;
+	}
+	if (now - t->last_io < idle) {
+		deadline_set(h, &t->idle_dl, t->last_io + idle);
+		return;
+	}
+	deadline_del(h, &t->idle_dl);
+	if (!t->resp_ready)
+		transfer_set_error(t, PERR_UPSTREAM_TIMEOUT, "upstream %s sent nothing "
+		    "for %g s (timeouts.upstream_idle)", t->rt.log_host,
+		    w->rc->cfg->upstream_idle_timeout);
+	t->leg = LEG_FAILED;
+	transfer_release_upstream(t);
+	transfer_resume(t);
+}
+
+static bool
+idle_expire(void *arg, long long now)
+{
+	struct worker *w = arg;
+	long long idle = idle_ms(w);
+	struct deadline *d;
+	bool ran = false;
+
+	while ((d = deadline_first(&w->idle_heap)) != NULL && d->when <= now) {
+		idle_check(w, (struct transfer *)(void *)((char *)d -
+		    offsetof(struct transfer, idle_dl)), now, idle);
+		ran = true;
+	}
+	return ran;
+}
+
+static long long
+idle_timeout(void *arg, long long now)
+{
+	return deadline_wait(&((struct worker *)arg)->idle_heap, now);
 }
 
 /* --- the worker's side ---------------------------------------------------- */
@@ -494,13 +572,6 @@ reg_timeout(void *arg, long long now)
 }
 
 static bool
-sweep_tick(void *arg, long long now)
-{
-	idle_sweep(arg, now);
-	return true;
-}
-
-static bool
 transfers_busy(void *arg)
 {
 	struct worker *w = arg;
@@ -513,9 +584,9 @@ static const struct loop_ops reg_ops = {
 	.timeout = reg_timeout,
 };
 
-static const struct loop_ops sweep_ops = {
-	.tick = sweep_tick,
-	.interval = 1000,
+static const struct loop_ops idle_ops = {
+	.tick = idle_expire,
+	.timeout = idle_timeout,
 	.busy = transfers_busy,
 };
 
@@ -533,7 +604,7 @@ transfer_attach(struct worker *w, char *err, size_t errlen)
 	if (loop_hook_add(&w->loop, &reg_ops, w, err, errlen) != 0 ||
 	    loop_hook_add(&w->loop, &cache_ops, w, err, errlen) != 0)
 		return -1;
-	return loop_hook_add(&w->loop, &sweep_ops, w, err, errlen);
+	return loop_hook_add(&w->loop, &idle_ops, w, err, errlen);
 }
 
 /* Takes n bytes of task_registration.replay_budget; false when they do

@@ -39,6 +39,10 @@ int	 transfer_http_start(struct transfer *t, const struct hdr_vec *in,
 	    const struct hdr_edits *edits);
 /* Ends whichever upstream leg t has, at once. */
 void	 transfer_release_upstream(struct transfer *t);
+/* Arms (or moves) t's upstream idle deadline to last_io +
+ * timeouts.upstream_idle; -1 when out of memory. */
+int	 transfer_idle_arm(struct transfer *t);
+void	 transfer_idle_disarm(struct transfer *t);
 /* One line of an upstream response head (with or without its line
  * ending); the empty line ends the head. -1: stop, t carries the answer. */
 int	 transfer_head_line(struct transfer *t, const char *p, size_t len);

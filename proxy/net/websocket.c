@@ -166,6 +166,10 @@ ws_connected(struct transfer *t, CURLcode rc)
 	ws->state = WS_SENDING;
 	t->leg = LEG_SENDING;
 	t->last_io = now_ms();
+	if (transfer_idle_arm(t) != 0) {
+		ws_fail(t, PERR_INTERNAL, "out of memory");
+		return;
+	}
 	ws_event(&ws->src, EPOLLOUT);
 }
 

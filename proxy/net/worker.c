@@ -695,6 +695,7 @@ worker_free(struct worker *w)
 		close(w->spare_fd);
 	w->spare_fd = -1;
 	headgate_clear(w);
+	deadline_heap_free(&w->idle_heap);
 	loop_clear(&w->loop);
 	secmem_free(w->secbuf, CREDENTIAL_BUFSIZE);
 	secmem_free(w->acache.val, CREDENTIAL_BUFSIZE);

@@ -18,6 +18,7 @@
 
 #include "core/access.h"
 #include "core/conn_slot.h"
+#include "core/deadline.h"
 #include "cred/credential.h"
 #include "core/errors.h"
 #include "net/worker_int.h"
@@ -150,6 +151,7 @@ struct worker {
 	LIST_HEAD(unpause_list, transfer) unpause;	/* transfers to curl_easy_pause(CONT) */
 	LIST_HEAD(waiter_list, transfer) reg_waiters;	/* parked for a registration */
 	LIST_HEAD(live_list, transfer) live;		/* every transfer, for shutdown */
+	struct deadline_heap idle_heap;	/* upstream legs' idle deadlines */
 	char			*secbuf;	/* locked scratch for minting */
 	struct assertion_cache	 acache;	/* holds a ref on acache.id */
 	char			*peekbuf;	/* first request head, peeked */

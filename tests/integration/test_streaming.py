@@ -126,6 +126,54 @@ class SSEStreaming(ProxyTestCase):
                                % (i, arrivals[i] - arrivals[i - 1]))
 
 
+class UpstreamIdleDeadline(ProxyTestCase):
+    """timeouts.upstream_idle is a per-stream deadline (no periodic sweep):
+    it must still cut a stream that went silent at the configured time, and
+    never one that keeps sending more often than that."""
+
+    def read_events(self, c, resp, timeout):
+        arrivals, pending = [], b''
+        for t, data in c.iter_body(resp, timeout=timeout):
+            pending += data
+            while b'\n\n' in pending:
+                _, pending = pending.split(b'\n\n', 1)
+                arrivals.append(t)
+        return arrivals
+
+    def test_silent_stream_cut_at_idle_timeout(self):
+        up = self.start_upstream()
+        sse = up.route('/quiet', SSE(n=2, gap=20.0))
+        d = self.start_daemon('--idle-timeout', '2')
+        c = HTTPClient(d.port, timeout=20)
+        self.addCleanup(c.close)
+        c.send(abs_get(up, b'/quiet'))
+        resp = c.read_head()
+        self.assertEqual(resp.status, 200, resp)
+        arrivals = self.read_events(c, resp, timeout=20)
+        ended = now()
+        self.assertEqual(len(arrivals), 1, 'only the first event was sent')
+        self.assertFalse(resp.complete, 'a stream cut for silence must not end cleanly')
+        silent = ended - sse.sent_at[0]
+        self.assertGreater(silent, 1.7, 'cut after %.2fs of silence, before timeouts.upstream_idle (2 s)'
+                           % silent)
+        self.assertLess(silent, 3.5, 'a stream silent for 2 s was cut only after %.2fs' % silent)
+
+    def test_stream_sending_within_idle_timeout_is_kept(self):
+        # 6 events 0.8 s apart: 4 s in all, twice the idle timeout, but never
+        # 2 s without a byte. Each event moves the deadline.
+        up = self.start_upstream()
+        up.route('/steady', SSE(n=6, gap=0.8))
+        d = self.start_daemon('--idle-timeout', '2')
+        c = HTTPClient(d.port, timeout=20)
+        self.addCleanup(c.close)
+        c.send(abs_get(up, b'/steady'))
+        resp = c.read_head()
+        self.assertEqual(resp.status, 200, resp)
+        arrivals = self.read_events(c, resp, timeout=20)
+        self.assertEqual(len(arrivals), 6, resp)
+        self.assertTrue(resp.complete, 'a stream that kept sending was cut: %r' % resp)
+
+
 class UploadStreaming(ProxyTestCase):
     def slow_upload(self, chunked):
         up = self.start_upstream()
@@ -459,6 +507,49 @@ class IdleStreams(ProxyTestCase):
         self.assertTrue(ok, 'not every upstream stream was released after the clients left')
         worst = max(r.conn.peer_closed_at for r in up.requests if r.path.startswith('/idle/')) - t0
         self.assertLess(worst, 3.0)
+
+
+    def test_idle_streams_leave_the_workers_asleep(self):
+        # The upstream idle timeout is a deadline per stream, not a sweep:
+        # with streams open and silent, no worker wakes up at all (the old
+        # once-a-second sweep woke each worker three times a second). Only
+        # the main thread's once-a-second look at the connection count
+        # remains. Counted as voluntary context switches of every thread.
+        up = self.start_upstream()
+        up.route('/idle', SSE(n=1, hold=20.0))
+        d = self.start_daemon()
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for i in range(self.STREAMS):
+            c = HTTPClient(d.port, timeout=10)
+            clients.append(c)
+            c.send(abs_get(up, b'/idle/%d' % i))
+        for c in clients:
+            resp = c.read_head()
+            self.assertEqual(resp.status, 200, resp)
+            for _, data in c.iter_body(resp):
+                if b'\n\n' in data:
+                    break
+        time.sleep(1.0)
+
+        def wakeups():
+            n = {}
+            for tid in os.listdir('/proc/%d/task' % d.pid):
+                try:
+                    with open('/proc/%d/task/%s/status' % (d.pid, tid)) as f:
+                        for line in f:
+                            if line.startswith('voluntary_ctxt_switches:'):
+                                n[tid] = int(line.split()[1])
+                except OSError:
+                    pass
+            return n
+        w0 = wakeups()
+        time.sleep(3.0)
+        w1 = wakeups()
+        per = {t: w1[t] - w0.get(t, 0) for t in w1 if t != str(d.pid)}
+        self.assertLessEqual(sum(per.values()), 2,
+                             'worker threads woke %s times in 3 s with %d idle streams '
+                             '(a periodic sweep?)' % (per, self.STREAMS))
 
 
 if __name__ == '__main__':
