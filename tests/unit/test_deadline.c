@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "core/deadline.h"
+#include "check_run.h"
 
 /* Pops everything in order; fails if a deadline comes before the last. */
 static size_t
@@ -70,15 +71,9 @@ main(void)
 {
 	Suite *s = suite_create("deadline");
 	TCase *tc = tcase_create("heap");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, heap_order);
 	tcase_add_test(tc, heap_wait);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return check_run(s);
 }
