@@ -1,5 +1,6 @@
 /* Binary min-heap of embedded entries; each entry keeps its index so the
  * owner can move or remove it without a search. */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "core/deadline.h"
@@ -67,9 +68,13 @@ deadline_reserve(struct deadline_heap *h, size_t n)
 
 	if (n <= h->cap)
 		return 0;
+	/* the array's size in bytes must fit a size_t: otherwise the
+	 * doubling wraps to 0 and the product to a short array */
+	if (n > SIZE_MAX / sizeof(*nv))
+		return -1;
 	nc = h->cap ? h->cap : 64;
 	while (nc < n)
-		nc *= 2;
+		nc = nc > SIZE_MAX / sizeof(*nv) / 2 ? n : nc * 2;
 	if ((nv = realloc(h->v, nc * sizeof(*nv))) == NULL)
 		return -1;
 	h->v = nv;
