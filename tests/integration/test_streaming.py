@@ -173,6 +173,60 @@ class UpstreamIdleDeadline(ProxyTestCase):
         self.assertEqual(len(arrivals), 6, resp)
         self.assertTrue(resp.complete, 'a stream that kept sending was cut: %r' % resp)
 
+    def test_client_gone_while_armed(self):
+        # Clients leave streams whose idle deadlines sit in the middle of
+        # the heap; the deadlines then come. A freed transfer left in the
+        # heap would be touched then (ASan: heap-use-after-free). The
+        # streams still open are cut as usual, and the daemon serves on.
+        up = self.start_upstream()
+        up.route('/quiet', SSE(n=1, hold=10.0))
+        d = self.start_daemon('--idle-timeout', '1')
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for i in range(8):
+            c = HTTPClient(d.port, timeout=10)
+            clients.append(c)
+            c.send(abs_get(up, b'/quiet/%d' % i))
+        resps = []
+        for c in clients:
+            resp = c.read_head()
+            self.assertEqual(resp.status, 200, resp)
+            for _, data in c.iter_body(resp):
+                if b'\n\n' in data:
+                    break
+            resps.append(resp)
+        for c in clients[1::2]:
+            c.close()
+        time.sleep(2.0)     # every deadline has come
+        for c, resp in zip(clients[0::2], resps[0::2]):
+            for _ in c.iter_body(resp, timeout=5):
+                pass
+            self.assertFalse(resp.complete, 'a silent stream was not cut: %r' % resp)
+        self.assertTrue(d.alive())
+        c = HTTPClient(d.port, timeout=10)
+        clients.append(c)
+        c.send(abs_get(up, b'/echo/after'))
+        self.assertEqual(c.read_response().status, 200)
+
+    def test_slow_reader_is_not_an_idle_upstream(self):
+        # The client stops reading for 2.5 s (2.5 idle timeouts): the proxy
+        # pauses the upstream itself, so the upstream is not the silent
+        # side and the download must not be cut.
+        size = 16 * MB
+        up = self.start_upstream()
+        up.route('/big', Download(size, sndbuf=256 * 1024))
+        d = self.start_daemon('--idle-timeout', '1')
+        c = HTTPClient(d.port, timeout=30, rcvbuf=256 * 1024)
+        self.addCleanup(c.close)
+        c.send(abs_get(up, b'/big'))
+        resp = c.read_head()
+        self.assertEqual(resp.status, 200, resp)
+        time.sleep(2.5)
+        n, crc = c.drain_body(resp, timeout=30)
+        self.assertTrue(resp.complete, 'cut after %d of %d bytes: %r' % (n, size, resp))
+        self.assertEqual(n, size)
+        self.assertEqual(crc, pattern_crc(size))
+
 
 class UploadStreaming(ProxyTestCase):
     def slow_upload(self, chunked):
