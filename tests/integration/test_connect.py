@@ -1078,6 +1078,146 @@ class BlindTunnel(ConnectCase):
         self.assertTrue(conn.wait(lambda: bytes(conn.data) == b'over v6', 3.0), bytes(conn.data))
 
 
+def daemon_pipes(pid):
+    """How many pipe ends the process holds (splice relays hold 4 each)."""
+    n = 0
+    for fd in os.listdir('/proc/%d/fd' % pid):
+        try:
+            if os.readlink('/proc/%d/fd/%s' % (pid, fd)).startswith('pipe:'):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class SplicedTunnel(ConnectCase):
+    """Blind tunnels between two plain sockets move bytes with splice(2)
+    (issue 13): same bytes, order, half-closes, bounds and counters as
+    the copy path, which they fall back to when fds are short."""
+    TIMEOUT = 120
+    BIG = 64 << 20
+
+    def tunnel_line(self, d, port):
+        return d.wait_log(lambda l: l.get('msg') == 'tunnel' and
+                          l.get('what') == 'tunnel 127.0.0.1:%d' % port, 10.0)
+
+    def both_ways(self, d, srv, early=b''):
+        """64 MiB each way at once, each side half-closing after its own
+        bytes; early rides in the CONNECT's own write. Returns the tunnel's
+        log line and the daemon's pipe count seen mid-transfer."""
+        up_data = early + os.urandom(self.BIG)
+        down_data = os.urandom(self.BIG)
+        c = HTTPClient(d.port, timeout=30)
+        self.addCleanup(c.close)
+        c.send(connect_head('127.0.0.1:%d' % srv.port) + early)
+        resp = c.read_head('CONNECT')
+        self.assertEqual(resp.status, 200, resp)
+        self.assertFalse(c.buf)
+
+        def send_up():
+            c.sock.sendall(memoryview(up_data)[len(early):])
+            c.sock.shutdown(socket.SHUT_WR)
+        sender = threading.Thread(target=send_up, daemon=True)
+        sender.start()
+        conn = srv.wait_conn()
+        self.assertIsNotNone(conn)
+        pipes = daemon_pipes(d.pid)
+
+        def send_down():
+            conn.send(down_data)
+            conn.shutdown_wr()
+        threading.Thread(target=send_down, daemon=True).start()
+        got, eof, _ = recv_until_eof(c.sock, 60.0)
+        self.assertTrue(eof, 'the upstream half-close did not reach the client '
+                        '(%d of %d bytes)' % (len(got), len(down_data)))
+        self.assertEqual(len(got), len(down_data))
+        self.assertEqual(hashlib.sha256(got).digest(), hashlib.sha256(down_data).digest())
+        self.assertTrue(conn.wait_eof(60.0), 'the client half-close did not reach the upstream '
+                        '(%d of %d bytes)' % (len(conn.data), len(up_data)))
+        sender.join(5)
+        self.assertEqual(len(conn.data), len(up_data))
+        self.assertEqual(hashlib.sha256(conn.data).digest(), hashlib.sha256(up_data).digest())
+        conn.close()
+        c.close()
+        line = self.tunnel_line(d, srv.port)
+        self.assertIsNotNone(line, d.tail())
+        self.assertEqual((line['bytes_up'], line['bytes_down'], line['clean']),
+                         (len(up_data), len(down_data), True), line)
+        return line, pipes
+
+    def test_64mib_both_ways_byte_exact_half_close_each_way(self):
+        srv = self.raw_upstream()
+        d = self.start_proxy(config={'connect_ports': [443, srv.port]})
+        base = daemon_pipes(d.pid)
+        line, pipes = self.both_ways(d, srv, early=b'bytes in the CONNECT write\r\n')
+        self.assertTrue(line['spliced'], line)
+        self.assertEqual(pipes - base, 4, 'a spliced tunnel holds two pipes')
+        deadline = now() + 3
+        while daemon_pipes(d.pid) != base and now() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(daemon_pipes(d.pid), base, 'the pipes outlived the tunnel')
+
+    def test_no_fd_budget_copies(self):
+        # 2 fds per connection for 1000000 connections leaves nothing for
+        # pipes under any limit this machine has: the tunnel copies.
+        srv = self.raw_upstream()
+        d = self.start_proxy('--max-connections', '1000000',
+                             config={'connect_ports': [443, srv.port]})
+        base = daemon_pipes(d.pid)
+        line, pipes = self.both_ways(d, srv)
+        self.assertFalse(line['spliced'], line)
+        self.assertEqual(pipes, base)
+
+    def test_slow_reader_backpressure_rss_bounded(self):
+        sent = [0]
+        done = threading.Event()
+        data = os.urandom(self.BIG)
+
+        def flood(conn):
+            def run():
+                mv = memoryview(data)
+                try:
+                    for i in range(0, len(data), 1 << 16):
+                        conn.sock.sendall(mv[i:i + (1 << 16)])
+                        sent[0] = i + (1 << 16)
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                done.set()
+            threading.Thread(target=run, daemon=True).start()
+        srv = self.raw_upstream(on_accept=flood)
+        d = self.start_proxy(config={'connect_ports': [443, srv.port]})
+        c, resp = open_tunnel(d.port, '127.0.0.1:%d' % srv.port)
+        self.addCleanup(c.close)
+        self.assertEqual(resp.status, 200, resp)
+        rss0 = d.status()['VmRSS']
+        # the client reads nothing: the upstream must be held back
+        time.sleep(1.5)
+        stalled = sent[0]
+        self.assertFalse(done.is_set(), 'the upstream sent everything to a client reading nothing')
+        self.assertLess(stalled, 48 << 20, 'too much in flight for a stalled reader')
+        peak = d.status()['VmRSS']
+        # then a slow reader: 64 KiB every 5 ms for a second
+        got = bytearray(c.buf)
+        c.buf.clear()
+        c.sock.settimeout(10)
+        t_end = now() + 1.0
+        while now() < t_end:
+            got += c.sock.recv(1 << 16)
+            peak = max(peak, d.status()['VmRSS'])
+            time.sleep(0.005)
+        self.assertLess(peak - rss0, 4096, 'proxy RSS grew %d kB with a slow reader' % (peak - rss0))
+        rest, eof, _ = recv_until_eof(c.sock, 60.0)
+        got += rest
+        self.assertTrue(eof)
+        self.assertEqual(len(got), len(data))
+        self.assertEqual(hashlib.sha256(got).digest(), hashlib.sha256(data).digest())
+        c.close()
+        line = self.tunnel_line(d, srv.port)
+        self.assertIsNotNone(line, d.tail())
+        self.assertEqual(line['bytes_down'], len(data), line)
+
+
 # --------------------------------------------------------------------------
 # Access rules
 # --------------------------------------------------------------------------
