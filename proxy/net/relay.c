@@ -1,8 +1,12 @@
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
 #include <openssl/err.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -32,7 +36,47 @@ relay_new(struct worker *w, long long idle_ms)
 	evsrc_init(&r->a.src, -1, relay_event, &r->a);
 	evsrc_init(&r->b.src, -1, relay_event, &r->b);
 	r->a.fd = r->b.fd = -1;
+	r->pab.rd = r->pab.wr = r->pba.rd = r->pba.wr = -1;
 	return r;
+}
+
+static void
+pipe_close(struct relay_pipe *p)
+{
+	if (p->rd >= 0)
+		close(p->rd);
+	if (p->wr >= 0)
+		close(p->wr);
+	p->rd = p->wr = -1;
+	p->n = 0;
+}
+
+/* A pipe per direction; on any failure (EMFILE...) the relay copies
+ * through user space as before. The pipe keeps its default size (one
+ * 64 KiB window, as RELAY_WINDOW): larger ones would count against the
+ * user's pipe-user-pages-soft sooner, after which the kernel hands out
+ * one-page pipes. */
+static int
+splice_open(struct relay *r)
+{
+	struct relay_pipe *p[2] = { &r->pab, &r->pba };
+	int fds[2], i, sz;
+
+	for (i = 0; i < 2; i++) {
+		if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+			log_msg(LL_DEBUG, "tunnel copies in user space: pipe: %s",
+			    strerror(errno));
+			pipe_close(&r->pab);
+			return -1;
+		}
+		p[i]->rd = fds[0];
+		p[i]->wr = fds[1];
+		p[i]->n = 0;
+		sz = fcntl(fds[1], F_GETPIPE_SZ);
+		p[i]->cap = sz > 0 ? (size_t)sz : 4096;
+	}
+	r->spliced = 1;
+	return 0;
 }
 
 static ssize_t
@@ -187,14 +231,104 @@ pump_dir(struct endpoint *src, struct buf *win, struct endpoint *dst,
 	return moved;
 }
 
+/* pump_dir for two plain sockets: src -> pipe -> dst in the kernel.
+ * Bytes already in win (read before the relay started) go first. A
+ * splice in that finds the pipe's slots taken (EAGAIN with bytes in the
+ * pipe) stops reading src until some leave, like a full window. */
+static int
+splice_dir(struct endpoint *src, struct buf *win, struct relay_pipe *p,
+    struct endpoint *dst, long long *count)
+{
+	int moved = 0;
+	size_t want;
+	ssize_t k;
+
+	while (buf_pending(win) > 0 && !dst->shut) {
+		k = ep_write(dst, buf_head(win), buf_pending(win));
+		if (k == IO_AGAIN)
+			break;
+		if (k < 0)
+			return -1;
+		buf_consume(win, (size_t)k);
+		*count += k;
+		moved = 1;
+	}
+	if (buf_pending(win) > 0)
+		return moved;
+	buf_free(win);
+	while (!src->eof && !src->dry && !p->full && p->n < p->cap) {
+		want = p->cap - p->n;
+		k = splice(src->fd, NULL, p->wr, NULL, want,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				return -1;
+			if (p->n > 0)
+				p->full = 1;	/* or src is empty: either way */
+			else
+				src->dry = 1;
+			break;
+		}
+		if (k == 0) {
+			src->eof = 1;
+			moved = 1;
+			break;
+		}
+		p->n += (size_t)k;
+		moved = 1;
+		if ((size_t)k < want)
+			src->dry = 1;	/* short: as ep_read_dry */
+	}
+	while (p->n > 0 && !dst->shut) {
+		k = splice(p->rd, NULL, dst->fd, NULL, p->n,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			return -1;
+		}
+		p->n -= (size_t)k;
+		p->full = 0;
+		*count += k;
+		moved = 1;
+	}
+	if (src->eof && p->n == 0 && !dst->shut) {
+		ep_shutdown_write(dst);
+		moved = 1;
+	}
+	return moved;
+}
+
+/* What a direction holds, in user space or in its pipe. */
+static size_t
+held(const struct buf *win, const struct relay_pipe *p, int spliced)
+{
+	return buf_pending(win) + (spliced ? p->n : 0);
+}
+
+/* Whether src may be read into this direction now. */
+static int
+has_room(const struct buf *win, const struct relay_pipe *p, int spliced)
+{
+	if (!spliced)
+		return buf_pending(win) < RELAY_WINDOW;
+	return buf_pending(win) == 0 && !p->full && p->n < p->cap;
+}
+
 static void
 ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
 {
+	struct relay_pipe *pin = ep == &r->a ? &r->pab : &r->pba;
+	struct relay_pipe *pout = ep == &r->a ? &r->pba : &r->pab;
 	uint32_t want = 0;
 
-	if ((!ep->eof && buf_pending(in) < RELAY_WINDOW) || ep->want_write)
+	if ((!ep->eof && has_room(in, pin, r->spliced)) || ep->want_write)
 		want |= EPOLLIN;
-	if ((buf_pending(out) > 0 && !ep->shut) || ep->want_write)
+	if ((held(out, pout, r->spliced) > 0 && !ep->shut) || ep->want_write)
 		want |= EPOLLOUT;
 	if (want == ep->events)
 		return;
@@ -223,6 +357,12 @@ release_endpoints(struct relay *r)
 	r->a.ssl = NULL;
 	r->a.easy = r->b.easy = NULL;
 	r->a.fd = r->b.fd = -1;
+	if (r->spliced) {
+		pipe_close(&r->pab);
+		pipe_close(&r->pba);
+		atomic_fetch_sub(&w->px->spliced, 1);
+		r->spliced = 0;
+	}
 	conn_slot_release(&r->slot);
 	tally_unref(r->sent);
 	r->sent = NULL;
@@ -242,8 +382,8 @@ relay_finish(struct relay *r)
 		r->on_done(r);
 	if (r->started)
 		metrics_tunnel_open((enum m_tunnel)r->kind, -1);
-	log_json(LL_INFO, "tunnel", json_pack("{s:s, s:s?, s:I, s:I, s:I, s:b}",
-	    "client", r->client, "what", r->what,
+	log_json(LL_INFO, "tunnel", json_pack("{s:s, s:s?, s:b, s:I, s:I, s:I, s:b}",
+	    "client", r->client, "what", r->what, "spliced", r->spliced,
 	    "bytes_up", (json_int_t)r->bytes_ab, "bytes_down",
 	    (json_int_t)r->bytes_ba, "duration_ms",
 	    (json_int_t)(now_ms() - r->start_ms), "clean", !r->failed));
@@ -268,13 +408,18 @@ relay_discard(struct relay *r)
 static void
 pump(struct relay *r)
 {
+	size_t ab, ba;
 	int m1, m2;
 
 	do {
-		m1 = pump_dir(&r->a, &r->ab, &r->b, &r->bytes_ab);
+		m1 = r->spliced ?
+		    splice_dir(&r->a, &r->ab, &r->pab, &r->b, &r->bytes_ab) :
+		    pump_dir(&r->a, &r->ab, &r->b, &r->bytes_ab);
 		if (r->sent != NULL)
 			r->sent->n = (unsigned long long)r->bytes_ab;
-		m2 = pump_dir(&r->b, &r->ba, &r->a, &r->bytes_ba);
+		m2 = r->spliced ?
+		    splice_dir(&r->b, &r->ba, &r->pba, &r->a, &r->bytes_ba) :
+		    pump_dir(&r->b, &r->ba, &r->a, &r->bytes_ba);
 		if (m1 < 0 || m2 < 0) {
 			r->failed = 1;
 			relay_finish(r);
@@ -287,10 +432,11 @@ pump(struct relay *r)
 		r->handshake_by = 0;
 	if (r->close_ms > 0 && r->b.eof && r->a.shut && r->idle_ms > r->close_ms)
 		r->idle_ms = r->close_ms;
-	if ((r->a.eof && r->b.eof && buf_pending(&r->ab) == 0 &&
-	    buf_pending(&r->ba) == 0) ||
-	    (r->end_on_eof && ((r->a.eof && buf_pending(&r->ab) == 0) ||
-	    (r->b.eof && buf_pending(&r->ba) == 0)))) {
+	ab = held(&r->ab, &r->pab, r->spliced);
+	ba = held(&r->ba, &r->pba, r->spliced);
+	if ((r->a.eof && r->b.eof && ab == 0 && ba == 0) ||
+	    (r->end_on_eof && ((r->a.eof && ab == 0) ||
+	    (r->b.eof && ba == 0)))) {
 		relay_finish(r);
 		return;
 	}
@@ -305,6 +451,12 @@ relay_start(struct relay *r)
 
 	r->a.src.fd = r->a.fd;
 	r->b.src.fd = r->b.fd;
+	if (r->want_splice) {
+		/* else, or if the pipes fail: the copy path */
+		if (atomic_fetch_add(&w->px->spliced, 1) >= w->splice_max ||
+		    splice_open(r) != 0)
+			atomic_fetch_sub(&w->px->spliced, 1);
+	}
 	if (loop_add(&w->loop, &r->a.src, EPOLLIN) != 0)
 		return -1;
 	if (loop_add(&w->loop, &r->b.src, EPOLLIN) != 0) {
@@ -372,9 +524,29 @@ static const struct loop_ops relay_ops = {
 	.stop = relay_close_all,
 };
 
+/* Splicing costs 4 more fds per tunnel (two pipes). They come only
+ * out of what the descriptor limit leaves beyond the 2 per connection
+ * that limits.max_connections needs (main.c), so that pipes never make
+ * the proxy refuse a connection it would take copying: past that many
+ * spliced tunnels at once, new ones copy. */
+static long
+splice_budget(const struct worker *w)
+{
+	struct rlimit rl;
+	long long spare;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return 0;
+	if (rl.rlim_cur == RLIM_INFINITY)
+		return LONG_MAX;
+	spare = (long long)rl.rlim_cur - 2LL * w->px->conns.max - 256;
+	return spare > 0 ? (long)(spare / 4) : 0;
+}
+
 int
 relay_attach(struct worker *w, char *err, size_t errlen)
 {
 	LIST_INIT(&w->relays);
+	w->splice_max = splice_budget(w);
 	return loop_hook_add(&w->loop, &relay_ops, w, err, errlen);
 }

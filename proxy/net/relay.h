@@ -4,7 +4,9 @@
  * is looked at (the heads MHD reads are checked on its side of the pair,
  * by net/headgate.c, which learns from the relay's count what it wrote). Each direction has a bounded window; a full window stops
  * reading from the source (backpressure), EOF is passed on as a
- * half-close once the window is drained. */
+ * half-close once the window is drained. Relays between two plain
+ * sockets (blind tunnels) move the bytes with splice(2) through a pipe
+ * per direction instead, the pipe being the window. */
 #ifndef SP_RELAY_H
 #define SP_RELAY_H
 #include <curl/curl.h>
@@ -32,6 +34,15 @@ struct endpoint {
 	uint32_t	 events;	/* what epoll watches now */
 };
 
+/* One direction of a spliced relay: the kernel moves the bytes
+ * socket -> pipe -> socket; n is what the pipe holds, cap its size. */
+struct relay_pipe {
+	int		 rd, wr;
+	size_t		 n;
+	size_t		 cap;
+	int		 full;		/* a splice in found no slot free */
+};
+
 struct relay {
 	struct worker	*w;
 	struct endpoint	 a, b;		/* a: the client side */
@@ -49,6 +60,11 @@ struct relay {
 	int		 kind;		/* enum m_tunnel, for metrics */
 	int		 started;
 	int		 end_on_eof;	/* one side's EOF ends it (WebSocket) */
+	/* both endpoints are plain sockets: move bytes with splice(2) if
+	 * relay_start gets its pipes (set before relay_start) */
+	int		 want_splice;
+	int		 spliced;	/* pab, pba are open */
+	struct relay_pipe pab, pba;
 	struct conn_slot slot;		/* a's, when a is a counted client */
 	char		*what;		/* "tunnel host:port", for the log */
 	char		 client[64];

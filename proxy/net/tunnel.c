@@ -42,6 +42,7 @@ struct tunnel {
 	const char		*provider;
 	const char		*detail;	/* why it was refused */
 	long long		 start;
+	bool			 plain;		/* curl's socket carries only our bytes */
 	struct conn_slot	 slot;		/* the client's, until a relay */
 	LIST_ENTRY(tunnel)	 entry;		/* w->connecting */
 };
@@ -107,6 +108,7 @@ static void
 start_blind(struct tunnel *tn)
 {
 	struct worker *w = tn->w;
+	const char *via;
 	char url[300];
 	CURL *e;
 
@@ -120,6 +122,12 @@ start_blind(struct tunnel *tn)
 	 * is then relayed as raw bytes. */
 	upstream_setopt_common(e, w, &tn->owner, tn->req.host, true);
 	curl_easy_setopt(e, CURLOPT_URL, url);
+	/* Direct, or through an http:// proxy's CONNECT (which curl reads a
+	 * byte at a time, keeping nothing back): once connected, curl's
+	 * socket is the upstream's byte stream and can be spliced. Not
+	 * through an https:// proxy (TLS on the socket) or another kind. */
+	via = access_upstream_proxy(&w->rc->access, tn->req.host);
+	tn->plain = via == NULL || strncasecmp(via, "http://", 7) == 0;
 	if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
 		curl_easy_cleanup(e);
 		refuse(tn, PERR_INTERNAL, "cannot open an upstream connection", NULL);
@@ -202,6 +210,7 @@ tunnel_curl_done(struct curl_owner *o, CURLcode rc)
 	r->b.kind = EP_CURL;
 	r->b.easy = tn->easy;
 	r->b.fd = (int)s;
+	r->want_splice = tn->plain;
 	memcpy(r->client, tn->client, sizeof(r->client));
 	if (asprintf(&r->what, "tunnel %s:%d", tn->req.host, tn->req.port) < 0)
 		r->what = NULL;

@@ -55,6 +55,7 @@ struct proxy {
 	atomic_uint		 rc_gen;	/* bumped on every swap */
 	int			 listen_fd;
 	struct conn_limit	 conns;		/* limits.max_connections */
+	atomic_long		 spliced;	/* relays holding splice pipes */
 	atomic_int		 stopping;
 	atomic_int		 draining;	/* SIGTERM: finish, accept nothing */
 	long long		 drain_deadline;
@@ -156,6 +157,7 @@ struct worker {
 	struct assertion_cache	 acache;	/* holds a ref on acache.id */
 	char			*peekbuf;	/* first request head, peeked */
 	struct relay_list	 relays;	/* tunnels and intercepted TLS */
+	long			 splice_max;	/* tunnels that may splice (net/relay.c) */
 	atomic_int		 listening;
 	/* MHD_run only when it has work (worker.c mhd_due) */
 	bool			 mhd_rerun;	/* MHD has work its timeout hides */
