@@ -134,3 +134,21 @@ for s in "${sides[@]}"; do
               if (s != "direct") printf "  %.2f s/GiB", med(c, n)
               printf "\n" }' "$WORK/runs"
 done
+
+# SYSCALLS=1: one more download per build under strace -c (slows it; its
+# MB/s is not reported), printing the proxy's syscalls per MiB.
+if [[ ${SYSCALLS:-0} == 1 ]]; then
+    echo "--- syscalls per MiB (strace -c -f, one $TUNNEL_MB MiB download)"
+    for i in "${!BINS[@]}"; do
+        strace -c -f -qq -o "$WORK/strace.$i" -p "${SP_PID[$i]}" &
+        st=$!
+        sleep 1
+        one "$i" >/dev/null
+        kill -INT "$st"
+        wait "$st" || true
+        awk -v name="${BINS[$i]}" -v mb="$TUNNEL_MB" '
+            $NF == "total" { printf "%-40s %7.1f syscalls/MiB:", name, $(NF - 2) / mb }
+            $1 ~ /^[0-9.]+$/ && $NF != "total" && $4 + 0 >= 1000 { top = top sprintf(" %s %.1f", $NF, $4 / mb) }
+            END { print top }' "$WORK/strace.$i"
+    done
+fi
