@@ -82,6 +82,7 @@ EOF
 PIDS+=($!)
 python3 "$HERE/probe.py" wait-port "$TLS_PORT" 10
 
+# shellcheck disable=SC2046
 cc -O2 -Wall -Wno-format-truncation -o "$WORK/tlsload" "$HERE/tlsload.c" \
     $(pkg-config --cflags --libs openssl) -pthread
 
