@@ -245,6 +245,11 @@ def main():
         p(f"  RSS per open stream   {st['kib_per_stream']:.2f} KiB")
         p(f"  idle CPU              {st['idle_cpu_percent']:.2f} % of one core "
           f"({st['idle_cpu_ticks']} ticks in {st['idle_seconds']} s)")
+        if "steady_idle_cpu_percent" in st:
+            p(f"  idle CPU, steady      {st['steady_idle_cpu_percent']:.2f} % of one core "
+              f"({st['steady_idle_cpu_ticks']} ticks in {st['steady_idle_seconds']} s, from "
+              f"{st['settle_seconds']:g} s after opening: past libcurl's connect-timeout timer, "
+              f"which fires once per stream)")
         p(f"  after idle            {st['still_open']} still open, "
           f"{st['unexpected_bytes']} unexpected bytes, upstream open {st['upstream_open_after_idle']}")
         rel = st.get("upstream_released_seconds")
@@ -258,8 +263,9 @@ def main():
         ok_open = opened == req and st["still_open"] == opened
         checks.append((f"RSS per stream <= {GOAL_KIB_PER_STREAM:g} KiB",
                        f"{st['kib_per_stream']:.2f} KiB", ok_open and st["kib_per_stream"] <= GOAL_KIB_PER_STREAM))
-        checks.append((f"idle CPU ~0 (< {GOAL_IDLE_CPU_PCT:g} %)",
-                       f"{st['idle_cpu_percent']:.2f} %", ok_open and st["idle_cpu_percent"] < GOAL_IDLE_CPU_PCT))
+        idle, what = idle_cpu(st)
+        checks.append((f"idle CPU ~0 (< {GOAL_IDLE_CPU_PCT:g} %){what}",
+                       f"{idle:.2f} %", ok_open and idle < GOAL_IDLE_CPU_PCT))
         if not ok_open:
             p("  ! not every requested stream stayed open: the stream figures do not count")
     elif st:
@@ -321,6 +327,14 @@ def main():
 def spread_of(vals):
     m = statistics.median(vals)
     return (max(vals) - min(vals)) / m if m else 0.0
+
+
+def idle_cpu(st):
+    """The idle-CPU figure judged against "~0": the steady window when the
+    run has one (a one-time timer per stream is not a periodic scan)."""
+    if "steady_idle_cpu_percent" in st:
+        return st["steady_idle_cpu_percent"], ", steady"
+    return st["idle_cpu_percent"], ""
 
 
 def startup_section(p, path):
@@ -423,9 +437,9 @@ def issue13_checks(stats, usable, st, tls, su):
         ok_open = st["opened"] == st["requested"] and st["still_open"] == st["opened"]
         cl.append(("RSS per open idle SSE stream <= 16 KiB", f"{st['kib_per_stream']:.2f} KiB",
                    ok_open and st["kib_per_stream"] <= GOAL_KIB_PER_STREAM))
-        cl.append((f"idle CPU with {st['opened']} streams ~0 (< {GOAL_IDLE_CPU_PCT:g} %)",
-                   f"{st['idle_cpu_percent']:.2f} %",
-                   ok_open and st["idle_cpu_percent"] < GOAL_IDLE_CPU_PCT))
+        idle, what = idle_cpu(st)
+        cl.append((f"idle CPU with {st['opened']} streams ~0 (< {GOAL_IDLE_CPU_PCT:g} %){what}",
+                   f"{idle:.2f} %", ok_open and idle < GOAL_IDLE_CPU_PCT))
     ka = tls.get(("sp_tls", "keepalive"))
     if ka and fw:
         cl.append((f"intercepted keep-alive / plain forward >= {GOAL13_ICPT_VS_FORWARD:g}x",

@@ -2,14 +2,18 @@
 """Open many idle SSE streams through a proxy and measure it (stdlib asyncio).
 
   sse_clients.py --port P --target T [--host H] --count N --pid PID
-                 --upstream-status FILE [--idle S] [--concurrency C]
+                 --upstream-status FILE [--idle S] [--settle S] [--concurrency C]
                  [--open-timeout S] [--out FILE]
 
 Steps: one warm-up stream (opened, first event read, closed); proxy RSS
 "before"; N streams opened (at most C connection attempts in flight), each
 counted open once its headers and first event arrived; wait until the
 upstream reports them; proxy RSS "after"; proxy CPU (utime+stime from
-/proc/PID/stat) over S idle seconds; how many streams are still open and how
+/proc/PID/stat) over S idle seconds right after opening, and with --settle
+over S more seconds starting that long after the last stream opened (the
+steady state: libcurl 7.88 keeps each transfer's connect-timeout timer
+armed, and it fires once per stream ~timeouts.connect after the transfer
+started); how many streams are still open and how
 many got unexpected data while idle; then all are closed and we watch how
 fast the upstream side is released.  Prints one JSON object (and writes it to
 --out).  Every wait is bounded.
@@ -121,6 +125,7 @@ async def main():
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--upstream-status", required=True)
     ap.add_argument("--idle", type=float, default=5.0)
+    ap.add_argument("--settle", type=float, default=0.0)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--open-timeout", type=float, default=180.0)
     ap.add_argument("--out", default=None)
@@ -207,6 +212,16 @@ async def main():
     res["idle_cpu_ticks"] = ticks1 - ticks0
     res["idle_cpu_percent"] = round(
         100.0 * (ticks1 - ticks0) / CLK_TCK / (w1 - w0), 2)
+    if a.settle > 0:
+        await asyncio.sleep(max(0.0, a.settle - (time.monotonic() - w0)))
+        ticks0, w0 = proc_ticks(a.pid), time.monotonic()
+        await asyncio.sleep(a.idle)
+        ticks1, w1 = proc_ticks(a.pid), time.monotonic()
+        res["settle_seconds"] = a.settle
+        res["steady_idle_seconds"] = round(w1 - w0, 2)
+        res["steady_idle_cpu_ticks"] = ticks1 - ticks0
+        res["steady_idle_cpu_percent"] = round(
+            100.0 * (ticks1 - ticks0) / CLK_TCK / (w1 - w0), 2)
     res["rss_idle_end_kib"] = proc_rss_kib(a.pid)
     res["still_open"] = sum(1 for s in streams if not s.closed)
     res["unexpected_bytes"] = sum(s.extra for s in streams)
