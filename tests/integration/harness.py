@@ -1267,6 +1267,19 @@ class UpstreamServer:
         _servers.discard(self)
 
 
+def audit_records(path):
+    """The audit log's complete lines, parsed ([] when there is no file).
+    The daemon writes each line with one write(2), but a read can land
+    while a line that crosses a page boundary is half copied in, so the
+    unfinished tail is left for the next read."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read().decode('utf-8')
+    except OSError:
+        return []
+    return [json.loads(x) for x in data[:data.rfind('\n') + 1].splitlines() if x.strip()]
+
+
 def free_port():
     """A loopback port nobody listens on (bound and released)."""
     s = socket.socket()

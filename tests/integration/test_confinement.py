@@ -34,7 +34,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (SECRET, HTTPClient, ProxyTestCase, main, request,  # noqa: E402
+from harness import (audit_records, SECRET, HTTPClient, ProxyTestCase, main, request,  # noqa: E402
                      run_cmd, scopeproxy_bin, clean_env, tls_material)
 from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, start_audited_daemon,  # noqa: E402
                      fingerprint, identity_record, key_secrets, parse_assertion,
@@ -78,8 +78,7 @@ class ConfinementCase(ProxyTestCase):
         return d
 
     def audit(self):
-        with open(self.audit_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return audit_records(self.audit_path)
 
     def got(self, tag):
         return self.up.wait_request(lambda r: r.header('X-Tag') == tag, timeout=3)

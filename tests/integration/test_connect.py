@@ -55,7 +55,7 @@ import zlib
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (PATTERN, SECRET, SSE, BlackholeListener, Daemon, DaemonError,  # noqa: E402
+from harness import (audit_records, PATTERN, SECRET, SSE, BlackholeListener, Daemon, DaemonError,  # noqa: E402
                      Download, HTTPClient, NoResponse, ProxyTestCase, Sink, clean_env, free_port,
                      main, pattern_crc, request, run_cmd, scopeproxy_bin, sse_events,
                      tls_material)
@@ -398,12 +398,7 @@ class ConnectCase(ProxyTestCase):
         """The request lines (and the CONNECT lines too with connects=True)."""
         deadline = now() + timeout
         while True:
-            try:
-                with open(d.audit_path) as f:
-                    lines = [json.loads(l) for l in f.read().splitlines() if l.strip()]
-            except OSError:
-                lines = []
-            lines = [l for l in lines if connects or l.get('method') != 'CONNECT']
+            lines = [l for l in audit_records(d.audit_path) if connects or l.get('method') != 'CONNECT']
             if len(lines) >= count or now() > deadline:
                 return lines
             time.sleep(0.02)

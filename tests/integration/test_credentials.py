@@ -44,7 +44,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (SECRET, SSE, Fixed, HTTPClient, ProxyTestCase,  # noqa: E402
+from harness import (audit_records, SECRET, SSE, Fixed, HTTPClient, ProxyTestCase,  # noqa: E402
                      main, request, run_cmd, scopeproxy_bin, clean_env, tls_material)
 from agentid import (NO_TASK, SPEC_HEADER, SPEC_PUB_HEX, SPEC_SEED, SPEC_SIG_B64,  # noqa: E402
                      SPEC_V1_B64, SPEC_V2_B64, V2_PREFIX, auth_doc, check_no_secrets,
@@ -183,16 +183,7 @@ class CredCase(ProxyTestCase):
 
     # -- audit log --------------------------------------------------------
     def audit(self, d):
-        try:
-            with open(d.audit_path, 'rb') as f:
-                data = f.read().decode('utf-8')
-        except OSError:
-            return []
-        out = []
-        for line in data.splitlines():
-            self.assertTrue(line.startswith('{') and line.endswith('}'), 'audit line %r' % line)
-            out.append(json.loads(line))
-        return out
+        return audit_records(d.audit_path)
 
     def next_audit(self, d, count=1, timeout=3.0):
         """The next `count` audit lines after the ones already consumed."""

@@ -18,7 +18,6 @@ port) and a real registration endpoint:
     request was written is "assert".
 """
 
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (SECRET, CloseBeforeAnswer, Fixed, GreetingListener, HTTPClient,  # noqa: E402
+from harness import (audit_records, SECRET, CloseBeforeAnswer, Fixed, GreetingListener, HTTPClient,  # noqa: E402
                      ProxyTestCase, free_port, main, request, tls_material)
 from agentid import (SPEC_SEED, SPEC_V2_B64, auth_doc, start_audited_daemon,  # noqa: E402
                      fingerprint, identity_record, key_secrets, write_auth)
@@ -91,8 +90,7 @@ class OutputsCase(ProxyTestCase):
         return start_audited_daemon(self, route, extra, auth, config)
 
     def audit(self, d):
-        with open(d.audit_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return audit_records(d.audit_path)
 
     def last_audit(self, d, n=1):
         deadline = time.time() + 3

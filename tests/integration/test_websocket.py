@@ -58,7 +58,7 @@ import zlib
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (SECRET, HTTPClient, ProxyTestCase, clean_env, free_port,  # noqa: E402
+from harness import (audit_records, SECRET, HTTPClient, ProxyTestCase, clean_env, free_port,  # noqa: E402
                      main, run_cmd, scopeproxy_bin, tls_material)
 from agentid import (NO_TASK, SPEC_PUB, SPEC_SECRETS, SPEC_SIG_B64, auth_doc,  # noqa: E402
                      check_no_secrets, ed25519_verify, fingerprint, identity_record,
@@ -770,11 +770,7 @@ class WSCase(ProxyTestCase):
     def audit_lines(self, d, count, timeout=3.0):
         deadline = now() + timeout
         while True:
-            try:
-                with open(d.audit_path) as f:
-                    lines = [json.loads(x) for x in f.read().splitlines() if x.strip()]
-            except OSError:
-                lines = []
+            lines = audit_records(d.audit_path)
             if len(lines) >= count or now() > deadline:
                 return lines
             time.sleep(0.02)
