@@ -746,6 +746,37 @@ class Interception(ConnectCase):
         time.sleep(0.3)
         self.assertEqual(self.up.connections, [], 'nothing may be sent upstream')
 
+    def test_sni_mismatch_on_resumption_fails_handshake(self):
+        # The SNI check holds on a resumed handshake too: a session made on
+        # a tunnel to api.openai.com, offered again on a tunnel to
+        # api.openai.com but naming chatgpt.com, is refused like a full
+        # handshake naming it (in TLS 1.2 OpenSSL hands the servername
+        # callback the old session's name, not the one the client sent).
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with self.subTest(version=version):
+                ctx = client_ctx(self.d.ca, check_hostname=False)
+                ctx.minimum_version = ctx.maximum_version = version
+                c, resp = open_tunnel(self.d.port, 'api.openai.com:443')
+                self.addCleanup(c.close)
+                self.assertEqual(resp.status, 200, resp)
+                c.sock = ctx.wrap_socket(c.sock, server_hostname='api.openai.com')
+                c.send(inner_request('GET', '/v1/models', 'api.openai.com', [CLIENT_AUTH]))
+                self.assertEqual(c.read_response('GET').status, 200)
+                sess = c.sock.session
+                c.close()
+                c, resp = open_tunnel(self.d.port, 'api.openai.com:443')
+                self.addCleanup(c.close)
+                self.assertEqual(resp.status, 200, resp)
+                try:
+                    c.sock = ctx.wrap_socket(c.sock, server_hostname='chatgpt.com', session=sess)
+                except ssl.SSLError:
+                    c.close()
+                    continue
+                reused = c.sock.session_reused
+                c.close()
+                self.fail('%s: handshake naming chatgpt.com on a tunnel to api.openai.com '
+                          'succeeded (session reused: %s)' % (version, reused))
+
     def test_host_header_mismatch_400(self):
         for host in ('chatgpt.com', 'api.openai.com:444', 'api.openai.com.evil.test'):
             c = self.intercept_tunnel(self.d)
