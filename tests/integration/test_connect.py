@@ -44,6 +44,7 @@ import re
 import shlex
 import shutil
 import socket
+import struct
 import ssl
 import sys
 import tempfile
@@ -172,6 +173,13 @@ def start_tls(c, ctx, server_hostname):
     ss = ctx.wrap_socket(c.sock, server_hostname=server_hostname)
     c.sock = ss
     return ss
+
+
+def daemon_cpu(pid):
+    """CPU seconds (user + system) the process has used."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def recv_until_eof(sock, timeout):
@@ -1202,6 +1210,34 @@ class SplicedTunnel(ConnectCase):
         line, pipes = self.both_ways(d, srv)
         self.assertFalse(line['spliced'], line)
         self.assertEqual(pipes, 0)
+
+    def test_reset_after_half_close_does_not_spin(self):
+        # The client half-closes (passed on, so nothing is left to read
+        # from it or write to it), then resets while the upstream stays
+        # open and silent: epoll reports the reset on a socket the relay
+        # no longer watches for anything, every turn. The relay must not
+        # spin on it until the idle timeout; spliced and copying alike.
+        for args in ((), ('--max-connections', '1000000')):
+            with self.subTest(args=args):
+                srv = self.raw_upstream()
+                d = self.start_proxy(*args, config={'connect_ports': [443, srv.port]})
+                c = HTTPClient(d.port, timeout=10)
+                self.addCleanup(c.close)
+                c.send(connect_head('127.0.0.1:%d' % srv.port))
+                self.assertEqual(c.read_head('CONNECT').status, 200)
+                conn = srv.wait_conn()
+                self.assertIsNotNone(conn)
+                c.sock.sendall(b'hello')
+                c.sock.shutdown(socket.SHUT_WR)
+                self.assertTrue(conn.wait_eof(5.0))
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                c.sock.close()
+                time.sleep(0.3)
+                cpu0 = daemon_cpu(d.pid)
+                time.sleep(2.0)
+                used = daemon_cpu(d.pid) - cpu0
+                self.assertLess(used, 0.3, 'the daemon used %.2f s of CPU in 2 s after a '
+                                'reset on a half-closed tunnel' % used)
 
     def test_slow_reader_backpressure_rss_bounded(self):
         sent = [0]
