@@ -1239,6 +1239,32 @@ class SplicedTunnel(ConnectCase):
                 self.assertLess(used, 0.3, 'the daemon used %.2f s of CPU in 2 s after a '
                                 'reset on a half-closed tunnel' % used)
 
+    def test_early_bytes_and_half_close_with_the_connect(self):
+        # CONNECT, the first bytes and the client's FIN in one go, before
+        # the upstream is even connected; then the upstream greets (its
+        # bytes queued before the relay starts) and closes: each side gets
+        # the other's bytes whole and the half-close after them.
+        srv = self.raw_upstream(on_accept=lambda conn: conn.send(b'220 hi\r\n'))
+        d = self.start_proxy(config={'connect_ports': [443, srv.port]})
+        c = HTTPClient(d.port, timeout=10)
+        self.addCleanup(c.close)
+        early = b'EHLO early\r\n' * 1000
+        c.sock.sendall(connect_head('127.0.0.1:%d' % srv.port) + early)
+        c.sock.shutdown(socket.SHUT_WR)
+        conn = srv.wait_conn()
+        self.assertIsNotNone(conn)
+        self.assertTrue(conn.wait_eof(5.0), 'the client half-close did not reach the upstream '
+                        '(%d of %d bytes)' % (len(conn.data), len(early)))
+        self.assertEqual(bytes(conn.data), early)
+        conn.send(b'250 bye\r\n')
+        conn.shutdown_wr()
+        got, eof, _ = recv_until_eof(c.sock, 5.0)
+        self.assertTrue(eof, got)
+        head, rest = bytes(got).split(b'\r\n\r\n', 1)
+        self.assertTrue(head.startswith(b'HTTP/1.1 200'), head)
+        self.assertEqual(rest, b'220 hi\r\n250 bye\r\n')
+        self.assertTrue(self.tunnel_line(d, srv.port)['spliced'])
+
     def test_slow_reader_backpressure_rss_bounded(self):
         sent = [0]
         done = threading.Event()
