@@ -339,7 +339,17 @@ ep_watch(struct relay *r, struct endpoint *ep, struct buf *in, struct buf *out)
 		want |= EPOLLOUT;
 	if (want == ep->events)
 		return;
-	if (loop_mod(&r->w->loop, &ep->src, want) == 0)
+	/* epoll reports a hang-up or an error whatever the mask: an endpoint
+	 * the relay wants nothing from (read to its end, or its window full,
+	 * and nothing to write to it) leaves the set until it wants
+	 * something, or a reset on it would wake the loop every turn. */
+	if (want == 0) {
+		loop_del(&r->w->loop, ep->fd);
+		ep->events = 0;
+		return;
+	}
+	if ((ep->events == 0 ? loop_add(&r->w->loop, &ep->src, want) :
+	    loop_mod(&r->w->loop, &ep->src, want)) == 0)
 		ep->events = want;
 }
 

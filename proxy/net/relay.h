@@ -31,7 +31,7 @@ struct endpoint {
 	int		 want_write;	/* SSL needs the fd writable to read */
 	int		 no_close;	/* the fd is someone else's to close */
 	int		 dry;		/* read short this turn: wait for epoll */
-	uint32_t	 events;	/* what epoll watches now */
+	uint32_t	 events;	/* what epoll watches now; 0: not in the set */
 };
 
 /* One direction of a spliced relay: the kernel moves the bytes

@@ -237,25 +237,66 @@ icpt_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
 	}
 }
 
+/* The host_name the ClientHello names, as OpenSSL parses it (a list of
+ * exactly one host_name entry): 1 found (*name, *len), 0 no extension,
+ * -1 malformed. Read from the hello itself: on a TLS 1.2 resumption
+ * SSL_get_servername gives the resumed session's name instead. */
+static int
+hello_sni(SSL *ssl, const unsigned char **name, size_t *len)
+{
+	const unsigned char *p;
+	size_t n, l;
+
+	if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p,
+	    &n) != 1)
+		return 0;
+	if (n < 5 || (size_t)(p[0] << 8 | p[1]) != n - 2 ||
+	    p[2] != TLSEXT_NAMETYPE_host_name)
+		return -1;
+	l = (size_t)(p[3] << 8 | p[4]);
+	if (l == 0 || l != n - 5 || memchr(p + 5, '\0', l) != NULL)
+		return -1;
+	*name = p + 5;
+	*len = l;
+	return 1;
+}
+
+/* A client that tunnels to one host and names another is refused: the
+ * leaf and the upstream are the CONNECT target's. Checked on every
+ * ClientHello, a resumption's too. */
+static int
+hello_cb(SSL *ssl, int *alert, void *arg)
+{
+	struct icpt *ic = SSL_get_ex_data(ssl, icpt_index);
+	const unsigned char *sni;
+	size_t n;
+	int rc;
+
+	(void)arg;
+	if (ic == NULL)
+		return SSL_CLIENT_HELLO_SUCCESS;
+	if ((rc = hello_sni(ssl, &sni, &n)) == 0)
+		return SSL_CLIENT_HELLO_SUCCESS; /* no SNI: the CONNECT host's leaf */
+	if (rc < 0) {
+		*alert = SSL_AD_DECODE_ERROR;
+		return SSL_CLIENT_HELLO_ERROR;
+	}
+	if (sni[n - 1] == '.')
+		n--;
+	if (n != strlen(ic->host) ||
+	    strncasecmp((const char *)sni, ic->host, n) != 0) {
+		*alert = SSL_AD_UNRECOGNIZED_NAME;
+		return SSL_CLIENT_HELLO_ERROR;
+	}
+	return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* hello_cb has checked the name: acknowledged, and kept in the session
+ * as before. */
 static int
 sni_cb(SSL *ssl, int *alert, void *arg)
 {
-	const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-	struct icpt *ic = SSL_get_ex_data(ssl, icpt_index);
-	size_t n;
-
-	(void)arg;
-	if (sni == NULL || ic == NULL)
-		return SSL_TLSEXT_ERR_OK;	/* no SNI: the CONNECT host's leaf */
-	n = strlen(sni);
-	if (n > 0 && sni[n - 1] == '.')
-		n--;
-	/* A client that tunnels to one host and names another is refused:
-	 * the leaf and the upstream are the CONNECT target's. */
-	if (n != strlen(ic->host) || strncasecmp(sni, ic->host, n) != 0) {
-		*alert = SSL_AD_UNRECOGNIZED_NAME;
-		return SSL_TLSEXT_ERR_ALERT_FATAL;
-	}
+	(void)ssl; (void)alert; (void)arg;
 	return SSL_TLSEXT_ERR_OK;
 }
 
@@ -305,6 +346,7 @@ tunnel_tls_init(struct proxy *px, char *err, size_t errlen)
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_client_hello_cb(ctx, hello_cb, NULL);
 	SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
 	SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);

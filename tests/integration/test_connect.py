@@ -44,12 +44,14 @@ import re
 import shlex
 import shutil
 import socket
+import struct
 import ssl
 import sys
 import tempfile
 import threading
 import time
 import types
+import unittest
 import zlib
 
 sys.dont_write_bytecode = True
@@ -172,6 +174,13 @@ def start_tls(c, ctx, server_hostname):
     ss = ctx.wrap_socket(c.sock, server_hostname=server_hostname)
     c.sock = ss
     return ss
+
+
+def daemon_cpu(pid):
+    """CPU seconds (user + system) the process has used."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def recv_until_eof(sock, timeout):
@@ -741,6 +750,56 @@ class Interception(ConnectCase):
         time.sleep(0.3)
         self.assertEqual(self.up.connections, [], 'nothing may be sent upstream')
 
+    def test_sni_mismatch_on_resumption_fails_handshake(self):
+        # The SNI check holds on a resumed handshake too: a session made on
+        # a tunnel to api.openai.com, offered again on a tunnel to
+        # api.openai.com but naming chatgpt.com, is refused like a full
+        # handshake naming it (in TLS 1.2 OpenSSL hands the servername
+        # callback the old session's name, not the one the client sent).
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with self.subTest(version=version):
+                ctx = client_ctx(self.d.ca, check_hostname=False)
+                ctx.minimum_version = ctx.maximum_version = version
+                c, resp = open_tunnel(self.d.port, 'api.openai.com:443')
+                self.addCleanup(c.close)
+                self.assertEqual(resp.status, 200, resp)
+                c.sock = ctx.wrap_socket(c.sock, server_hostname='api.openai.com')
+                c.send(inner_request('GET', '/v1/models', 'api.openai.com', [CLIENT_AUTH]))
+                self.assertEqual(c.read_response('GET').status, 200)
+                sess = c.sock.session
+                c.close()
+                c, resp = open_tunnel(self.d.port, 'api.openai.com:443')
+                self.addCleanup(c.close)
+                self.assertEqual(resp.status, 200, resp)
+                try:
+                    c.sock = ctx.wrap_socket(c.sock, server_hostname='chatgpt.com', session=sess)
+                except ssl.SSLError:
+                    c.close()
+                    continue
+                reused = c.sock.session_reused
+                c.close()
+                self.fail('%s: handshake naming chatgpt.com on a tunnel to api.openai.com '
+                          'succeeded (session reused: %s)' % (version, reused))
+
+    @unittest.skip('bug: a CONNECT host with a trailing dot (api.openai.com.) is intercepted '
+                   'but kept with its dot: the SNI check refuses every name the client may '
+                   'send, the leaf is for "api.openai.com.", the Host check and --resolve '
+                   'want the dot; the host should be normalised once at parse')
+    def test_trailing_dot_connect_host_is_the_same_host(self):
+        # "api.openai.com." is api.openai.com fully qualified (the provider
+        # table matches it so): the client naming it either way gets that
+        # host's leaf, and its request goes through.
+        for sni in ('api.openai.com', 'api.openai.com.'):
+            with self.subTest(sni=sni):
+                c, resp = open_tunnel(self.d.port, 'api.openai.com.:443')
+                self.addCleanup(c.close)
+                self.assertEqual(resp.status, 200, resp)
+                ss = start_tls(c, client_ctx(self.d.ca, check_hostname=False), sni)
+                self.assertTrue(openssl_verifies(ss.getpeercert(True), self.d.ca, 'api.openai.com'))
+                c.send(inner_request('GET', '/v1/models', 'api.openai.com', [CLIENT_AUTH]))
+                self.assertEqual(c.read_response('GET').status, 200)
+                c.close()
+
     def test_host_header_mismatch_400(self):
         for host in ('chatgpt.com', 'api.openai.com:444', 'api.openai.com.evil.test'):
             c = self.intercept_tunnel(self.d)
@@ -1166,6 +1225,60 @@ class SplicedTunnel(ConnectCase):
         line, pipes = self.both_ways(d, srv)
         self.assertFalse(line['spliced'], line)
         self.assertEqual(pipes, 0)
+
+    def test_reset_after_half_close_does_not_spin(self):
+        # The client half-closes (passed on, so nothing is left to read
+        # from it or write to it), then resets while the upstream stays
+        # open and silent: epoll reports the reset on a socket the relay
+        # no longer watches for anything, every turn. The relay must not
+        # spin on it until the idle timeout; spliced and copying alike.
+        for args in ((), ('--max-connections', '1000000')):
+            with self.subTest(args=args):
+                srv = self.raw_upstream()
+                d = self.start_proxy(*args, config={'connect_ports': [443, srv.port]})
+                c = HTTPClient(d.port, timeout=10)
+                self.addCleanup(c.close)
+                c.send(connect_head('127.0.0.1:%d' % srv.port))
+                self.assertEqual(c.read_head('CONNECT').status, 200)
+                conn = srv.wait_conn()
+                self.assertIsNotNone(conn)
+                c.sock.sendall(b'hello')
+                c.sock.shutdown(socket.SHUT_WR)
+                self.assertTrue(conn.wait_eof(5.0))
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                c.sock.close()
+                time.sleep(0.3)
+                cpu0 = daemon_cpu(d.pid)
+                time.sleep(2.0)
+                used = daemon_cpu(d.pid) - cpu0
+                self.assertLess(used, 0.3, 'the daemon used %.2f s of CPU in 2 s after a '
+                                'reset on a half-closed tunnel' % used)
+
+    def test_early_bytes_and_half_close_with_the_connect(self):
+        # CONNECT, the first bytes and the client's FIN in one go, before
+        # the upstream is even connected; then the upstream greets (its
+        # bytes queued before the relay starts) and closes: each side gets
+        # the other's bytes whole and the half-close after them.
+        srv = self.raw_upstream(on_accept=lambda conn: conn.send(b'220 hi\r\n'))
+        d = self.start_proxy(config={'connect_ports': [443, srv.port]})
+        c = HTTPClient(d.port, timeout=10)
+        self.addCleanup(c.close)
+        early = b'EHLO early\r\n' * 1000
+        c.sock.sendall(connect_head('127.0.0.1:%d' % srv.port) + early)
+        c.sock.shutdown(socket.SHUT_WR)
+        conn = srv.wait_conn()
+        self.assertIsNotNone(conn)
+        self.assertTrue(conn.wait_eof(5.0), 'the client half-close did not reach the upstream '
+                        '(%d of %d bytes)' % (len(conn.data), len(early)))
+        self.assertEqual(bytes(conn.data), early)
+        conn.send(b'250 bye\r\n')
+        conn.shutdown_wr()
+        got, eof, _ = recv_until_eof(c.sock, 5.0)
+        self.assertTrue(eof, got)
+        head, rest = bytes(got).split(b'\r\n\r\n', 1)
+        self.assertTrue(head.startswith(b'HTTP/1.1 200'), head)
+        self.assertEqual(rest, b'220 hi\r\n250 bye\r\n')
+        self.assertTrue(self.tunnel_line(d, srv.port)['spliced'])
 
     def test_slow_reader_backpressure_rss_bounded(self):
         sent = [0]

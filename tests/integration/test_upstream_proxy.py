@@ -292,6 +292,68 @@ class UpstreamProxy(CredCase):
         self.assertTrue(sent.startswith(b'CONNECT '), sent[:200])
         self.assertNotIn(b'/blind', sent)
 
+    def test_blind_tunnel_server_speaks_first(self):
+        """A server that greets at accept (SMTP-style), through tinyproxy:
+        curl reads the proxy's CONNECT answer, possibly with the greeting
+        in the same segment; the spliced tunnel must deliver every byte
+        of it, in order (curl must have kept none back)."""
+        greet = b'220 greet.test ESMTP ready\r\n' + bytes(range(256)) * 64
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((LOOPBACK, 0))
+        ls.listen(4)
+        self.addCleanup(ls.close)
+        port = ls.getsockname()[1]
+
+        def serve():
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(greet)
+                data = c.recv(4096)
+                c.sendall(b'ECHO ' + data)
+                c.shutdown(socket.SHUT_WR)
+                c.recv(1)
+
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        d = self.daemon('--resolve', 'greet.test:443:127.0.0.1:%d' % port)
+        s = socket.create_connection((LOOPBACK, d.port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b'CONNECT greet.test:443 HTTP/1.1\r\nHost: greet.test:443\r\n\r\n')
+        got = b''
+        while b'\r\n\r\n' not in got:
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, got + d.tail(1500).encode())
+            got += chunk
+        head, rest = got.split(b'\r\n\r\n', 1)
+        self.assertTrue(head.startswith(b'HTTP/1.1 200'), head + d.tail(1500).encode())
+        while len(rest) < len(greet):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        self.assertEqual(rest[:len(greet)], greet,
+                         'greeting lost or reordered (%d of %d bytes)\n%s'
+                         % (len(rest), len(greet), d.tail(2000)))
+        s.sendall(b'EHLO me\r\n')
+        tail = b''
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            tail += chunk
+        self.assertEqual(rest[len(greet):] + tail, b'ECHO EHLO me\r\n')
+        s.close()
+        th.join(5)
+        deadline = time.monotonic() + 5
+        while '"tunnel"' not in d.tail(4000) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = [l for l in d.tail(4000).splitlines() if '"msg":"tunnel"' in l]
+        self.assertTrue(line and '"spliced":true' in line[-1], d.tail(2000))
+
     def test_environment_proxy_variables_ignored(self):
         env = {'HTTP_PROXY': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9',
                'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9',
