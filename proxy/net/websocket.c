@@ -17,6 +17,13 @@
 
 #define WS_HEAD_MAX	(64 * 1024)
 #define WS_BODY_MAX	(1024 * 1024)
+/* Chunk-size zeros, extensions and trailers add nothing to the body: the
+ * wire bytes are bounded too, or an upstream sending them alone is read
+ * for ever. */
+#define WS_WIRE_MAX	(2 * WS_BODY_MAX)
+/* Reads of a refusal's body per event: the worker's other connections
+ * get their turn (epoll is level-triggered: the rest wakes us again). */
+#define WS_READS_MAX	16
 
 static void
 ws_watch(struct ws *ws, uint32_t events)
@@ -209,6 +216,8 @@ take_body(struct ws *ws, const char *p, size_t n)
 	struct transfer *t = ws->t;
 	int r;
 
+	if ((ws->wire += n) > WS_WIRE_MAX)
+		return -1;
 	if (!ws->chunked) {
 		if (ws->remaining >= 0 && (long long)n > ws->remaining)
 			n = (size_t)ws->remaining;
@@ -281,7 +290,7 @@ ws_event(struct evsrc *src, uint32_t events)
 	char tmp[16384];
 	size_t got;
 	CURLcode rc;
-	int r;
+	int r, reads = 0;
 
 	(void)events;
 	while (ws->state == WS_SENDING && buf_pending(&ws->out) > 0) {
@@ -308,6 +317,10 @@ ws_event(struct evsrc *src, uint32_t events)
 		}
 	}
 	while (ws->state == WS_HEAD || ws->state == WS_BODY) {
+		if (ws->state == WS_BODY && reads++ == WS_READS_MAX) {
+			ws_watch(ws, EPOLLIN);
+			return;
+		}
 		rc = curl_easy_recv(ws->easy, tmp, sizeof(tmp), &got);
 		if (rc == CURLE_AGAIN) {
 			ws_watch(ws, EPOLLIN);
