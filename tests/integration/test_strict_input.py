@@ -285,5 +285,46 @@ class StrictInputKeepAlive(ProxyTestCase):
             self.assertNotForwarded()
 
 
+class PoolCost(ProxyTestCase):
+    """Heads our validator passes must fit libmicrohttpd 0.9.75's
+    per-connection pool (core/headers.h HEAD_POOL_*): the client gets the
+    upstream's answer or our JSON 431, never MHD's HTML page or a bare
+    close. max_header_size is the default (16384)."""
+
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream()
+        self.d = self.start_daemon()
+        self.hp = b'127.0.0.1:%d' % self.up.port
+
+    def head(self, target=b'/p', extra=b'', method=b'GET'):
+        return (method + b' http://' + self.hp + target + b' HTTP/1.1\r\nHost: ' + self.hp
+                + b'\r\n' + extra + b'\r\n')
+
+    def answered(self, raw, what):
+        try:
+            resp = request(self.d.port, raw, timeout=10)
+        except NoResponse as e:
+            self.fail('%s (%d bytes): no answer (%s)\n%s' % (what, len(raw), e, self.d.tail(800)))
+        if resp.status == 431:
+            self.assertProxyError(resp, 431, 'headers_too_large', self.d)
+        else:
+            self.assertEqual(resp.status, 200, '%s: %r\n%s' % (what, resp, self.d.tail(800)))
+        return resp
+
+    def test_cookie_commas(self):
+        # 0.9.75 splits cookies at ',' as at ';': a record (64 bytes) each
+        for n in (300, 500, 1000, 4000):
+            with self.subTest(n=n):
+                self.answered(self.head(extra=b'Cookie: ' + b'a,' * n + b'a\r\n'),
+                              'Cookie of %d commas' % n)
+
+    def test_cookie_commas_and_equals(self):
+        for n in (500, 2000):
+            with self.subTest(n=n):
+                self.answered(self.head(extra=b'Cookie: ' + b'a=1,' * n + b'a=1\r\n'),
+                              'Cookie of %d comma-separated pairs' % n)
+
+
 if __name__ == '__main__':
     main()
