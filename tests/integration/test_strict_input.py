@@ -324,6 +324,49 @@ class PoolCost(ProxyTestCase):
             with self.subTest(n=n):
                 self.answered(self.head(extra=b'Cookie: ' + b'a=1,' * n + b'a=1\r\n'),
                               'Cookie of %d comma-separated pairs' % n)
+    def upstream_head(self, nbytes):
+        """A route whose 200 carries nbytes of header lines (100 each)."""
+        path = '/big%d' % nbytes
+        self.up.route(path, Fixed(200, [('X-H%03d' % i, 'v' * 90) for i in range(nbytes // 100)],
+                                  b'hello'))
+        return path.encode()
+
+    def full_cost(self, target):
+        """A head that costs exactly max_header_size + 4096 by head_scan's
+        count: 64 fields 'a: b' and padding."""
+        pre = self.head(target, b'a: b\r\n' * 64)[:-2]
+        # records: the 64 fields, Host, the padding field
+        pad = 16384 + 4096 - 66 * 64 - len(pre) - len(b'p: \r\n\r\n')
+        return pre + b'p: ' + b'x' * pad + b'\r\n\r\n'
+
+    def upstream_answer(self, raw, what):
+        """The upstream's 200 or our JSON 502, never a bare close."""
+        try:
+            resp = request(self.d.port, raw, timeout=10)
+        except NoResponse as e:
+            self.fail('%s: no answer (%s)\n%s' % (what, e, self.d.tail(800)))
+        if resp.status == 502:
+            self.assertProxyError(resp, 502, 'upstream_protocol_error', self.d)
+        else:
+            self.assertEqual(resp.status, 200, '%s: %r' % (what, resp))
+            self.assertEqual(resp.body, b'hello')
+        return resp
+
+    def test_large_upstream_head_after_costly_request(self):
+        # MHD builds the response head in what the request left of the
+        # pool (HEAD_POOL_REPLY): a larger upstream head was a bare close
+        for n in (4000, 7000, 10000, 14000):
+            with self.subTest(upstream_head=n):
+                raw = self.full_cost(self.upstream_head(n))
+                self.assertEqual(len(self.head(b'/x')) < len(raw), True)
+                self.upstream_answer(raw, 'a full-cost request and a %d-byte upstream head' % n)
+
+    def test_large_upstream_head(self):
+        for n in (20000, 40000):
+            with self.subTest(upstream_head=n):
+                self.upstream_answer(self.head(self.upstream_head(n)),
+                                     'a %d-byte upstream head' % n)
+
 
 
 if __name__ == '__main__':
