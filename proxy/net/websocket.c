@@ -17,10 +17,9 @@
 
 #define WS_HEAD_MAX	(64 * 1024)
 #define WS_BODY_MAX	(1024 * 1024)
-/* Chunk-size zeros, extensions and trailers add nothing to the body: the
- * wire bytes are bounded too, or an upstream sending them alone is read
- * for ever. */
-#define WS_WIRE_MAX	(2 * WS_BODY_MAX)
+/* Chunk-size zeros, extensions and trailers add nothing to the body: they
+ * are bounded too, or an upstream sending them alone is read for ever. */
+#define WS_FRAMING_MAX	WS_BODY_MAX
 /* Reads of a refusal's body per event: the worker's other connections
  * get their turn (epoll is level-triggered: the rest wakes us again). */
 #define WS_READS_MAX	16
@@ -214,10 +213,9 @@ static int
 take_body(struct ws *ws, const char *p, size_t n)
 {
 	struct transfer *t = ws->t;
+	size_t before;
 	int r;
 
-	if ((ws->wire += n) > WS_WIRE_MAX)
-		return -1;
 	if (!ws->chunked) {
 		if (ws->remaining >= 0 && (long long)n > ws->remaining)
 			n = (size_t)ws->remaining;
@@ -227,8 +225,14 @@ take_body(struct ws *ws, const char *p, size_t n)
 			return 1;
 		return buf_pending(&t->down) > WS_BODY_MAX ? -1 : 0;
 	}
-	if ((r = chunk_feed(&ws->chunk, p, n, &t->down, NULL)) != 0)
+	before = buf_pending(&t->down);
+	r = chunk_feed(&ws->chunk, p, n, &t->down, NULL);
+	/* n, less the payload it held (past the end: counted generously) */
+	ws->framing += n - (buf_pending(&t->down) - before);
+	if (r != 0)
 		return r;
+	if (ws->framing > WS_FRAMING_MAX)
+		return -1;
 	return buf_pending(&t->down) > WS_BODY_MAX ? -1 : 0;
 }
 

@@ -32,7 +32,7 @@ struct ws {
 	/* body of a non-101 answer */
 	int		 chunked;
 	long long	 remaining;	/* -1: until the upstream closes */
-	size_t		 wire;		/* body bytes read, framing included */
+	size_t		 framing;	/* chunked framing read, not payload */
 	struct chunk_dec chunk;
 };
 
