@@ -465,8 +465,8 @@ declared_length(const char *cl, size_t cln, int te)
 /* What one line of a head costs MHD 0.9.75 in its connection pool beyond
  * its own bytes: a field record (*recs) per header field, per query
  * argument of the target, and per cookie of a Cookie header, whose value
- * it also copies (returned). Counted generously: every '&' and ';' as a
- * separator. */
+ * it also copies (returned). Counted generously: every '&', ';' and ','
+ * (in a Cookie) as a separator. */
 static size_t
 line_pool_cost(const char *l, size_t n, int line, size_t *recs)
 {
@@ -485,8 +485,9 @@ line_pool_cost(const char *l, size_t n, int line, size_t *recs)
 	(*recs)++;
 	if (n < 7 || strncasecmp(l, "Cookie:", 7) != 0)
 		return 0;
+	/* 0.9.75 ends a cookie at ',' as at ';' */
 	for ((*recs)++, q = l + 7; q < l + n; q++)
-		if (*q == ';')
+		if (*q == ';' || *q == ',')
 			(*recs)++;
 	return n - 7 + 1;
 }

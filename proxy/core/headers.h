@@ -104,6 +104,10 @@ int	 head_validate(const char *buf, size_t n, size_t max_head,
 #define HEAD_POOL_FIELDS	4096
 #define HEAD_POOL_REPLY		8192
 #define HEAD_POOL_SIZE(max)	((max) + HEAD_POOL_FIELDS + HEAD_POOL_REPLY)
+/* An upstream response head relayed to the client: its lines, with room
+ * left in HEAD_POOL_REPLY for what MHD adds (status line, Date, framing,
+ * Connection). A larger one MHD could not build: it would close. */
+#define HEAD_REPLY_MAX		(HEAD_POOL_REPLY - 512)
 
 /* Where a sound head ends and how long a body it declares (-1: not known
  * from the head, as with Transfer-Encoding). */

@@ -63,6 +63,7 @@ resp_head_line(struct resp_head *h, const char *p, size_t len)
 
 	if (h->done)
 		return RESP_HEAD_MORE;	/* trailers: not relayed */
+	h->bytes += len;
 	while (l > 0 && (p[l - 1] == '\n' || p[l - 1] == '\r'))
 		l--;
 	if (l == 0) {
@@ -70,6 +71,7 @@ resp_head_line(struct resp_head *h, const char *p, size_t len)
 		if (h->status >= 100 && h->status < 200 && h->status != 101) {
 			drop_headers(h);
 			h->status = 0;
+			h->bytes = 0;
 			return RESP_HEAD_INTERIM;
 		}
 		h->done = true;

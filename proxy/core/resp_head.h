@@ -15,6 +15,7 @@ struct resp_head {
 	bool		 done;		/* the final (non-1xx) head ended */
 	bool		 bad;		/* a line that must not be relayed */
 	long long	 length;	/* Content-Length, -1 unknown */
+	size_t		 bytes;		/* of the head's lines so far */
 	struct hdr_vec	 headers;	/* name owns "name\0value" */
 	struct hdr_conn	 conn;		/* the final head's Connection options */
 };

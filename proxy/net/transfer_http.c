@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "core/config.h"
+#include "core/headers.h"
 #include "core/log.h"
 #include "cred/registrar.h"
 #include "net/metrics.h"
@@ -61,6 +62,12 @@ transfer_head_line(struct transfer *t, const char *p, size_t len)
 	t->last_io = now_ms();
 	rc = resp_head_line(&t->head, p, len);
 	t->status = t->head.status;
+	if (t->head.bytes > HEAD_REPLY_MAX && rc != RESP_HEAD_NOMEM) {
+		transfer_set_error(t, PERR_UPSTREAM_PROTOCOL, "upstream %s sent "
+		    "a response head over %d bytes: the proxy relays no larger",
+		    t->rt.log_host, HEAD_REPLY_MAX);
+		return -1;
+	}
 	switch (rc) {
 	case RESP_HEAD_NOMEM:
 		return -1;

@@ -17,6 +17,12 @@
 
 #define WS_HEAD_MAX	(64 * 1024)
 #define WS_BODY_MAX	(1024 * 1024)
+/* Chunk-size zeros, extensions and trailers add nothing to the body: they
+ * are bounded too, or an upstream sending them alone is read for ever. */
+#define WS_FRAMING_MAX	WS_BODY_MAX
+/* Reads of a refusal's body per event: the worker's other connections
+ * get their turn (epoll is level-triggered: the rest wakes us again). */
+#define WS_READS_MAX	16
 
 static void
 ws_watch(struct ws *ws, uint32_t events)
@@ -207,6 +213,7 @@ static int
 take_body(struct ws *ws, const char *p, size_t n)
 {
 	struct transfer *t = ws->t;
+	size_t before;
 	int r;
 
 	if (!ws->chunked) {
@@ -218,8 +225,14 @@ take_body(struct ws *ws, const char *p, size_t n)
 			return 1;
 		return buf_pending(&t->down) > WS_BODY_MAX ? -1 : 0;
 	}
-	if ((r = chunk_feed(&ws->chunk, p, n, &t->down, NULL)) != 0)
+	before = buf_pending(&t->down);
+	r = chunk_feed(&ws->chunk, p, n, &t->down, NULL);
+	/* n, less the payload it held (past the end: counted generously) */
+	ws->framing += n - (buf_pending(&t->down) - before);
+	if (r != 0)
 		return r;
+	if (ws->framing > WS_FRAMING_MAX)
+		return -1;
 	return buf_pending(&t->down) > WS_BODY_MAX ? -1 : 0;
 }
 
@@ -281,7 +294,7 @@ ws_event(struct evsrc *src, uint32_t events)
 	char tmp[16384];
 	size_t got;
 	CURLcode rc;
-	int r;
+	int r, reads = 0;
 
 	(void)events;
 	while (ws->state == WS_SENDING && buf_pending(&ws->out) > 0) {
@@ -308,6 +321,10 @@ ws_event(struct evsrc *src, uint32_t events)
 		}
 	}
 	while (ws->state == WS_HEAD || ws->state == WS_BODY) {
+		if (ws->state == WS_BODY && reads++ == WS_READS_MAX) {
+			ws_watch(ws, EPOLLIN);
+			return;
+		}
 		rc = curl_easy_recv(ws->easy, tmp, sizeof(tmp), &got);
 		if (rc == CURLE_AGAIN) {
 			ws_watch(ws, EPOLLIN);

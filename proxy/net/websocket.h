@@ -32,6 +32,7 @@ struct ws {
 	/* body of a non-101 answer */
 	int		 chunked;
 	long long	 remaining;	/* -1: until the upstream closes */
+	size_t		 framing;	/* chunked framing read, not payload */
 	struct chunk_dec chunk;
 };
 

@@ -230,6 +230,9 @@ CASES = [
                             line=b'GET {U}?' + b'&'.join(b'a%d' % i for i in range(400)) + b' HTTP/1.1'), 'size'),
     ('many_cookies', get(b'X-Pad: ' + b'p' * 8000 + b'\r\nCookie: '
                          + b'; '.join(b'c%d=1' % i for i in range(350)) + b'\r\n'), 'size'),
+    # 0.9.75 ends a cookie at ',' as at ';': 2 KB of head, 1000 records
+    ('many_cookies_commas', get(b'Cookie: ' + b'a,' * 1000 + b'a\r\n'), 'size'),
+    ('many_cookie_pairs_commas', get(b'Cookie: ' + b'c=1, ' * 450 + b'c=1\r\n'), 'size'),
 ]
 
 _REGION = {'N': (b'{[}', b'{]}', lambda n: b'%d' % n), 'X': (b'{<}', b'{>}', lambda n: b'%x' % n)}

@@ -5,6 +5,7 @@
 import os
 import sys
 import time
+import unittest
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -283,6 +284,114 @@ class StrictInputKeepAlive(ProxyTestCase):
             resp = c.read_response('GET', timeout=5)
             self.assertProxyError(resp, 400, 'bad_request', self.d)
             self.assertNotForwarded()
+
+
+class PoolCost(ProxyTestCase):
+    """Heads our validator passes must fit libmicrohttpd 0.9.75's
+    per-connection pool (core/headers.h HEAD_POOL_*): the client gets the
+    upstream's answer or our JSON 431, never MHD's HTML page or a bare
+    close. max_header_size is the default (16384)."""
+
+    def setUp(self):
+        super().setUp()
+        self.up = self.start_upstream()
+        self.d = self.start_daemon()
+        self.hp = b'127.0.0.1:%d' % self.up.port
+
+    def head(self, target=b'/p', extra=b'', method=b'GET'):
+        return (method + b' http://' + self.hp + target + b' HTTP/1.1\r\nHost: ' + self.hp
+                + b'\r\n' + extra + b'\r\n')
+
+    def answered(self, raw, what):
+        try:
+            resp = request(self.d.port, raw, timeout=10)
+        except NoResponse as e:
+            self.fail('%s (%d bytes): no answer (%s)\n%s' % (what, len(raw), e, self.d.tail(800)))
+        if resp.status == 431:
+            self.assertProxyError(resp, 431, 'headers_too_large', self.d)
+        else:
+            self.assertEqual(resp.status, 200, '%s: %r\n%s' % (what, resp, self.d.tail(800)))
+        return resp
+
+    def test_cookie_commas(self):
+        # 0.9.75 splits cookies at ',' as at ';': a record (64 bytes) each
+        for n in (300, 500, 1000, 4000):
+            with self.subTest(n=n):
+                self.answered(self.head(extra=b'Cookie: ' + b'a,' * n + b'a\r\n'),
+                              'Cookie of %d commas' % n)
+
+    def test_cookie_commas_and_equals(self):
+        for n in (500, 2000):
+            with self.subTest(n=n):
+                self.answered(self.head(extra=b'Cookie: ' + b'a=1,' * n + b'a=1\r\n'),
+                              'Cookie of %d comma-separated pairs' % n)
+    def upstream_head(self, nbytes):
+        """A route whose 200 carries nbytes of header lines (100 each)."""
+        path = '/big%d' % nbytes
+        self.up.route(path, Fixed(200, [('X-H%03d' % i, 'v' * 90) for i in range(nbytes // 100)],
+                                  b'hello'))
+        return path.encode()
+
+    def full_cost(self, target):
+        """A head that costs exactly max_header_size + 4096 by head_scan's
+        count: 64 fields 'a: b' and padding."""
+        pre = self.head(target, b'a: b\r\n' * 64)[:-2]
+        # records: the 64 fields, Host, the padding field
+        pad = 16384 + 4096 - 66 * 64 - len(pre) - len(b'p: \r\n\r\n')
+        return pre + b'p: ' + b'x' * pad + b'\r\n\r\n'
+
+    def upstream_answer(self, raw, what, big):
+        """The upstream's 200, or for a head over HEAD_REPLY_MAX (7680)
+        our JSON 502; never a bare close."""
+        try:
+            resp = request(self.d.port, raw, timeout=10)
+        except NoResponse as e:
+            self.fail('%s: no answer (%s)\n%s' % (what, e, self.d.tail(800)))
+        if big:
+            self.assertProxyError(resp, 502, 'upstream_protocol_error', self.d)
+        else:
+            self.assertEqual(resp.status, 200, '%s: %r' % (what, resp))
+            self.assertEqual(resp.body, b'hello')
+        return resp
+
+    def test_large_upstream_head_after_costly_request(self):
+        # MHD builds the response head in what the request left of the
+        # pool (HEAD_POOL_REPLY): a larger upstream head was a bare close
+        for n in (4000, 7000, 10000, 14000):
+            with self.subTest(upstream_head=n):
+                raw = self.full_cost(self.upstream_head(n))
+                self.assertEqual(len(self.head(b'/x')) < len(raw), True)
+                self.upstream_answer(raw, 'a full-cost request and a %d-byte upstream head' % n,
+                                     n > 7680)
+
+    def test_large_upstream_head(self):
+        for n in (20000, 40000):
+            with self.subTest(upstream_head=n):
+                self.upstream_answer(self.head(self.upstream_head(n)),
+                                     'a %d-byte upstream head' % n, True)
+
+    @unittest.skip('bug: a pipelined head MHD reads with a full-cost head takes the pool '
+                   'room kept for the response head (HEAD_POOL_REPLY): the first request '
+                   'gets no answer (RST); head_scan counts each head alone')
+    def test_pipelined_full_cost_heads_and_large_upstream_head(self):
+        # both heads checked by the gate (15 KB together, within the
+        # peek window), each at head_scan's full cost by records: 200
+        # fields; the upstream head (7500 bytes) is under HEAD_REPLY_MAX
+        path = self.upstream_head(7500)
+        pre = self.head(path, b'a: b\r\n' * 200)[:-2]
+        pad = 16384 + 4096 - 202 * 64 - len(pre) - len(b'p: \r\n\r\n')
+        one = pre + b'p: ' + b'x' * pad + b'\r\n\r\n'
+        self.assertLess(2 * len(one), 16384)
+        c = HTTPClient(self.d.port, timeout=10)
+        self.addCleanup(c.close)
+        c.send(one + one)
+        for i in (1, 2):
+            try:
+                r = c.read_response('GET', timeout=5)
+            except NoResponse as e:
+                self.fail('pipelined request %d: no answer (%s)' % (i, e))
+            self.assertEqual(r.status, 200, r)
+
 
 
 if __name__ == '__main__':

@@ -1674,5 +1674,111 @@ class AuditAndLogs(WSCase):
         self.assertIsNotNone(req, 'no request log line with status 101:\n%s' % d.tail(3000))
 
 
+class EndlessRefusal:
+    """A raw upstream that answers a handshake with a 426 whose chunked body
+    never ends and carries no payload: `filler` (say, chunk-size zeros or
+    one endless chunk extension) written as fast as the socket takes it,
+    until closed."""
+
+    def __init__(self, filler):
+        self.filler = filler
+        self.stop = threading.Event()
+        self.sent = 0
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(('127.0.0.1', 0))
+        self.lsock.listen(4)
+        self.port = self.lsock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            s, _ = self.lsock.accept()
+        except OSError:
+            return
+        with s:
+            buf = b''
+            while b'\r\n\r\n' not in buf and not self.stop.is_set():
+                got = s.recv(65536)
+                if not got:
+                    return
+                buf += got
+            s.sendall(b'HTTP/1.1 426 Upgrade Required\r\nContent-Type: text/plain\r\n'
+                      b'Transfer-Encoding: chunked\r\n\r\n' + self.filler[0])
+            chunk = self.filler[1] * 4096
+            try:
+                while not self.stop.is_set():
+                    self.sent += s.send(chunk)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.lsock.close()
+        self.thread.join(10)
+
+
+class WorkerFairness(WSCase):
+    """A refused upgrade's body is read in the worker's event callback: an
+    upstream that streams it fast and without end must neither hold that
+    worker (the other connections on it wait) nor be read for ever."""
+
+    def _starve(self, filler):
+        up = EndlessRefusal(filler)
+        self.addCleanup(up.close)
+        d = self.proxy('--threads', '1', resolve=[('ws.example.test', 8080, up.port)])
+        c = self.forward_client(d)
+        key = ws_key()
+        t0 = now()
+        c.send(handshake_bytes('http://ws.example.test:8080/ws',
+                               client_headers('ws.example.test:8080', key)))
+        deadline = now() + 5
+        while up.sent < (1 << 20) and now() < deadline:
+            time.sleep(0.01)
+        # a second client on the same (only) worker: a plain forward
+        # request the daemon refuses itself
+        worst = 0.0
+        for _ in range(5):
+            other = HTTPClient(d.port, timeout=15)
+            t1 = now()
+            other.send(b'GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n')
+            try:
+                other.read_head('GET')
+            except Exception:
+                pass
+            worst = max(worst, now() - t1)
+            other.close()
+        # the client's answer ends (the body is cut off at the leg's
+        # limit) rather than the upstream being read for ever
+        got = b''
+        c.sock.settimeout(1)
+        while now() - t0 < 8:
+            try:
+                b = c.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not b:
+                break
+            got += b
+        ended = now() - t0
+        print('\n  worst %.3f s, upstream sent %d, client got %r.., ended after %.1f s'
+              % (worst, up.sent, got[:40], ended), file=sys.stderr)
+        self.assertLess(worst, 1.0, 'a request on the same worker waited %.1f s while '
+                        'the upstream streamed %d bytes of refusal body' % (worst, up.sent))
+        self.assertLess(ended, 8, 'the endless refusal body was read for %.1f s '
+                        '(%d bytes) and not cut off: %r' % (ended, up.sent, got[:120]))
+
+    def test_endless_chunk_size_zeros(self):
+        self._starve((b'0', b'0'))
+
+    def test_endless_chunk_extension(self):
+        self._starve((b'1;x=', b'x'))
+
+    def test_endless_trailer(self):
+        self._starve((b'0\r\n', b'X-T: y\r\n'))
+
+
 if __name__ == '__main__':
     main()
