@@ -2,6 +2,7 @@
 # bench/lib/reqcost.sh BIN MODE TOOL [N] [C]: what one keep-alive request
 # costs the daemon, counted deterministically (bench/PERF.md).
 #   MODE: forward | gateway; TOOL: strace | callgrind | perf | none
+#   callgrind and perf leave their data in ./reqcost.TOOL.MODE for a closer look.
 # One worker (--threads 1), a local nginx upstream (keepalive unbounded),
 # warm-up 2000 requests, then exactly N keep-alive requests over C
 # connections (kaload) while TOOL watches the daemon.
