@@ -192,6 +192,27 @@ ep_shutdown_write(struct endpoint *ep)
 	shutdown(ep->fd, SHUT_WR);
 }
 
+/* Writes what win holds to dst until dst would block. Returns 1 if
+ * anything was written, 0 if not, -1 on a hard error. */
+static int
+drain_window(struct buf *win, struct endpoint *dst, long long *count)
+{
+	int moved = 0;
+	ssize_t k;
+
+	while (buf_pending(win) > 0 && !dst->shut) {
+		k = ep_write(dst, buf_head(win), buf_pending(win));
+		if (k == IO_AGAIN)
+			break;
+		if (k < 0)
+			return -1;
+		buf_consume(win, (size_t)k);
+		*count += k;
+		moved = 1;
+	}
+	return moved;
+}
+
 /* Moves bytes from src into win and from win into dst. Returns 1 if
  * anything moved, 0 if not, -1 on a hard error. */
 static int
@@ -219,16 +240,9 @@ pump_dir(struct endpoint *src, struct buf *win, struct endpoint *dst,
 		if (ep_read_dry(src, k, sizeof(tmp)))
 			src->dry = 1;
 	}
-	while (buf_pending(win) > 0 && !dst->shut) {
-		k = ep_write(dst, buf_head(win), buf_pending(win));
-		if (k == IO_AGAIN)
-			break;
-		if (k < 0)
-			return -1;
-		buf_consume(win, (size_t)k);
-		*count += k;
-		moved = 1;
-	}
+	if ((k = drain_window(win, dst, count)) < 0)
+		return -1;
+	moved |= (int)k;
 	if (buf_pending(win) == 0 && win->cap > RELAY_WINDOW)
 		buf_free(win);
 	if (src->eof && buf_pending(win) == 0 && !dst->shut) {
@@ -250,16 +264,9 @@ splice_dir(struct endpoint *src, struct buf *win, struct relay_pipe *p,
 	size_t want;
 	ssize_t k;
 
-	while (buf_pending(win) > 0 && !dst->shut) {
-		k = ep_write(dst, buf_head(win), buf_pending(win));
-		if (k == IO_AGAIN)
-			break;
-		if (k < 0)
-			return -1;
-		buf_consume(win, (size_t)k);
-		*count += k;
-		moved = 1;
-	}
+	if ((k = drain_window(win, dst, count)) < 0)
+		return -1;
+	moved |= (int)k;
 	if (buf_pending(win) > 0)
 		return moved;
 	buf_free(win);
