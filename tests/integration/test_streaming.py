@@ -32,6 +32,26 @@ def abs_get(up, path, extra=b''):
     return b'GET http://' + hp + path + b' HTTP/1.1\r\nHost: ' + hp + b'\r\n' + extra + b'\r\n'
 
 
+def open_streams(test, d, up, route, n, heads=False):
+    """n SSE streams through d to up's route (route/0, route/1, ...), each
+    read up to its first event; closed at cleanup. With heads=True also
+    returns their response heads."""
+    clients, resps = [], []
+    test.addCleanup(lambda: [c.close() for c in clients])
+    for i in range(n):
+        c = HTTPClient(d.port, timeout=10)
+        clients.append(c)
+        c.send(abs_get(up, route + b'/%d' % i))
+    for c in clients:
+        resp = c.read_head()
+        test.assertEqual(resp.status, 200, resp)
+        for _, data in c.iter_body(resp):
+            if b'\n\n' in data:
+                break
+        resps.append(resp)
+    return (clients, resps) if heads else clients
+
+
 class SSEStreaming(ProxyTestCase):
     N = 6
 
@@ -181,20 +201,7 @@ class UpstreamIdleDeadline(ProxyTestCase):
         up = self.start_upstream()
         up.route('/quiet', SSE(n=1, hold=10.0))
         d = self.start_daemon('--idle-timeout', '1')
-        clients = []
-        self.addCleanup(lambda: [c.close() for c in clients])
-        for i in range(8):
-            c = HTTPClient(d.port, timeout=10)
-            clients.append(c)
-            c.send(abs_get(up, b'/quiet/%d' % i))
-        resps = []
-        for c in clients:
-            resp = c.read_head()
-            self.assertEqual(resp.status, 200, resp)
-            for _, data in c.iter_body(resp):
-                if b'\n\n' in data:
-                    break
-            resps.append(resp)
+        clients, resps = open_streams(self, d, up, b'/quiet', 8, heads=True)
         for c in clients[1::2]:
             c.close()
         time.sleep(2.0)     # every deadline has come
@@ -532,18 +539,7 @@ class IdleStreams(ProxyTestCase):
         c0.close()
         time.sleep(0.2)
         threads0 = d.status()['Threads']
-        clients = []
-        self.addCleanup(lambda: [c.close() for c in clients])
-        for i in range(self.STREAMS):
-            c = HTTPClient(d.port, timeout=10)
-            clients.append(c)
-            c.send(abs_get(up, b'/idle/%d' % i))
-        for c in clients:
-            resp = c.read_head()
-            self.assertEqual(resp.status, 200, resp)
-            for _, data in c.iter_body(resp):
-                if b'\n\n' in data:
-                    break
+        clients = open_streams(self, d, up, b'/idle', self.STREAMS)
         time.sleep(0.5)
         threads1 = d.status()['Threads']
         cpu0 = d.cpu_seconds()
@@ -572,18 +568,7 @@ class IdleStreams(ProxyTestCase):
         up = self.start_upstream()
         up.route('/idle', SSE(n=1, hold=20.0))
         d = self.start_daemon()
-        clients = []
-        self.addCleanup(lambda: [c.close() for c in clients])
-        for i in range(self.STREAMS):
-            c = HTTPClient(d.port, timeout=10)
-            clients.append(c)
-            c.send(abs_get(up, b'/idle/%d' % i))
-        for c in clients:
-            resp = c.read_head()
-            self.assertEqual(resp.status, 200, resp)
-            for _, data in c.iter_body(resp):
-                if b'\n\n' in data:
-                    break
+        clients = open_streams(self, d, up, b'/idle', self.STREAMS)
         time.sleep(1.0)
 
         def wakeups():
