@@ -359,20 +359,6 @@ def startup_section(p, path):
     return su
 
 
-def load_jsonl(path):
-    rows = []
-    if path and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        pass
-    return rows
-
-
 def headcost_section(p, path, note, funcs):
     """The request-head validator's share of the daemon's work on the
     forward keep-alive load (lib/headcost.sh); returns Issue 12's checks."""
