@@ -42,6 +42,10 @@ parse_authority(const char *a, size_t n, struct connect_req *r)
 	if (port < 1 || port > 65535)
 		return -1;
 	r->port = port;
+	/* "api.openai.com." is api.openai.com fully qualified: one name from
+	 * here on (leaf, SNI check, Host check, upstream, audit). */
+	if (!r->ipv6 && hn > 1 && hs[hn - 1] == '.')
+		hn--;
 	if ((r->host = strndup(hs, hn)) == NULL)
 		return -1;
 	for (i = 0; i < hn; i++)

@@ -562,15 +562,22 @@ check_access(struct transfer *t, const struct hdr_vec *in)
 	const char *host = hdr_get(in->v, in->n, "Host");
 
 	if (t->cl != NULL && t->cl->icpt_host != NULL) {
-		char want[300], want_port[320];
+		char want[300], want_port[320], dot[301], dot_port[330];
 		int ok;
 
+		/* The CONNECT host is kept without a trailing dot; the Host
+		 * may name it either way. */
 		snprintf(want, sizeof(want), t->cl->icpt_ipv6 ? "[%s]" : "%s",
 		    t->cl->icpt_host);
 		snprintf(want_port, sizeof(want_port), "%s:%d", want,
 		    t->cl->icpt_port);
+		snprintf(dot, sizeof(dot), "%s.", want);
+		snprintf(dot_port, sizeof(dot_port), "%s:%d", dot,
+		    t->cl->icpt_port);
 		ok = host != NULL && (strcasecmp(host, want_port) == 0 ||
-		    (t->cl->icpt_port == 443 && strcasecmp(host, want) == 0));
+		    (!t->cl->icpt_ipv6 && strcasecmp(host, dot_port) == 0) ||
+		    (t->cl->icpt_port == 443 && (strcasecmp(host, want) == 0 ||
+		    (!t->cl->icpt_ipv6 && strcasecmp(host, dot) == 0))));
 		if (!ok) {
 			transfer_set_error(t, PERR_BAD_REQUEST, "Host header does not match "
 			    "the CONNECT target %s", want_port);

@@ -781,23 +781,23 @@ class Interception(ConnectCase):
                 self.fail('%s: handshake naming chatgpt.com on a tunnel to api.openai.com '
                           'succeeded (session reused: %s)' % (version, reused))
 
-    @unittest.skip('bug: a CONNECT host with a trailing dot (api.openai.com.) is intercepted '
-                   'but kept with its dot: the SNI check refuses every name the client may '
-                   'send, the leaf is for "api.openai.com.", the Host check and --resolve '
-                   'want the dot; the host should be normalised once at parse')
     def test_trailing_dot_connect_host_is_the_same_host(self):
         # "api.openai.com." is api.openai.com fully qualified (the provider
         # table matches it so): the client naming it either way gets that
         # host's leaf, and its request goes through.
-        for sni in ('api.openai.com', 'api.openai.com.'):
-            with self.subTest(sni=sni):
+        for sni, host, want in (('api.openai.com', 'api.openai.com', 200),
+                                ('api.openai.com.', 'api.openai.com.', 200),
+                                ('api.openai.com', 'api.openai.com.:443', 200),
+                                ('api.openai.com', 'api.openai.com..', 400),
+                                ('api.openai.com', 'api.openai.com.:444', 400)):
+            with self.subTest(sni=sni, host=host):
                 c, resp = open_tunnel(self.d.port, 'api.openai.com.:443')
                 self.addCleanup(c.close)
                 self.assertEqual(resp.status, 200, resp)
                 ss = start_tls(c, client_ctx(self.d.ca, check_hostname=False), sni)
                 self.assertTrue(openssl_verifies(ss.getpeercert(True), self.d.ca, 'api.openai.com'))
-                c.send(inner_request('GET', '/v1/models', 'api.openai.com', [CLIENT_AUTH]))
-                self.assertEqual(c.read_response('GET').status, 200)
+                c.send(inner_request('GET', '/v1/models', host, [CLIENT_AUTH]))
+                self.assertEqual(c.read_response('GET').status, want)
                 c.close()
 
     def test_host_header_mismatch_400(self):

@@ -42,6 +42,14 @@ START_TEST(connect_heads)
 	ck_assert_int_eq(r.port, 8443);
 	connect_req_free(&r);
 
+	/* one trailing dot is the same name, fully qualified */
+	ck_assert_int_eq(parse("CONNECT api.openai.com.:443 HTTP/1.0\r\n\r\n",
+	    &r, &code), 1);
+	ck_assert_str_eq(r.host, "api.openai.com");
+	connect_req_free(&r);
+	ck_assert_int_eq(parse("CONNECT api.openai.com..:443 HTTP/1.0\r\n\r\n",
+	    &r, &code), -1);
+
 	/* HTTP/1.0 needs no Host; HTTP/1.1 needs exactly one */
 	ck_assert_int_eq(parse("CONNECT a:1 HTTP/1.0\r\n\r\n", &r, &code), 1);
 	connect_req_free(&r);
