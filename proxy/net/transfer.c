@@ -553,6 +553,23 @@ decide_and_start(struct transfer *t, const struct hdr_vec *in)
 	}
 }
 
+/* a is name[:port] (port NULL: no port), the name in any case and, as at
+ * CONNECT, with or without one trailing dot. */
+static bool
+authority_is(const char *a, const char *name, const char *port)
+{
+	size_t n = strlen(name);
+
+	if (strncasecmp(a, name, n) != 0)
+		return false;
+	a += n;
+	if (*a == '.' && n > 0 && name[n - 1] != ']')
+		a++;
+	if (port == NULL)
+		return *a == '\0';
+	return *a == ':' && strcmp(a + 1, port) == 0;
+}
+
 /* Host must agree with the CONNECT target inside a tunnel; outside one,
  * proxy authentication and the destination allowlist apply. */
 static int
@@ -562,22 +579,15 @@ check_access(struct transfer *t, const struct hdr_vec *in)
 	const char *host = hdr_get(in->v, in->n, "Host");
 
 	if (t->cl != NULL && t->cl->icpt_host != NULL) {
-		char want[300], want_port[320], dot[301], dot_port[330];
+		char want[300], port[8], want_port[320];
 		int ok;
 
-		/* The CONNECT host is kept without a trailing dot; the Host
-		 * may name it either way. */
 		snprintf(want, sizeof(want), t->cl->icpt_ipv6 ? "[%s]" : "%s",
 		    t->cl->icpt_host);
-		snprintf(want_port, sizeof(want_port), "%s:%d", want,
-		    t->cl->icpt_port);
-		snprintf(dot, sizeof(dot), "%s.", want);
-		snprintf(dot_port, sizeof(dot_port), "%s:%d", dot,
-		    t->cl->icpt_port);
-		ok = host != NULL && (strcasecmp(host, want_port) == 0 ||
-		    (!t->cl->icpt_ipv6 && strcasecmp(host, dot_port) == 0) ||
-		    (t->cl->icpt_port == 443 && (strcasecmp(host, want) == 0 ||
-		    (!t->cl->icpt_ipv6 && strcasecmp(host, dot) == 0))));
+		snprintf(port, sizeof(port), "%d", t->cl->icpt_port);
+		snprintf(want_port, sizeof(want_port), "%s:%s", want, port);
+		ok = host != NULL && (authority_is(host, want, port) ||
+		    (t->cl->icpt_port == 443 && authority_is(host, want, NULL)));
 		if (!ok) {
 			transfer_set_error(t, PERR_BAD_REQUEST, "Host header does not match "
 			    "the CONNECT target %s", want_port);
