@@ -385,7 +385,6 @@ ws_event(struct evsrc *src, uint32_t events)
  * line (the request's fields, then the byte counts). */
 struct ws_end {
 	struct MHD_UpgradeResponseHandle *urh;
-	struct proxy	*px;
 	struct worker	*w;
 	json_t		*audit;		/* NULL: no audit log */
 };
@@ -401,7 +400,7 @@ upgrade_done(struct relay *r)
 		    json_integer(r->bytes_ab));
 		json_object_set_new(end->audit, "bytes_down",
 		    json_integer(r->bytes_ba));
-		audit_write(end->px, end->audit);
+		audit_write(end->w->px, end->audit);
 	}
 	worker_mhd_upgrade_close(end->w, end->urh);
 	free(end);
@@ -428,7 +427,6 @@ on_upgraded(void *cls, struct MHD_Connection *con, void *req_cls,
 		return;
 	}
 	end->urh = urh;
-	end->px = w->px;
 	end->w = w;
 	if (t->audited)
 		end->audit = transfer_audit_line(t);
