@@ -2,7 +2,8 @@
  * epoll loop: CONNECT tunnels (client <-> upstream), intercepted TLS
  * (client TLS <-> the plain socket handed to MHD). Nothing in the stream
  * is looked at (the heads MHD reads are checked on its side of the pair,
- * by net/headgate.c, which learns from the relay's count what it wrote). Each direction has a bounded window; a full window stops
+ * by net/headgate.c, which learns from the relay's count what it
+ * wrote). Each direction has a bounded window; a full window stops
  * reading from the source (backpressure), EOF is passed on as a
  * half-close once the window is drained. Relays between two plain
  * sockets (blind tunnels) move the bytes with splice(2) through a pipe
